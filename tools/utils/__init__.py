@@ -1,0 +1,1 @@
+"""Library code behind the command lines in tools/: importable by tests."""

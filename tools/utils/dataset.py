@@ -1,0 +1,231 @@
+"""Our on-disk format: one `.npz` per stage, a `schema.json` per split folder.
+
+Why `.npz` and not pickles or memory-mapped `.npy`: an `.npz` is a plain zip of
+`.npy` arrays, read with `allow_pickle=False`, so a data file can never run
+code; one file per stage keeps a split easy to copy and to name in a YAML; the
+largest stage of the full data (about 4.4 M rows x 72 int32) is 1.3 GB in
+memory, which fits here, so memory mapping would buy little. Members are
+deflated (small ids compress about 4x) and carry fixed zip timestamps, so the
+same arrays always give the same bytes (the shipped sample is checked that way).
+
+Layout of a split folder (`data/train`, `data/test_hot`, `data/test_cold`):
+    schema.json                 field names, list widths, vocabulary maxima
+    <prefix>_stage1.npz         seeds (train.csv rows)
+    <prefix>_stage2.npz         candidates (test1_truth.csv rows), optional
+    <prefix>_stage{1,2}_oracle.npy  true click probability per row, synthetic
+                                data only; never an input feature
+"""
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from . import schema as S
+
+SCHEMA_FILE = "schema.json"
+FORMAT_VERSION = 1
+
+
+class DataError(ValueError):
+    """A data file that does not follow the format; the message says how to fix it."""
+
+
+# ---------------------------------------------------------------- writing
+def atomic_write(path, write):
+    """Call write(file_object) on a temporary file, then move it over `path`."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_stage(path, arrays, compress=True):
+    """Write a dict of arrays as a byte-reproducible .npz (deflated unless compress=False)."""
+    for name in arrays:
+        if name not in S.ARRAYS:
+            raise ValueError(f"{path}: unknown array {name!r}; known: {sorted(S.ARRAYS)}")
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED,
+                             allowZip64=True) as zf:
+            for name in sorted(arrays):
+                dtype = S.ARRAYS[name][0]
+                info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zf.compression
+                with zf.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(arrays[name], dtype=dtype),
+                                              allow_pickle=False)
+
+    atomic_write(path, write)
+
+
+def make_schema(max_idxs):
+    """The schema dict for vocabulary maxima {"static": [...], "dynamic": [...], "ad": [...]}."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "static_fields": list(S.STATIC_FIELDS),
+        "dynamic_fields": list(S.DYNAMIC_FIELDS),
+        "dynamic_widths": list(S.DYNAMIC_WIDTHS),
+        "ad_fields": list(S.AD_FIELDS),
+        "max_idxs": {k: [int(v) for v in max_idxs[k]] for k in ("static", "dynamic", "ad")},
+    }
+
+
+def write_schema(split_dir, max_idxs):
+    text = json.dumps(make_schema(max_idxs), indent=1) + "\n"
+    atomic_write(os.path.join(split_dir, SCHEMA_FILE), lambda f: f.write(text.encode()))
+
+
+# ---------------------------------------------------------------- reading
+def read_schema(split_dir):
+    """Read and check `schema.json` of a split folder; returns the schema dict."""
+    path = os.path.join(split_dir, SCHEMA_FILE)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no schema file; every data folder needs the schema.json "
+                        "written by tools/preprocess.py or tools/import_pickle.py")
+    try:
+        with open(path) as f:
+            sch = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e}); regenerate it with tools/preprocess.py") from e
+    expected = make_schema(sch.get("max_idxs", S.TENCENT_MAX_IDXS))
+    for key in ("static_fields", "dynamic_fields", "dynamic_widths", "ad_fields"):
+        if sch.get(key) != expected[key]:
+            raise DataError(f"{path}: field {key!r} is {sch.get(key)!r}, this code expects "
+                            f"{expected[key]!r}; the data was made for another field layout")
+    mx = sch.get("max_idxs")
+    for group, fields in (("static", S.STATIC_FIELDS), ("dynamic", S.DYNAMIC_FIELDS), ("ad", S.AD_FIELDS)):
+        vals = None if not isinstance(mx, dict) else mx.get(group)
+        if not (isinstance(vals, list) and len(vals) == len(fields)
+                and all(isinstance(v, int) and v >= 0 for v in vals)):
+            raise DataError(f"{path}: max_idxs.{group} must be {len(fields)} non-negative integers "
+                            f"(one per field {list(fields)}), got {vals!r}")
+    return sch
+
+
+def max_idxs_list(sch):
+    """max_idxs as the model config writes them: [static, dynamic, ad]."""
+    return [sch["max_idxs"]["static"], sch["max_idxs"]["dynamic"], sch["max_idxs"]["ad"]]
+
+
+def load_stage(path, sch):
+    """Load one stage file and validate it against the schema dict.
+
+    Returns a dict of arrays. Every problem raises DataError naming the file,
+    the field and what to do.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found; check the data path in the config "
+                        "(runner.train_data_dir / runner.test_data_dir)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name[:-4] if name.endswith(".npy") else name: z[name] for name in z.files}
+    except ValueError as e:
+        raise DataError(f"{path}: holds Python objects or is not a NumPy file ({e}); "
+                        "convert pickles with tools/import_pickle.py") from e
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e}); regenerate it") from e
+    validate_stage(path, arrays, sch)
+    return arrays
+
+
+def validate_stage(path, arrays, sch):
+    for name, (dtype, tail, required) in S.ARRAYS.items():
+        if name not in arrays:
+            if required:
+                raise DataError(f"{path}: array {name!r} is missing; a stage file needs "
+                                f"{[n for n, a in S.ARRAYS.items() if a[2]]}")
+            continue
+        a = arrays[name]
+        if not np.issubdtype(a.dtype, np.integer):
+            raise DataError(f"{path}: field {name!r} has dtype {a.dtype}, expected integers "
+                            f"({np.dtype(dtype).name}); regenerate the file with our tools")
+        if a.ndim != 1 + len(tail) or a.shape[1:] != tail:
+            raise DataError(f"{path}: field {name!r} has shape {a.shape}, expected (N, {', '.join(map(str, tail))})"
+                            if tail else f"{path}: field {name!r} has shape {a.shape}, expected (N,)")
+    n = len(arrays["label"])
+    for name, a in arrays.items():
+        if name not in S.ARRAYS:
+            raise DataError(f"{path}: unknown array {name!r}; expected only {sorted(S.ARRAYS)}")
+        if len(a) != n:
+            raise DataError(f"{path}: field {name!r} has {len(a)} rows but 'label' has {n}; "
+                            "all arrays of a stage must have one row per example")
+    bad = ~np.isin(arrays["label"], (0, 1))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{path}: field 'label' row {i} is {arrays['label'][i]}; labels must be 0 or 1 "
+                        "(raw -1 labels are mapped to 0 by tools/preprocess.py)")
+    mx = sch["max_idxs"]
+    _check_ids(path, "static", arrays["static"], S.STATIC_FIELDS, [(j, j + 1) for j in range(len(S.STATIC_FIELDS))],
+               mx["static"])
+    _check_ids(path, "dynamic", arrays["dynamic"], S.DYNAMIC_FIELDS,
+               list(zip(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:])), mx["dynamic"])
+    _check_ids(path, "ad", arrays["ad"], S.AD_FIELDS, [(j, j + 1) for j in range(len(S.AD_FIELDS))], mx["ad"])
+    lengths = arrays["lengths"]
+    for j, (field, width) in enumerate(zip(S.DYNAMIC_FIELDS, S.DYNAMIC_WIDTHS)):
+        col = lengths[:, j]
+        bad = (col < 0) | (col > width)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{path}: field 'lengths' ({field}) row {i} is {col[i]}, outside 0..{width} "
+                            f"(the width of the {field} list); lengths count the real ids of each list")
+
+
+def _check_ids(path, name, a, fields, spans, maxima):
+    for field, (lo, hi), top in zip(fields, spans, maxima):
+        block = a[:, lo:hi]
+        if block.size == 0:
+            continue
+        low, high = int(block.min()), int(block.max())
+        if low < 0 or high > top:
+            i = int(np.argmax(((block < 0) | (block > top)).any(axis=1)))
+            raise DataError(f"{path}: field {name!r} ({field}) row {i} holds id {high if high > top else low}, "
+                            f"outside 0..{top} (max_idxs in schema.json); the data and its schema.json "
+                            "do not belong together: regenerate both with the same tool run")
+
+
+def stage_path(split_dir, stage):
+    """The stage file of a split folder: <prefix>_stage<k>.npz (prefix train or test)."""
+    names = [f for f in sorted(os.listdir(split_dir)) if f.endswith(f"_stage{stage}.npz")] \
+        if os.path.isdir(split_dir) else []
+    if len(names) > 1:
+        raise DataError(f"{split_dir}: several stage-{stage} files {names}; keep one")
+    return os.path.join(split_dir, names[0]) if names else None
+
+
+def load_split(split_dir, stages=(1, 2)):
+    """Read a split folder: {"schema": dict, "stage1": arrays, "stage2": arrays or None}."""
+    if not os.path.isdir(split_dir):
+        raise DataError(f"{split_dir}: no such data folder; make one with tools/preprocess.py, "
+                        "tools/import_pickle.py or tools/make_synthetic.py (see readme.md)")
+    sch = read_schema(split_dir)
+    out = {"schema": sch}
+    for k in (1, 2):
+        path = stage_path(split_dir, k) if k in stages else None
+        if k == 1 and k in stages and path is None:
+            raise DataError(f"{split_dir}: no *_stage1.npz file; a data folder needs at least stage 1")
+        out[f"stage{k}"] = load_stage(path, sch) if path else None
+    return out
+
+
+def oracle_path(stage_file):
+    return stage_file[:-len(".npz")] + "_oracle.npy"
+
+
+def load_oracle(stage_file, n_rows):
+    """True click probabilities of a synthetic stage file, or None where the data has none."""
+    path = oracle_path(stage_file)
+    if not os.path.isfile(path):
+        return None
+    p = np.load(path, allow_pickle=False)
+    if p.shape != (n_rows,) or not np.all((p >= 0) & (p <= 1)):
+        raise DataError(f"{path}: expected {n_rows} probabilities in [0, 1], got shape {p.shape}; "
+                        "regenerate the data with tools/make_synthetic.py and tools/preprocess.py")
+    return p
