@@ -95,7 +95,10 @@ def read_schema(split_dir):
             sch = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e}); regenerate it with tools/preprocess.py") from e
-    expected = make_schema(sch.get("max_idxs", S.TENCENT_MAX_IDXS))
+    if not isinstance(sch, dict):
+        raise DataError(f"{path}: holds a JSON {type(sch).__name__}, not the schema object; "
+                        "regenerate it with tools/preprocess.py")
+    expected = make_schema(S.TENCENT_MAX_IDXS)  # only its field lists are compared
     for key in ("static_fields", "dynamic_fields", "dynamic_widths", "ad_fields"):
         if sch.get(key) != expected[key]:
             raise DataError(f"{path}: field {key!r} is {sch.get(key)!r}, this code expects "
@@ -125,13 +128,21 @@ def load_stage(path, sch):
         raise DataError(f"{path}: file not found; check the data path in the config "
                         "(runner.train_data_dir / runner.test_data_dir)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {name[:-4] if name.endswith(".npy") else name: z[name] for name in z.files}
+        with open(path, "rb") as f:  # np.load leaks its own handle on a broken zip
+            loaded = np.load(f, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                with loaded as z:
+                    arrays = {name[:-4] if name.endswith(".npy") else name: z[name] for name in z.files}
     except ValueError as e:
         raise DataError(f"{path}: holds Python objects or is not a NumPy file ({e}); "
                         "convert pickles with tools/import_pickle.py") from e
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e}); regenerate it") from e
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: a single .npy array, not an .npz archive of named arrays; regenerate it")
+    not_arrays = sorted(name for name, a in arrays.items() if not isinstance(a, np.ndarray))
+    if not_arrays:
+        raise DataError(f"{path}: members {not_arrays} are not .npy arrays; regenerate the file")
     validate_stage(path, arrays, sch)
     return arrays
 
