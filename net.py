@@ -1,0 +1,158 @@
+"""The MetaHeac network (Zhu et al., KDD 2021) as a function of explicit parameters.
+
+`net(feeds, params)` computes with `params[name]` where the mapping has that
+name and with the layer's own parameter otherwise, so a task's fast weights are
+passed in (like torch.func.functional_call) instead of being attached to the
+parameters. An embedding table's entry may be the full table or only the rows a
+batch touches, with the batch's ids remapped to positions in those rows: a
+lookup is a gather of the given ids from the given 2-D tensor either way.
+
+Every op on the forward path has a double-grad kernel in Paddle 3.3 (no
+F.embedding, F.softmax or einsum; softmax is written from exp and sum), so the
+second-order MAML step can differentiate through an inner gradient.
+
+Initialisation follows the official PyTorch code: embedding tables are
+xavier-uniform (bound sqrt(6 / (rows + dim)), as pytorch-fm's embedding layer
+does), weights and biases of the dense layers are uniform in
++-1/sqrt(fan_in) (torch.nn.Linear's default).
+"""
+import math
+
+import paddle
+from paddle import nn
+
+from tools.utils import schema as S
+
+USER_FIELDS = S.STATIC_FIELDS + S.DYNAMIC_FIELDS
+TABLE_FIELDS = USER_FIELDS + S.AD_FIELDS
+TABLE_NAMES = tuple("emb_" + field for field in TABLE_FIELDS)
+_GROUPS = (("static", S.STATIC_FIELDS), ("dynamic", S.DYNAMIC_FIELDS), ("ad", S.AD_FIELDS))
+
+
+def table_sizes(max_idxs):
+    """Rows of each embedding table (max id + 1), in TABLE_FIELDS order.
+
+    `max_idxs` is the config's [[7 static], [7 dynamic], [6 ad]] list.
+    """
+    if not (isinstance(max_idxs, (list, tuple)) and len(max_idxs) == len(_GROUPS)):
+        raise ValueError(f"hyper_parameters.max_idxs must be 3 lists [static, dynamic, ad], got {max_idxs!r}; "
+                         "copy max_idxs from the schema.json of the data")
+    sizes = []
+    for (group, fields), maxima in zip(_GROUPS, max_idxs):
+        if not (isinstance(maxima, (list, tuple)) and len(maxima) == len(fields)
+                and all(isinstance(m, int) and m >= 0 for m in maxima)):
+            raise ValueError(f"hyper_parameters.max_idxs {group} entry must be {len(fields)} non-negative "
+                             f"integers (one per field {list(fields)}), got {maxima!r}")
+        sizes.extend(m + 1 for m in maxima)
+    return sizes
+
+
+def softmax(x):
+    """Row softmax from exp/sum (F.softmax has no double-grad kernel).
+
+    The row maximum is subtracted as a constant: softmax does not depend on a
+    per-row shift, so this changes no value and no gradient.
+    """
+    e = paddle.exp(x - x.max(axis=1, keepdim=True).detach())
+    return e / e.sum(axis=1, keepdim=True)
+
+
+# Per column of `dynamic`: its list (0..6) and its position inside that list.
+_LIST_OF_COLUMN = [j for j, width in enumerate(S.DYNAMIC_WIDTHS) for _ in range(width)]
+_POSITION_IN_LIST = [c for width in S.DYNAMIC_WIDTHS for c in range(width)]
+
+
+def pool_lists(tables, dynamic, lengths):
+    """Mean of each row's first `length` embeddings per list: [B, 7, D]; length 0 gives zeros.
+
+    Only the ids inside the lengths are gathered, then summed into their
+    (row, list) slot with one index_add and divided by the length. This reads
+    about half the ids a masked sum over all 50 columns would, and its
+    second-order graph is several times cheaper.
+    """
+    rows_n, lists_n = dynamic.shape[0], len(S.DYNAMIC_FIELDS)
+    list_of_column = paddle.to_tensor(_LIST_OF_COLUMN, dtype="int64")
+    inside = paddle.to_tensor(_POSITION_IN_LIST, dtype="int64") < paddle.index_select(lengths, list_of_column, axis=1)
+    slot = paddle.arange(rows_n, dtype="int64").unsqueeze(1) * lists_n + list_of_column  # [B, 50]
+    rows, slots = [], []
+    for table, lo, hi in zip(tables, S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:]):
+        rows.append(paddle.gather(table, paddle.masked_select(dynamic[:, lo:hi], inside[:, lo:hi])))
+        slots.append(paddle.masked_select(slot[:, lo:hi], inside[:, lo:hi]))
+    dtype = tables[0].dtype
+    sums = paddle.index_add(paddle.zeros([rows_n * lists_n, tables[0].shape[1]], dtype=dtype),
+                            paddle.concat(slots), 0, paddle.concat(rows))
+    return sums.reshape([rows_n, lists_n, -1]) / paddle.clip(lengths, min=1).astype(dtype).unsqueeze(2)
+
+
+class MetaHeacNet(nn.Layer):
+    """Embeddings -> hybrid experts (mixed by a task gate) -> hybrid critics (mixed by a second gate).
+
+    Parameter names: `emb_<field>` for the 20 tables; `expert_w0/b0` (all
+    experts' first layer fused into one [user_dim, E*H] matrix), `expert_wK/bK`
+    for K >= 1 ([E, H, H'] per-expert stacks); `expert_gate_w0/b0/w1/b1`;
+    `critic_w/b` (the critic heads side by side, [H, C]); `critic_gate_w0/b0/w1/b1`.
+    """
+
+    def __init__(self, max_idxs, embed_dim=64, mlp_dims=(64, 64), num_expert=8, num_output=5):
+        super().__init__()
+        self.embed_dim, self.num_expert = embed_dim, num_expert
+        self.mlp_dims = list(mlp_dims)
+        for name, rows in zip(TABLE_NAMES, table_sizes(max_idxs)):
+            self._add(name, [rows, embed_dim], math.sqrt(6.0 / (rows + embed_dim)))
+        user_dim = len(USER_FIELDS) * embed_dim
+        task_dim = (1 + len(S.AD_FIELDS)) * embed_dim
+        self._add_linear("expert_w0", "expert_b0", user_dim, [user_dim, num_expert * mlp_dims[0]])
+        for k in range(1, len(mlp_dims)):
+            fan_in = mlp_dims[k - 1]
+            self._add_linear(f"expert_w{k}", f"expert_b{k}", fan_in,
+                             [num_expert, fan_in, mlp_dims[k]], [num_expert, 1, mlp_dims[k]])
+        for gate, width in (("expert_gate", num_expert), ("critic_gate", num_output)):
+            self._add_linear(f"{gate}_w0", f"{gate}_b0", task_dim, [task_dim, mlp_dims[-1]])
+            self._add_linear(f"{gate}_w1", f"{gate}_b1", mlp_dims[-1], [mlp_dims[-1], width])
+        self._add_linear("critic_w", "critic_b", mlp_dims[-1], [mlp_dims[-1], num_output])
+
+    def _add(self, name, shape, bound):
+        init = nn.initializer.Uniform(-bound, bound)
+        self.add_parameter(name, self.create_parameter(shape, default_initializer=init))
+
+    def _add_linear(self, weight, bias, fan_in, weight_shape, bias_shape=None):
+        bound = 1.0 / math.sqrt(fan_in)
+        self._add(weight, weight_shape, bound)
+        self._add(bias, bias_shape or weight_shape[-1:], bound)
+
+    def forward(self, feeds, params=None):
+        """Click probability [B] for feeds {static [B,7], dynamic [B,50], lengths [B,7], ad [B,6]} (int64)."""
+        params = params or {}
+
+        def p(name):
+            return params[name] if name in params else getattr(self, name)
+
+        user, ad = self._embed(feeds, p)                                  # [B, 14, D], 6 x [B, D]
+        task = paddle.concat([user.mean(axis=1)] + ad, axis=1)
+        experts = self._experts(user.reshape([user.shape[0], -1]), p)     # [E, B, H]
+        expert_gate = self._gate(task, "expert_gate", p)                  # [B, E]
+        mixed = (experts * expert_gate.t().unsqueeze(2)).sum(axis=0)      # [B, H]
+        critics = paddle.nn.functional.sigmoid(mixed @ p("critic_w") + p("critic_b"))  # [B, C]
+        return (critics * self._gate(task, "critic_gate", p)).sum(axis=1)
+
+    def _embed(self, feeds, p):
+        """The user-field embeddings [B, 14, D] (static fields, then pooled lists) and the 6 ad embeddings."""
+        static, ad = feeds["static"], feeds["ad"]
+        n_static, n_user = len(S.STATIC_FIELDS), len(USER_FIELDS)
+        single = paddle.stack([paddle.gather(p(TABLE_NAMES[j]), static[:, j]) for j in range(n_static)], axis=1)
+        lists = pool_lists([p(name) for name in TABLE_NAMES[n_static:n_user]], feeds["dynamic"], feeds["lengths"])
+        ad_emb = [paddle.gather(p(TABLE_NAMES[n_user + j]), ad[:, j]) for j in range(len(S.AD_FIELDS))]
+        return paddle.concat([single, lists], axis=1), ad_emb
+
+    def _experts(self, user, p):
+        """All experts at once: a fused GEMM for layer 1, then matched-batch bmm ([E,B,H] @ [E,H,H'])."""
+        relu = paddle.nn.functional.relu
+        hidden = relu(user @ p("expert_w0") + p("expert_b0"))
+        hidden = hidden.reshape([user.shape[0], self.num_expert, self.mlp_dims[0]]).transpose([1, 0, 2])
+        for k in range(1, len(self.mlp_dims)):
+            hidden = relu(paddle.bmm(hidden, p(f"expert_w{k}")) + p(f"expert_b{k}"))
+        return hidden
+
+    def _gate(self, task, gate, p):
+        hidden = paddle.nn.functional.relu(task @ p(f"{gate}_w0") + p(f"{gate}_b0"))
+        return softmax(hidden @ p(f"{gate}_w1") + p(f"{gate}_b1"))

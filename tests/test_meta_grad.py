@@ -1,0 +1,229 @@
+"""The MAML meta-step of DygraphModel.train_forward against independent computations, in float64."""
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tools.utils.paddle_env import paddle  # noqa: E402
+from tools.utils import schema as S  # noqa: E402
+from test_net import TINY_HP, random_batch  # noqa: E402
+
+LOCAL_LR = 0.5  # large, so that the second-order term is clearly visible
+
+
+def load_dygraph_model():
+    spec = importlib.util.spec_from_file_location("metaheac_dygraph_model", os.path.join(ROOT, "dygraph_model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+dm = load_dygraph_model()
+
+
+def config(meta_order):
+    return {"hyper_parameters": {**TINY_HP, "local_lr": LOCAL_LR, "meta_order": meta_order,
+                                 "optimizer": {"class": "adam", "learning_rate": 0.001}}}
+
+
+@pytest.fixture
+def float64():
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype("float64")
+    yield
+    paddle.set_default_dtype(previous)
+
+
+@pytest.fixture
+def setup(float64):
+    """A float64 net and a meta-batch of 3 tasks whose support and query share ids.
+
+    The last task's support batch has only empty lists (nothing to pool).
+    """
+    paddle.seed(11)
+    model = dm.DygraphModel()
+    net = model.create_model(config(2))
+    rng = np.random.default_rng(12)
+    meta_batch = [(random_batch(rng, 7), random_batch(rng, 6)) for _ in range(3)]
+    meta_batch[-1][0]["lengths"][:] = 0
+    return model, net, meta_batch
+
+
+def bce(pred, label):
+    return -(label * paddle.log(pred) + (1 - label) * paddle.log(1 - pred)).mean()
+
+
+def meta_loss(net, meta_batch, params, second_order):
+    """Mean query loss after one dense SGD step on the support loss: full tables, no gathering."""
+    losses = []
+    for support, query in meta_batch:
+        s, q = (dm.DygraphModel().create_feeds(b) for b in (support, query))
+        grads = paddle.grad(bce(net(s, params), s["label"]), list(params.values()), create_graph=second_order)
+        fast = {k: w - LOCAL_LR * g for (k, w), g in zip(params.items(), grads)}
+        losses.append(bce(net(q, fast), q["label"]))
+    return paddle.add_n(losses) / len(losses)
+
+
+def train_forward_grads(model, net, meta_batch, meta_order):
+    net.clear_gradients()
+    loss, logs = model.train_forward(net, meta_batch, config(meta_order))
+    loss.backward()
+    assert logs["loss"] == pytest.approx(float(loss))
+    grads = {name: p.grad.numpy().copy() for name, p in net.named_parameters()}
+    net.clear_gradients()
+    return float(loss), grads
+
+
+def leaf_params(net):
+    """Copies of the parameters as plain leaf tensors we can perturb and differentiate."""
+    return {name: paddle.to_tensor(p.numpy(), stop_gradient=False) for name, p in net.named_parameters()}
+
+
+def sampled_coordinates(net, meta_batch, rng):
+    """Two coordinates per parameter; for tables, rows read by both a support and its query batch."""
+    support, query = meta_batch[0]
+    coords = []
+    for name, p in net.named_parameters():
+        if name.startswith("emb_"):
+            field = name[4:]
+            group, col = next((g, list(fields).index(field)) for g, fields in
+                              (("static", S.STATIC_FIELDS), ("dynamic", S.DYNAMIC_FIELDS), ("ad", S.AD_FIELDS))
+                              if field in fields)
+            span = slice(S.DYNAMIC_OFFSETS[col], S.DYNAMIC_OFFSETS[col + 1]) if group == "dynamic" \
+                else slice(col, col + 1)
+            shared = np.intersect1d(support[group][:, span], query[group][:, span])
+            coords += [(name, (int(rng.choice(shared)), int(rng.integers(p.shape[1])))) for _ in range(2)]
+        else:
+            coords += [(name, tuple(int(rng.integers(d)) for d in p.shape)) for _ in range(2)]
+    return coords
+
+
+def test_second_order_meta_gradient_matches_finite_differences(setup):
+    model, net, meta_batch = setup
+    loss, grads = train_forward_grads(model, net, meta_batch, meta_order=2)
+    params = leaf_params(net)
+    assert float(meta_loss(net, meta_batch, params, False)) == pytest.approx(loss, rel=1e-12)
+    step = 1e-6
+    coords = sampled_coordinates(net, meta_batch, np.random.default_rng(13))
+    numeric, analytic = [], []
+    for name, index in coords:
+        values = []
+        for sign in (1, -1):
+            shifted = params[name].numpy().copy()
+            shifted[index] += sign * step
+            moved = {**params, name: paddle.to_tensor(shifted, stop_gradient=False)}
+            values.append(float(meta_loss(net, meta_batch, moved, False)))
+        numeric.append((values[0] - values[1]) / (2 * step))
+        analytic.append(grads[name][index])
+    numeric, analytic = np.array(numeric), np.array(analytic)
+    # Small ReLU layers have a few units dead on every row; nearly all coordinates must matter.
+    assert np.mean(np.abs(numeric) > 1e-6) > 0.85
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+
+    _, first = train_forward_grads(model, net, meta_batch, meta_order=1)
+    first = np.array([first[name][index] for name, index in coords])
+    assert np.linalg.norm(first - numeric) > 1e-2 * np.linalg.norm(numeric)
+
+
+def test_second_order_sparse_rows_equal_dense_tables(setup):
+    model, net, meta_batch = setup
+    _, sparse = train_forward_grads(model, net, meta_batch, meta_order=2)
+    params = leaf_params(net)
+    dense = dict(zip(params, paddle.grad(meta_loss(net, meta_batch, params, True), list(params.values()))))
+    for name in params:
+        np.testing.assert_allclose(sparse[name], dense[name].numpy(), rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+def test_first_order_is_query_gradient_at_fast_weights(setup):
+    model, net, meta_batch = setup
+    _, got = train_forward_grads(model, net, meta_batch, meta_order=1)
+    expected = {name: 0 for name, _ in net.named_parameters()}
+    for support, query in meta_batch:
+        params = leaf_params(net)
+        s, q = model.create_feeds(support), model.create_feeds(query)
+        grads = paddle.grad(bce(net(s, params), s["label"]), list(params.values()))
+        fast = {k: paddle.to_tensor((w - LOCAL_LR * g).numpy(), stop_gradient=False)
+                for (k, w), g in zip(params.items(), grads)}
+        for name, g in zip(fast, paddle.grad(bce(net(q, fast), q["label"]), list(fast.values()))):
+            expected[name] = expected[name] + g.numpy() / len(meta_batch)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+def test_inner_step_uses_only_the_touched_rows(setup):
+    """No table-sized fast weight: each table enters the inner step as the rows of its unique ids."""
+    model, net, meta_batch = setup
+    seen = []
+    forward = net.forward
+    net.forward = lambda feeds, params=None: seen.append(params) or forward(feeds, params)
+    model.train_forward(net, meta_batch[:1], config(2))
+    support, query = meta_batch[0]
+    both = {k: np.concatenate([support[k], query[k]]) for k in ("static", "dynamic", "ad")}
+    assert len(seen) == 2  # support forward on the gathered weights, query forward on the fast weights
+    kw1 = both["dynamic"][:, S.DYNAMIC_OFFSETS[3]:S.DYNAMIC_OFFSETS[4]]
+    for params in seen:
+        assert params["emb_kw1"].shape[0] == len(np.unique(kw1))
+        assert params["emb_age"].shape[0] == len(np.unique(both["static"][:, 3]))
+        assert params["emb_productType"].shape[0] == len(np.unique(both["ad"][:, 5]))
+
+
+def test_compact_ids_round_trip():
+    rng = np.random.default_rng(14)
+    batches = [random_batch(rng, 5), random_batch(rng, 4)]
+    sizes = [m + 1 for group in TINY_HP["max_idxs"] for m in group]
+    remapped, row_ids = dm.compact_ids(batches, sizes)
+    for original, new in zip(batches, remapped):
+        ids = np.concatenate([original[k] for k in ("static", "dynamic", "ad")], axis=1)
+        local = np.concatenate([new[k] for k in ("static", "dynamic", "ad")], axis=1)
+        for col, table in enumerate(dm.COLUMN_TABLE):
+            np.testing.assert_array_equal(row_ids[table][local[:, col]], ids[:, col])
+        np.testing.assert_array_equal(new["lengths"], original["lengths"])
+    for table, ids in enumerate(row_ids):
+        assert np.all(np.diff(ids) > 0) and ids.min() >= 0 and ids.max() < sizes[table]
+
+
+def test_compact_ids_rejects_ids_outside_their_table():
+    batch = random_batch(np.random.default_rng(17), 3)
+    sizes = [m + 1 for group in TINY_HP["max_idxs"] for m in group]
+    batch["dynamic"][2, S.DYNAMIC_OFFSETS[3]] = sizes[7 + 3]  # kw1's first id, one past its table
+    with pytest.raises(ValueError, match=r"field 'kw1' \(row 2 of the stacked batches\) is outside its table 0\.\.30"):
+        dm.compact_ids([batch], sizes)
+
+
+def test_inference_hooks_and_loss_match_sklearn(float64):
+    paddle.seed(15)
+    model = dm.DygraphModel()
+    net = model.create_model(config(2))
+    batch = random_batch(np.random.default_rng(16), 9)
+    probs = model.infer_forward(net, batch, config(2))
+    assert isinstance(probs, np.ndarray) and probs.shape == (9,)
+    np.testing.assert_allclose(probs, net(model.create_feeds(batch)).numpy())
+    loss, logs = model.infer_train_forward(net, batch, config(2))
+    assert logs["loss"] == pytest.approx(log_loss(batch["label"], probs, labels=[0, 1]), rel=1e-10)
+    loss.backward()
+    assert np.abs(net.emb_age.grad.numpy()).sum() > 0
+    assert model.create_metrics() == list(logs)
+
+
+def test_create_loss_clips_extreme_probabilities(float64):
+    model = dm.DygraphModel()
+    loss = model.create_loss(paddle.to_tensor([0.0, 1.0, 0.5]), paddle.to_tensor([1.0, 0.0, 1.0]))
+    assert float(loss) == pytest.approx((-2 * np.log(dm.EPS) + np.log(2)) / 3, rel=1e-9)
+
+
+def test_optimizer_learning_rates_and_bad_settings(setup):
+    model, net, meta_batch = setup
+    assert model.create_optimizer(net, config(2)).get_lr() == pytest.approx(0.001)
+    assert model.create_optimizer(net, config(2), learning_rate=0.01).get_lr() == pytest.approx(0.01)
+    bad = config(2)
+    bad["hyper_parameters"]["optimizer"] = {"class": "sgd", "learning_rate": 0.1}
+    with pytest.raises(ValueError, match="optimizer.class"):
+        model.create_optimizer(net, bad)
+    with pytest.raises(ValueError, match="meta_order"):
+        model.train_forward(net, meta_batch, config(3))
