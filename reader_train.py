@@ -1,0 +1,121 @@
+"""Meta-training reader: meta-batches of (support, query) batches, one pair per campaign.
+
+Each meta-batch draws hyper_parameters.task_count distinct campaigns, with
+probability proportional to their stage-1 row count (sample_method normal),
+to its square root (sqrt) or uniformly (unit), without replacement: one
+after another, each in proportion to the weights left. Support and query are
+drawn independently from the campaign's rows, each without replacement:
+min(train_batch_size, rows) distinct rows.
+
+Small campaigns: a campaign with fewer rows than train_batch_size gives all
+its rows, shuffled, to both support and query. That is the same rule capped
+at the rows there are, so it needs no special case; splitting such a campaign
+in two halves would instead make its support and query disjoint only because
+it is small, and halve the little data it has.
+
+Rows are grouped by campaign once (one argsort); drawing a batch then costs
+O(batch): a slice of the grouped row numbers and k distinct draws from it.
+One epoch is ceil(stage-1 rows / train_batch_size) meta-batches; epoch e
+draws from a generator seeded with (seed, e), so a resumed run repeats it.
+"""
+import math
+
+import numpy as np
+
+from tools.utils.config import ConfigError, check_max_idxs, hyper_int
+from tools.utils.dataset import load_split
+
+SAMPLE_METHODS = {"normal": lambda rows: rows, "sqrt": np.sqrt, "unit": np.ones_like}
+
+
+class CampaignIndex:
+    """The rows of a stage grouped by campaign: rows_of(i) is a slice, no scan of the table."""
+
+    def __init__(self, aid):
+        self.order = np.argsort(aid, kind="stable")  # stable: a campaign's rows keep file order
+        self.aids, self.starts, self.counts = np.unique(aid[self.order], return_index=True, return_counts=True)
+
+    def __len__(self):
+        return len(self.aids)
+
+    def rows_of(self, i):
+        return self.order[self.starts[i]:self.starts[i] + self.counts[i]]
+
+
+def take(arrays, rows):
+    """The given rows of every array of a stage, as a batch dict."""
+    return {name: a[rows] for name, a in arrays.items()}
+
+
+def sample_distinct(rng, n, k):
+    """k distinct integers of range(n) in random order, uniformly, at O(k) cost.
+
+    When k is a sizeable part of n (n <= 4k) a permutation of n costs O(k)
+    anyway; otherwise integers are drawn with replacement and repeats dropped
+    (the first k distinct values of an i.i.d. uniform stream are a uniform
+    ordered sample without replacement); with n > 4k a draw repeats an earlier
+    value with probability below 1/4, so fewer than 4k/3 draws are expected.
+    """
+    if n <= 4 * k:
+        return rng.permutation(n)[:k]
+    picked = np.empty(0, dtype=np.int64)
+    while len(picked) < k:
+        stream = np.concatenate([picked, rng.integers(0, n, size=k - len(picked))])
+        first = np.sort(np.unique(stream, return_index=True)[1])
+        picked = stream[first]
+    return picked
+
+
+class RecDataset:
+    """Iterable over the meta-batches of one epoch; len() is the number of meta-batches."""
+
+    def __init__(self, config, data_dir, seed=None):
+        runner, hp = config["runner"], config["hyper_parameters"]
+        split = load_split(data_dir, stages=(1,))
+        check_max_idxs(config, split["schema"], data_dir)
+        self.table = split["stage1"]
+        self.index = CampaignIndex(self.table["aid"])
+        self.batch_size = runner["train_batch_size"]
+        self.task_count = hyper_int(config, "task_count")
+        method = hp.get("sample_method", "normal")
+        if method not in SAMPLE_METHODS:
+            raise ConfigError(f"{config['config_path']}: hyper_parameters.sample_method is {method!r}; "
+                              f"use one of {sorted(SAMPLE_METHODS)}")
+        if len(self.index) < self.task_count:
+            raise ConfigError(f"{data_dir}: {len(self.index)} campaigns in the stage-1 data but "
+                              f"hyper_parameters.task_count is {self.task_count}; lower task_count "
+                              f"(-o hyper_parameters.task_count={len(self.index)}) or use more campaigns")
+        self.task_weights = SAMPLE_METHODS[method](self.index.counts.astype(np.float64))
+        self.seed = runner["seed"] if seed is None else seed
+        self.epoch = 0
+
+    def __len__(self):
+        return math.ceil(len(self.table["label"]) / self.batch_size)
+
+    def set_epoch(self, epoch):
+        """Draw the meta-batches of this epoch next (iterating also advances the epoch by one)."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        return (self.draw_meta_batch(rng) for _ in range(len(self)))
+
+    def draw_tasks(self, rng):
+        """Positions (into index.aids) of task_count distinct campaigns, drawn by weight.
+
+        The task_count largest keys u ** (1 / weight), u uniform, are a weighted
+        draw without replacement, one after another in proportion to the
+        weights left (Efraimidis and Spirakis, 2006); in logs for precision.
+        O(campaigns), 10x faster than Generator.choice with p.
+        """
+        keys = np.log(rng.random(len(self.index))) / self.task_weights
+        return np.argpartition(keys, -self.task_count)[-self.task_count:]
+
+    def draw_batch(self, rng, task):
+        rows = self.index.rows_of(task)
+        return take(self.table, rows[sample_distinct(rng, len(rows), min(self.batch_size, len(rows)))])
+
+    def draw_meta_batch(self, rng):
+        """[(support, query), ...], one pair per drawn campaign."""
+        return [(self.draw_batch(rng, t), self.draw_batch(rng, t)) for t in self.draw_tasks(rng)]

@@ -1,0 +1,420 @@
+"""Config loading, checkpoints, and the trainer / meta-inference command lines.
+
+The command lines run as subprocesses on a fake model folder made here: its own
+dygraph_model.py (a logistic regression following the model contract), copies
+of the readers, a config and tiny generated data. That the tools train and test
+it proves they are generic over model folders.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import reader_train  # noqa: E402
+from test_readers import MAX_IDXS, MAX_IDXS_LIST, write_split  # noqa: E402
+from tools.utils import checkpoint as ckpt  # noqa: E402
+from tools.utils import config as cfg  # noqa: E402
+from tools.utils import dataset as D  # noqa: E402
+
+
+# ---------------------------------------------------------------- config
+@pytest.mark.parametrize("text, value", [("3", 3), ("1e-3", 0.001), ("-2.5E+2", -250.0), ("1.5", 1.5),
+                                         ("False", False), ("[64, 32]", [64, 32]), ("data/x", "data/x"),
+                                         ("'007'", "007"), ("{class: adam}", {"class": "adam"})])
+def test_override_values_are_typed_as_yaml(text, value):
+    got = cfg.parse_value(text)
+    assert got == value and type(got) is type(value)
+
+
+YAML = """\
+runner:
+  train_data_dir: data/train
+  test_data_dir: data/test_hot
+  model_save_path: out
+  epochs: 1
+hyper_parameters:
+  local_lr: 2e-4
+  optimizer: {class: adam, learning_rate: 0.001}
+"""
+
+
+def test_load_config_resolves_paths_and_applies_dotted_overrides(tmp_path, monkeypatch):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.yaml").write_text(YAML)
+    monkeypatch.chdir(tmp_path)
+    config = cfg.load_config("model/config.yaml", ["runner.test_data_dir=elsewhere/test_cold",
+                                                   "hyper_parameters.optimizer.learning_rate=5e-4",
+                                                   "runner.infer_output_path=res", "runner.epochs=3"])
+    runner = config["runner"]
+    assert runner["train_data_dir"] == str(tmp_path / "model" / "data" / "train")  # YAML: config's folder
+    assert runner["test_data_dir"] == str(tmp_path / "elsewhere" / "test_cold")    # -o: working directory
+    assert runner["infer_output_path"] == str(tmp_path / "res") and runner["epochs"] == 3
+    assert config["hyper_parameters"]["local_lr"] == 2e-4
+    assert config["hyper_parameters"]["optimizer"] == {"class": "adam", "learning_rate": 5e-4}
+    assert config["config_abs_dir"] == str(tmp_path / "model")
+
+
+@pytest.mark.parametrize("item, message", [
+    ("runner.epoch=2", r"no key 'runner.epoch'; did you mean runner.epochs\?"),
+    ("hyper_parameters.local_lr.x=1", r"local_lr in .* is a value, not a section"),
+    ("runner.epochs", r"expected key=value"),
+    ("runner.epochs=[1", r"not valid YAML"),
+])
+def test_bad_overrides_are_clear_errors(tmp_path, item, message):
+    (tmp_path / "config.yaml").write_text(YAML)
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.load_config(str(tmp_path / "config.yaml"), [item])
+
+
+def test_runner_checks_name_the_key_and_the_file(tmp_path):
+    (tmp_path / "config.yaml").write_text(YAML)
+    path = str(tmp_path / "config.yaml")
+    with pytest.raises(cfg.ConfigError, match=r"config.yaml: runner.epochs must be an integer >= 0, got -1"):
+        cfg.check_runner(cfg.load_config(path, ["runner.epochs=-1"]), ["epochs"])
+    with pytest.raises(cfg.ConfigError, match=r"runner.epochs must be an integer >= 0, got True"):
+        cfg.check_runner(cfg.load_config(path, ["runner.epochs=True"]), ["epochs"])
+    with pytest.raises(cfg.ConfigError, match=r"runner.seed must be an integer >= 0, got None"):
+        cfg.check_runner(cfg.load_config(path), ["seed"])
+    with pytest.raises(cfg.ConfigError, match=r"no such config file"):
+        cfg.load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(cfg.ConfigError, match=r"reader_x.py: not found"):
+        cfg.load_module(cfg.load_config(path), "reader_x")
+
+
+# ---------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def paddle():
+    from tools.utils.paddle_env import paddle
+    return paddle
+
+
+def trained_net(paddle, seed):
+    paddle.seed(seed)
+    net = paddle.nn.Linear(4, 3)
+    opt = paddle.optimizer.Adam(0.1, parameters=net.parameters())
+    net(paddle.ones([2, 4])).sum().backward()
+    opt.step()
+    opt.clear_grad()
+    return net, opt
+
+
+def state(obj):
+    return {k: np.array(v) for k, v in obj.state_dict().items()}
+
+
+def optimizer_state(opt, net):
+    """Optimizer state keyed by structured parameter names (Paddle's keys hold per-process names)."""
+    out = {}
+    for key, p in net.named_parameters():
+        out.update({key + k[len(p.name):]: np.array(v) for k, v in opt.state_dict().items()
+                    if k.startswith(p.name + "_")})
+    assert len(out) == len(opt.state_dict()) > 0
+    return out
+
+
+def same_state(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+IDENTITY = {"hyper_parameters": {"task_count": 3, "embed_dim": 8}, "seed": 1}
+
+
+def test_checkpoint_round_trip_and_resume_refusal(paddle, tmp_path):
+    save_dir = str(tmp_path / "ckpt")
+    net, opt = trained_net(paddle, 1)
+    for epoch in (0, 1):
+        ckpt.save(save_dir, epoch, net, opt, {"identity": IDENTITY})
+    os.makedirs(os.path.join(save_dir, "2"))  # an interrupted save: no marker
+    assert ckpt.prepare(save_dir, IDENTITY) == [0, 1]
+
+    fresh, fresh_opt = trained_net(paddle, 2)
+    assert not same_state(state(fresh), state(net))
+    meta = ckpt.resume(os.path.join(save_dir, "1"), fresh, fresh_opt)
+    assert meta["epoch"] == 1 and meta["identity"] == IDENTITY
+    assert same_state(state(fresh), state(net))
+    assert same_state(optimizer_state(fresh_opt, fresh), optimizer_state(opt, net))
+
+    other = {**IDENTITY, "hyper_parameters": {"task_count": 5, "embed_dim": 8}}
+    with pytest.raises(ckpt.CheckpointError, match=r"hyper_parameters.task_count was 3, now 5.*--overwrite"):
+        ckpt.prepare(save_dir, other)
+    assert ckpt.complete_epochs(save_dir) == [0, 1]  # refused: nothing deleted
+    assert ckpt.prepare(save_dir, other, overwrite=True) == []
+    assert ckpt.complete_epochs(save_dir) == []
+
+
+def test_interrupted_save_leaves_no_finished_checkpoint_and_no_temp_files(paddle, tmp_path, monkeypatch):
+    save_dir = str(tmp_path)
+    net, opt = trained_net(paddle, 1)
+    ckpt.save(save_dir, 0, net, opt, {})
+    real = ckpt._paddle_bytes
+
+    def crash_on_optimizer(obj):
+        if "weight" not in obj:  # the optimizer's state dict, written after the model's
+            raise KeyboardInterrupt("killed while saving")
+        return real(obj)
+
+    monkeypatch.setattr(ckpt, "_paddle_bytes", crash_on_optimizer)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(save_dir, 0, net, opt, {})
+    assert ckpt.complete_epochs(save_dir) == []
+    assert not [f for f in os.listdir(os.path.join(save_dir, "0")) if ".tmp" in f]
+
+
+def test_corrupt_or_mismatched_checkpoints_are_refused(paddle, tmp_path):
+    net, opt = trained_net(paddle, 1)
+    path = ckpt.save(str(tmp_path), 0, net, opt, {})
+    params = ckpt.load_file(path, ckpt.MODEL_FILE)
+    with pytest.raises(ckpt.CheckpointError, match=r"x: does not fit this network \(wrong shapes "
+                                                   r"\['bias \[3\] vs \[5\]', 'weight \[4, 3\] vs \[4, 5\]'\]\)"):
+        ckpt.restore_params(paddle.nn.Linear(4, 5), params, "x")
+    with pytest.raises(ckpt.CheckpointError, match=r"\(unexpected \['bias'\]\)"):
+        ckpt.restore_params(paddle.nn.Linear(4, 3, bias_attr=False), params, "x")
+    model_file = os.path.join(path, ckpt.MODEL_FILE)
+    data = bytearray(open(model_file, "rb").read())
+    data[-5] ^= 1  # a flipped bit inside tensor data, which paddle.load reads silently
+    open(model_file, "wb").write(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match=r"rec.pdparams: checksum differs"):
+        ckpt.load_file(path, ckpt.MODEL_FILE)
+    with pytest.raises(ckpt.CheckpointError, match=r"/3: no finished checkpoint .*make it with `train me`"):
+        ckpt.require(str(tmp_path), 3, "train me")
+
+
+# ---------------------------------------------------------------- the command lines on a fake model folder
+FAKE_MODEL = '''\
+"""Logistic regression over the static and ad ids, following the model contract (a test double)."""
+import numpy as np
+import paddle
+
+
+class LogisticNet(paddle.nn.Layer):
+    def __init__(self, max_idxs):
+        super().__init__()
+        sizes = [m + 1 for m in max_idxs[0] + max_idxs[2]]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.weight = self.create_parameter([sum(sizes), 1],
+                                            default_initializer=paddle.nn.initializer.Normal(0, 0.1))
+        self.bias = self.create_parameter([1], is_bias=True)
+
+    def forward(self, ids):
+        ids = ids + paddle.to_tensor(self.offsets)
+        logit = paddle.gather(self.weight, ids.flatten()).reshape(ids.shape).sum(axis=1) + self.bias
+        return paddle.nn.functional.sigmoid(logit)
+
+
+class DygraphModel:
+    def create_model(self, config):
+        return LogisticNet(config["hyper_parameters"]["max_idxs"])
+
+    def create_feeds(self, batch):
+        ids = np.concatenate([batch["static"], batch["ad"]], axis=1).astype(np.int64)
+        return {"ids": paddle.to_tensor(ids), "label": paddle.to_tensor(batch["label"].astype(np.float32))}
+
+    def create_loss(self, pred, label):
+        pred = paddle.clip(pred, 1e-7, 1 - 1e-7)
+        return -(label * paddle.log(pred) + (1 - label) * paddle.log(1 - pred)).mean()
+
+    def create_optimizer(self, net, config, learning_rate=None):
+        lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
+        return paddle.optimizer.Adam(learning_rate=lr, parameters=net.parameters())
+
+    def create_metrics(self):
+        return ["loss"]
+
+    def _loss(self, net, batch):
+        feeds = self.create_feeds(batch)
+        return self.create_loss(net(feeds["ids"]), feeds["label"])
+
+    def train_forward(self, net, meta_batch, config):
+        loss = paddle.add_n([self._loss(net, q) for _, q in meta_batch]) / len(meta_batch)
+        return loss, {"loss": float(loss)}
+
+    def infer_train_forward(self, net, batch, config):
+        loss = self._loss(net, batch)
+        return loss, {"loss": float(loss)}
+
+    def infer_forward(self, net, batch, config):
+        with paddle.no_grad():
+            return net(self.create_feeds(batch)["ids"]).numpy()
+'''
+
+FAKE_CONFIG = f"""\
+runner:
+  train_data_dir: data/train
+  train_reader_path: reader_train
+  test_data_dir: data/test_hot
+  infer_reader_path: reader_test
+  use_gpu: False
+  train_batch_size: 16
+  infer_batch_size: 16
+  epochs: 2
+  print_interval: 5
+  model_save_path: out
+  infer_load_path: out
+  infer_start_epoch: 0
+  infer_end_epoch: 2
+  infer_train_epoch: 2
+  seed: 2021
+  thread_num: 1
+hyper_parameters:
+  max_idxs: {MAX_IDXS_LIST}
+  task_count: 3
+  sample_method: normal
+  local_test_learning_rate: 0.5
+  optimizer: {{class: adam, learning_rate: 0.05}}
+"""
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A model folder with a fake model, the real readers, a config and tiny train / hot / cold data."""
+    folder = tmp_path_factory.mktemp("fake_model")
+    (folder / "dygraph_model.py").write_text(FAKE_MODEL)
+    (folder / "config.yaml").write_text(FAKE_CONFIG)
+    for reader in ("reader_train.py", "reader_test.py"):
+        shutil.copy(os.path.join(ROOT, reader), folder / reader)
+    write_split(folder / "data" / "train", {1: 120, 2: 80, 3: 60, 4: 30, 5: 10}, seed=1)
+    write_split(folder / "data" / "test_hot", {11: 60, 12: 40, 13: 20, 19: 10}, {11: 200, 12: 150, 13: 100}, seed=2)
+    cold = write_split(folder / "data" / "test_cold", {21: 10, 22: 5}, {21: 80, 22: 6}, seed=3)
+    stage2 = D.load_split(cold)["stage2"]
+    stage2["label"][stage2["aid"] == 22] = 0  # a campaign without positive candidates
+    D.save_stage(os.path.join(cold, "test_stage2.npz"), stage2)
+    return folder
+
+
+def run(tool, model_dir, *args):
+    """Run a tool from another working directory; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), "-m", str(model_dir / "config.yaml"),
+                           *args], capture_output=True, text=True, cwd=str(model_dir.parent), timeout=300)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith("error: ") and "\n" not in line, line
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+@pytest.fixture(scope="module")
+def trained(model_dir):
+    """Train 2 epochs in one run into `out`; returns the trainer's output."""
+    proc = run("trainer.py", model_dir)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_trainer_saves_each_epoch_and_resumes_exactly(paddle, model_dir, trained):
+    out = str(model_dir / "out")
+    assert ckpt.complete_epochs(out) == [0, 1]
+    assert "epoch 1: loss" in trained.stdout and "samples" in trained.stdout
+    meta = ckpt.read_meta(os.path.join(out, "1"))
+    assert meta["stats"]["meta_batches"] == 19  # ceil(300 rows / 16)
+    reader = reader_train.RecDataset(cfg.load_config(str(model_dir / "config.yaml")), str(model_dir / "data" / "train"))
+    reader.set_epoch(1)  # the trainer's epoch 1 draws from (seed, 1)
+    assert meta["stats"]["samples"] == sum(len(s["label"]) + len(q["label"]) for mb in reader for s, q in mb)
+
+    split = str(model_dir / "split_run")
+    first = run("trainer.py", model_dir, "-o", "runner.epochs=1", f"runner.model_save_path={split}")
+    resumed = run("trainer.py", model_dir, "-o", f"runner.model_save_path={split}")
+    assert first.returncode == 0 and resumed.returncode == 0, first.stderr + resumed.stderr
+    assert f"resuming after epoch 0 from {split}/0" in resumed.stdout
+    params = {path: ckpt.load_file(path, ckpt.MODEL_FILE) for path in (f"{out}/0", f"{out}/1", f"{split}/1")}
+    params = {p: {k: np.array(v) for k, v in d.items()} for p, d in params.items()}
+    assert same_state(params[f"{out}/1"], params[f"{split}/1"])
+    assert not same_state(params[f"{out}/0"], params[f"{out}/1"])
+
+    again = run("trainer.py", model_dir)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_trainer_refuses_another_runs_checkpoints_and_bad_data(model_dir, trained):
+    out = model_dir / "out"
+    before = (out / "1" / ckpt.MODEL_FILE).read_bytes()
+    refused = run("trainer.py", model_dir, "-o", "hyper_parameters.task_count=2")
+    assert_one_line_error(refused, "hyper_parameters.task_count was 3, now 2", "--overwrite")
+    assert (out / "1" / ckpt.MODEL_FILE).read_bytes() == before
+    missing = run("trainer.py", model_dir, "-o", "runner.train_data_dir=nowhere", "runner.model_save_path=o2")
+    assert_one_line_error(missing, "nowhere: no such data folder")
+    bad_config = run("trainer.py", model_dir, "-o", "runner.train_batch_size=0")
+    assert_one_line_error(bad_config, "runner.train_batch_size must be an integer >= 1, got 0")
+
+
+def numpy_scores(params, batch):
+    """The fake model's probabilities, computed from the checkpoint's arrays with NumPy only."""
+    sizes = [m + 1 for m in MAX_IDXS["static"] + MAX_IDXS["ad"]]
+    ids = np.concatenate([batch["static"], batch["ad"]], axis=1) + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    logit = params["weight"][ids, 0].sum(axis=1) + params["bias"][0]
+    return 1 / (1 + np.exp(-logit))
+
+
+def pairwise_auc(labels, scores):
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    diff = pos[:, None] - neg[None, :]
+    return ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
+
+
+def test_infer_meta_without_fine_tuning_scores_the_checkpoint(paddle, model_dir, trained):
+    proc = run("infer_meta.py", model_dir, "--split", "both", "-o", "runner.infer_train_epoch=0")
+    assert proc.returncode == 0, proc.stderr
+    assert "campaign 19 skipped: no stage-2 rows" in proc.stdout
+    assert "1 of 2 campaigns have candidates of one class only" in proc.stdout
+    with open(model_dir / "out" / "results" / "metrics_test_hot+test_cold.json") as f:
+        runs = json.load(f)
+    assert [(r["split"], r["epoch"]) for r in runs] == [("test_hot", 0), ("test_cold", 0),
+                                                         ("test_hot", 1), ("test_cold", 1)]
+    for r in runs:
+        params = {k: np.array(v) for k, v in ckpt.load_file(r["checkpoint"], ckpt.MODEL_FILE).items()}
+        stage2 = D.load_split(r["data_dir"])["stage2"]
+        defined = []
+        for c in r["campaigns"]:
+            rows = stage2["aid"] == c["campaign"]
+            labels = stage2["label"][rows]
+            assert (c["rows"], c["positives"]) == (rows.sum(), labels.sum())
+            if labels.min() == labels.max():
+                assert c["auc"] is None
+            else:
+                expected = pairwise_auc(labels, numpy_scores(params, {k: v[rows] for k, v in stage2.items()}))
+                assert c["auc"] == pytest.approx(expected, abs=1e-6)
+                defined.append(c["auc"])
+        assert r["overall"]["gauc"] == pytest.approx(np.mean(defined))
+        assert r["overall"]["auc"] == pytest.approx(pairwise_auc(stage2["label"], numpy_scores(params, stage2)),
+                                                    abs=1e-6)
+    with open(model_dir / "out" / "results" / "metrics_test_hot+test_cold.csv") as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("split,epoch,campaign") and len(lines) == 1 + 2 * (3 + 1 + 2 + 1)
+    assert "test_cold,0,22,5,6,0,,,0.0," in lines  # AUC and recall undefined, GAUC per run only: empty
+
+
+def test_infer_meta_restores_the_weights_for_every_campaign(model_dir, trained, tmp_path):
+    only = str(tmp_path / "test_only_13")
+    os.makedirs(only)
+    D.write_schema(only, MAX_IDXS)
+    split = D.load_split(str(model_dir / "data" / "test_hot"))
+    for stage in ("stage1", "stage2"):
+        keep = split[stage]["aid"] == 13
+        D.save_stage(os.path.join(only, f"test_{stage}.npz"), {k: v[keep] for k, v in split[stage].items()})
+    results = {}
+    for data_dir in (str(model_dir / "data" / "test_hot"), only):
+        proc = run("infer_meta.py", model_dir, "-o", "runner.infer_start_epoch=1", f"runner.test_data_dir={data_dir}",
+                   f"runner.infer_output_path={tmp_path / 'res'}")
+        assert proc.returncode == 0, proc.stderr
+        assert "AUC" in proc.stdout and "GAUC" in proc.stdout
+        with open(tmp_path / "res" / f"metrics_{os.path.basename(data_dir)}.json") as f:
+            results[data_dir] = {c["campaign"]: c for c in json.load(f)[0]["campaigns"]}
+    after_others, alone = results[str(model_dir / "data" / "test_hot")][13], results[only][13]
+    assert after_others == alone
+
+
+def test_infer_meta_names_a_missing_checkpoint_and_how_to_make_it(model_dir, trained):
+    proc = run("infer_meta.py", model_dir, "-o", "runner.infer_end_epoch=4")
+    assert_one_line_error(proc, f"{model_dir}/out/2: no finished checkpoint", "trainer.py -m",
+                          "-o runner.epochs=4")

@@ -1,0 +1,185 @@
+"""Test meta-trained weights: python tools/infer_meta.py -m CONFIG [-o key=value ...] [--split hot|cold|both]
+
+For each checkpoint epoch in [runner.infer_start_epoch, infer_end_epoch) and
+each test campaign: start from the meta-trained weights (read from disk once
+per epoch, restored from memory per campaign), fine-tune with a fresh Adam at
+hyper_parameters.local_test_learning_rate for runner.infer_train_epoch passes
+over the campaign's shuffled seeds in batches of infer_batch_size, then score
+its candidates. Prints a table (one row per split x epoch) and writes
+metrics_<splits>.json and .csv (per campaign and overall) to
+runner.infer_output_path (default <infer_load_path>/results).
+
+--split: hot and cold are the sibling folders test_hot and test_cold of
+runner.test_data_dir (its final folder name is replaced); without --split the
+folder runner.test_data_dir itself is tested.
+"""
+import csv
+import io
+import json
+import math
+import os
+import sys
+import warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from tools.utils import checkpoint as ckpt  # noqa: E402
+from tools.utils import config as cfg  # noqa: E402
+from tools.utils import metrics  # noqa: E402
+from tools.utils.dataset import DataError, atomic_write  # noqa: E402
+
+SPLIT_FOLDERS = {"hot": ("test_hot",), "cold": ("test_cold",), "both": ("test_hot", "test_cold")}
+SCORE_ROWS = 4096  # rows per scoring call; scores do not depend on it (eval mode, no batch statistics)
+CSV_COLUMNS = ("split", "epoch", "campaign", "seeds", "rows", "positives", "auc", "gauc",
+               "precision_at_5", "recall_at_5")
+
+
+class InferError(RuntimeError):
+    """Inference cannot go on; the message says why and what to change."""
+
+
+def split_dirs(test_data_dir, split=None):
+    """The test folders of --split (siblings of test_data_dir), or test_data_dir itself."""
+    if split is None:
+        return [test_data_dir]
+    parent = os.path.dirname(os.path.normpath(test_data_dir))
+    return [os.path.join(parent, name) for name in SPLIT_FOLDERS[split]]
+
+
+def fine_tune(model, net, seeds, config, batches):
+    runner = config["runner"]
+    optimizer = model.create_optimizer(net, config,
+                                       learning_rate=config["hyper_parameters"]["local_test_learning_rate"])
+    net.train()
+    for _ in range(runner["infer_train_epoch"]):
+        for batch in batches(seeds, runner["infer_batch_size"]):
+            loss, _ = model.infer_train_forward(net, batch, config)
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+
+
+def evaluate(model, net, params, dataset, batches, config, label):
+    """Fine-tune and score every campaign of one split from `params`; returns (campaign dicts, overall dict)."""
+    from tools.utils import paddle_env
+    seed = config["runner"]["seed"]
+    campaigns, all_labels, all_scores = [], [], []
+    for aid, seeds, candidates in tqdm(dataset, total=len(dataset), desc=label, unit="campaign", mininterval=0.5):
+        net.set_state_dict(params)
+        paddle_env.seed_all(paddle_env.derived_seed(seed, aid % 2**32))
+        fine_tune(model, net, seeds, config, batches)
+        net.eval()
+        scores = np.concatenate([model.infer_forward(net, b, config) for b in batches(candidates, SCORE_ROWS)])
+        try:
+            result = metrics.campaign_metrics(candidates["label"], scores)
+        except ValueError as e:
+            raise InferError(f"{label}, campaign {aid}: {e}") from e
+        campaigns.append({"campaign": aid, "seeds": len(seeds["label"]), **result})
+        all_labels.append(candidates["label"])
+        all_scores.append(scores)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        overall = metrics.overall_metrics(campaigns, np.concatenate(all_labels), np.concatenate(all_scores))
+    for w in caught:
+        print(f"note: {label}: {w.message}")
+    return campaigns, overall
+
+
+def _plain(value):
+    """JSON-able copy: NaN -> None (JSON has no NaN), NumPy scalars -> Python numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def write_results(out_dir, tag, runs):
+    """metrics_<tag>.json (everything) and metrics_<tag>.csv (per campaign, then an 'overall' row per run)."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path, csv_path = (os.path.join(out_dir, f"metrics_{tag}.{ext}") for ext in ("json", "csv"))
+    text = json.dumps(_plain(runs), indent=1) + "\n"
+    atomic_write(json_path, lambda f: f.write(text.encode()))
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(CSV_COLUMNS)
+    for run in runs:
+        ov = run["overall"]
+        rows = [[c["campaign"], c["seeds"], c["rows"], c["positives"], c["auc"], None, c["precision"], c["recall"]]
+                for c in run["campaigns"]]
+        rows.append(["overall", sum(c["seeds"] for c in run["campaigns"]), ov["rows"], ov["positives"],
+                     ov["auc"], ov["gauc"], ov["precision"], ov["recall"]])
+        writer.writerows([run["split"], run["epoch"], *_plain(row)] for row in rows)  # NaN, None -> empty cell
+    atomic_write(csv_path, lambda f: f.write(table.getvalue().encode()))
+    return json_path, csv_path
+
+
+def infer(config, split=None, trainer_command="python tools/trainer.py"):
+    runner, hp = config["runner"], config["hyper_parameters"]
+    lr = hp.get("local_test_learning_rate")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0:
+        raise cfg.ConfigError(f"{config['config_path']}: hyper_parameters.local_test_learning_rate must be a "
+                              f"number >= 0, got {lr!r}")
+    load_dir, epochs = runner["infer_load_path"], range(runner["infer_start_epoch"], runner["infer_end_epoch"])
+    make = f"{trainer_command} -m {config['config_path']} -o runner.epochs={epochs[-1] + 1}"
+    if os.path.normpath(load_dir) != os.path.normpath(runner.get("model_save_path", load_dir)):
+        make += f" runner.model_save_path={load_dir}"
+    paths = {epoch: ckpt.require(load_dir, epoch, make) for epoch in epochs}
+    reader = cfg.load_module(config, runner["infer_reader_path"])
+    datasets = {d: reader.RecDataset(config, d, runner["seed"]) for d in split_dirs(runner["test_data_dir"], split)}
+    for data_dir, dataset in datasets.items():
+        for aid, reason in dataset.skipped:
+            print(f"note: {data_dir}: campaign {aid} skipped: {reason}")
+
+    from tools.utils import paddle_env  # after the checks above, which need no Paddle
+    paddle_env.set_threads(runner["thread_num"])
+    paddle_env.set_device(runner["use_gpu"])
+    model = cfg.load_module(config, "dygraph_model").DygraphModel()
+    paddle_env.seed_all(runner["seed"])
+    net = model.create_model(config)
+    runs = []
+    for epoch, path in paths.items():
+        params = ckpt.load_file(path, ckpt.MODEL_FILE)
+        ckpt.restore_params(net, params, os.path.join(path, ckpt.MODEL_FILE))
+        for data_dir, dataset in datasets.items():
+            name = os.path.basename(os.path.normpath(data_dir))
+            campaigns, overall = evaluate(model, net, params, dataset, reader.batches, config, f"{name} epoch {epoch}")
+            runs.append({"split": name, "data_dir": data_dir, "epoch": epoch, "checkpoint": path,
+                         "overall": overall, "campaigns": campaigns,
+                         "skipped": [{"campaign": a, "reason": r} for a, r in dataset.skipped]})
+    out_dir = runner.get("infer_output_path") or os.path.join(load_dir, "results")
+    tag = "+".join(os.path.basename(os.path.normpath(d)) for d in datasets)
+    files = write_results(out_dir, tag, runs)
+    print(metrics.format_table(
+        ("split", "epoch", "campaigns", "rows", "AUC", "GAUC", "P@5%", "R@5%"),
+        [(r["split"], r["epoch"], r["overall"]["campaigns"], r["overall"]["rows"], r["overall"]["auc"],
+          r["overall"]["gauc"], r["overall"]["precision"], r["overall"]["recall"]) for r in runs]))
+    print("results: " + ", ".join(files))
+    return runs
+
+
+def main(argv=None):
+    parser = cfg.argument_parser("Fine-tune meta-trained weights on each test campaign and score its candidates.")
+    parser.add_argument("--split", choices=sorted(SPLIT_FOLDERS),
+                        help="test_hot / test_cold next to runner.test_data_dir (default: test_data_dir itself)")
+    args = parser.parse_args(argv)
+    trainer = os.path.relpath(os.path.join(ROOT, "tools", "trainer.py"))
+    try:
+        config = cfg.load_config(args.config_yaml, args.opt)
+        cfg.check_runner(config, cfg.INFER_KEYS)
+        infer(config, args.split, f"python {trainer}")
+    except (cfg.ConfigError, DataError, ckpt.CheckpointError, InferError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

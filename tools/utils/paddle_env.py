@@ -1,0 +1,51 @@
+"""Import Paddle without its start-up noise, and set threads, device and seeds.
+
+`import paddle` prints C++ glog lines (silenced by GLOG_minloglevel, which must
+be set before the import), a "No ccache found" UserWarning about compiling C++
+extensions, which we never do, and installs an INFO handler on the root logger
+(which would make any library's logging.info reach the terminal). Import this
+module instead of paddle first: `from tools.utils.paddle_env import paddle`.
+"""
+import logging
+import os
+import random
+import warnings
+
+import numpy as np
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+
+_root = logging.getLogger()
+_root_handlers, _root_level = list(_root.handlers), _root.level
+import paddle  # noqa: E402
+
+for _handler in [h for h in _root.handlers if h not in _root_handlers]:
+    _root.removeHandler(_handler)
+_root.setLevel(_root_level)
+
+
+def set_threads(n):
+    """Use n CPU threads for Paddle's kernels (setting OMP_NUM_THREADS instead makes paddle warn)."""
+    paddle.base.core.set_num_threads(int(n))
+
+
+def set_device(use_gpu):
+    """Run on the GPU when asked and Paddle has CUDA; otherwise on the CPU. Returns the device name."""
+    if use_gpu and not paddle.is_compiled_with_cuda():
+        print("note: runner.use_gpu is True but this Paddle build has no CUDA; running on the CPU")
+    device = "gpu" if use_gpu and paddle.is_compiled_with_cuda() else "cpu"
+    paddle.set_device(device)
+    return device
+
+
+def derived_seed(*parts):
+    """A 32-bit seed from non-negative integers, e.g. (run seed, epoch): distinct parts, unrelated streams."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def seed_all(seed):
+    """Seed Paddle, NumPy's global generator and Python's `random`."""
+    paddle.seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
