@@ -20,6 +20,7 @@ import numpy as np
 import paddle
 
 from tools.utils import schema as S
+from tools.utils.config import ConfigError
 
 
 def _load_sibling(module):
@@ -66,9 +67,9 @@ def compact_ids(batches, table_rows):
     if outside.any():  # a shifted id would silently land in the next table
         row, col = np.argwhere(outside)[0]
         field = net_module.TABLE_FIELDS[COLUMN_TABLE[col]]
-        raise ValueError(f"id {ids[row, col]} of field {field!r} (row {row} of the stacked batches) is outside "
-                         f"its table 0..{rows_of_column[col] - 1}; hyper_parameters.max_idxs must equal "
-                         "max_idxs in the schema.json of the data")
+        raise ConfigError(f"id {ids[row, col]} of field {field!r} (row {row} of the stacked batches) is outside "
+                          f"its table 0..{rows_of_column[col] - 1}; hyper_parameters.max_idxs must equal "
+                          "max_idxs in the schema.json of the data")
     shifted = ids + offsets[COLUMN_TABLE]
     present = np.zeros(offsets[-1], dtype=bool)
     present[shifted] = True
@@ -113,8 +114,8 @@ class DygraphModel:
         """Adam over all parameters; lr from hyper_parameters.optimizer unless given."""
         opt = config["hyper_parameters"].get("optimizer", {})
         if str(opt.get("class", "adam")).lower() != "adam":
-            raise ValueError(f"hyper_parameters.optimizer.class is {opt.get('class')!r}; MetaHeac's outer "
-                             "and fine-tune optimiser is Adam: set class: adam")
+            raise ConfigError(f"{config['config_path']}: hyper_parameters.optimizer.class is "
+                              f"{opt.get('class')!r}; MetaHeac's outer and fine-tune optimiser is Adam: set class: adam")
         lr = opt.get("learning_rate", 0.001) if learning_rate is None else learning_rate
         return paddle.optimizer.Adam(learning_rate=float(lr), parameters=net.parameters())
 
@@ -130,8 +131,8 @@ class DygraphModel:
         hp = config["hyper_parameters"]
         order = hp.get("meta_order", 2)
         if order not in (1, 2):
-            raise ValueError(f"hyper_parameters.meta_order is {order!r}; use 2 (second-order MAML, "
-                             "the paper's) or 1 (first order)")
+            raise ConfigError(f"{config['config_path']}: hyper_parameters.meta_order is {order!r}; "
+                              "use 2 (second-order MAML, the paper's) or 1 (first order)")
         local_lr = float(hp["local_lr"])
         names = net_module.TABLE_NAMES
         tables = [getattr(net, name) for name in names]

@@ -28,7 +28,7 @@ dm = load_dygraph_model()
 
 
 def config(meta_order):
-    return {"hyper_parameters": {**TINY_HP, "local_lr": LOCAL_LR, "meta_order": meta_order,
+    return {"config_path": "tiny.yaml", "hyper_parameters": {**TINY_HP, "local_lr": LOCAL_LR, "meta_order": meta_order,
                                  "optimizer": {"class": "adam", "learning_rate": 0.001}}}
 
 
@@ -223,7 +223,7 @@ def test_optimizer_learning_rates_and_bad_settings(setup):
     assert model.create_optimizer(net, config(2), learning_rate=0.01).get_lr() == pytest.approx(0.01)
     bad = config(2)
     bad["hyper_parameters"]["optimizer"] = {"class": "sgd", "learning_rate": 0.1}
-    with pytest.raises(ValueError, match="optimizer.class"):
+    with pytest.raises(ValueError, match="tiny.yaml: hyper_parameters.optimizer.class"):
         model.create_optimizer(net, bad)
-    with pytest.raises(ValueError, match="meta_order"):
+    with pytest.raises(ValueError, match="tiny.yaml: hyper_parameters.meta_order"):
         model.train_forward(net, meta_batch, config(3))

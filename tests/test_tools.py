@@ -89,6 +89,17 @@ def test_runner_checks_name_the_key_and_the_file(tmp_path):
         cfg.load_module(cfg.load_config(path), "reader_x")
 
 
+def test_max_idxs_schema_reads_the_train_data_schema(tmp_path):
+    split = tmp_path / "data" / "train"
+    split.mkdir(parents=True)
+    D.write_schema(str(split), {"static": [5] * 7, "dynamic": [9] * 7, "ad": [3] * 6})
+    (tmp_path / "config.yaml").write_text(YAML.replace("  local_lr:", "  max_idxs: schema\n  local_lr:"))
+    config = cfg.load_config(str(tmp_path / "config.yaml"))
+    assert config["hyper_parameters"]["max_idxs"] == [[5] * 7, [9] * 7, [3] * 6]
+    with pytest.raises(D.DataError, match=r"schema.json"):
+        cfg.load_config(str(tmp_path / "config.yaml"), [f"runner.train_data_dir={tmp_path / 'nowhere'}"])
+
+
 # ---------------------------------------------------------------- checkpoints
 @pytest.fixture(scope="module")
 def paddle():

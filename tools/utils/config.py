@@ -14,7 +14,7 @@ import sys
 
 import yaml
 
-from .dataset import SCHEMA_FILE, max_idxs_list
+from .dataset import SCHEMA_FILE, max_idxs_list, read_schema
 
 PATH_KEYS = ("train_data_dir", "test_data_dir", "model_save_path", "infer_load_path", "infer_output_path")
 # Keys an override may add although the YAML does not have them.
@@ -72,6 +72,9 @@ def load_config(path, overrides=()):
     """Read a YAML config, resolve its paths and apply `key=value` overrides (dotted keys).
 
     Adds config_abs_dir (the config's folder, PaddleRec's name) and config_path.
+    `hyper_parameters.max_idxs: schema` is replaced by the vocabulary maxima of
+    the schema.json of runner.train_data_dir (or test_data_dir when there is
+    no train_data_dir), for data whose vocabulary is not known in advance.
     """
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such config file; pass the YAML of a model folder with -m")
@@ -89,6 +92,12 @@ def load_config(path, overrides=()):
         apply_override(config, item, path)
     config["config_abs_dir"] = config_dir
     config["config_path"] = os.path.abspath(path)
+    if config["hyper_parameters"].get("max_idxs") == "schema":
+        data_dir = config["runner"].get("train_data_dir") or config["runner"].get("test_data_dir")
+        if not isinstance(data_dir, str):
+            raise ConfigError(f"{path}: hyper_parameters.max_idxs is 'schema' but runner has no train_data_dir "
+                              "or test_data_dir to read schema.json from")
+        config["hyper_parameters"]["max_idxs"] = max_idxs_list(read_schema(data_dir))
     return config
 
 
@@ -159,13 +168,14 @@ def check_max_idxs(config, schema, split_dir):
 
 
 def load_module(config, name):
-    """Import `<name>.py` from the config's folder (a model folder brings its own model and readers)."""
-    path = os.path.join(config["config_abs_dir"], name if name.endswith(".py") else name + ".py")
+    """Import `<name>.py` from the config's folder, or from a path relative to it (model folders share readers)."""
+    path = os.path.normpath(os.path.join(config["config_abs_dir"], name if name.endswith(".py") else name + ".py"))
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: not found; {config['config_path']} expects this module "
                           "next to it (check runner.train_reader_path / infer_reader_path)")
-    if config["config_abs_dir"] not in sys.path:
-        sys.path.insert(0, config["config_abs_dir"])  # lets reader_test import reader_train
+    folder = os.path.dirname(path)  # a relative name may point out of the config's folder (../../reader_train)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # lets reader_test import reader_train
     stem = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(stem, path)
     module = importlib.util.module_from_spec(spec)
