@@ -84,6 +84,19 @@ def pool_lists(tables, dynamic, lengths):
     return sums.reshape([rows_n, lists_n, -1]) / paddle.clip(lengths, min=1).astype(dtype).unsqueeze(2)
 
 
+def embed_fields(feeds, p):
+    """The user-field embeddings [B, 14, D] (static fields, then pooled lists) and the 6 ad embeddings.
+
+    p(name) gives the table `name` (models/common.py reuses this with its own tables).
+    """
+    static, ad = feeds["static"], feeds["ad"]
+    n_static, n_user = len(S.STATIC_FIELDS), len(USER_FIELDS)
+    single = paddle.stack([paddle.gather(p(TABLE_NAMES[j]), static[:, j]) for j in range(n_static)], axis=1)
+    lists = pool_lists([p(name) for name in TABLE_NAMES[n_static:n_user]], feeds["dynamic"], feeds["lengths"])
+    ad_emb = [paddle.gather(p(TABLE_NAMES[n_user + j]), ad[:, j]) for j in range(len(S.AD_FIELDS))]
+    return paddle.concat([single, lists], axis=1), ad_emb
+
+
 class MetaHeacNet(nn.Layer):
     """Embeddings -> hybrid experts (mixed by a task gate) -> hybrid critics (mixed by a second gate).
 
@@ -127,22 +140,13 @@ class MetaHeacNet(nn.Layer):
         def p(name):
             return params[name] if name in params else getattr(self, name)
 
-        user, ad = self._embed(feeds, p)                                  # [B, 14, D], 6 x [B, D]
+        user, ad = embed_fields(feeds, p)                                 # [B, 14, D], 6 x [B, D]
         task = paddle.concat([user.mean(axis=1)] + ad, axis=1)
         experts = self._experts(user.reshape([user.shape[0], -1]), p)     # [E, B, H]
         expert_gate = self._gate(task, "expert_gate", p)                  # [B, E]
         mixed = (experts * expert_gate.t().unsqueeze(2)).sum(axis=0)      # [B, H]
         critics = paddle.nn.functional.sigmoid(mixed @ p("critic_w") + p("critic_b"))  # [B, C]
         return (critics * self._gate(task, "critic_gate", p)).sum(axis=1)
-
-    def _embed(self, feeds, p):
-        """The user-field embeddings [B, 14, D] (static fields, then pooled lists) and the 6 ad embeddings."""
-        static, ad = feeds["static"], feeds["ad"]
-        n_static, n_user = len(S.STATIC_FIELDS), len(USER_FIELDS)
-        single = paddle.stack([paddle.gather(p(TABLE_NAMES[j]), static[:, j]) for j in range(n_static)], axis=1)
-        lists = pool_lists([p(name) for name in TABLE_NAMES[n_static:n_user]], feeds["dynamic"], feeds["lengths"])
-        ad_emb = [paddle.gather(p(TABLE_NAMES[n_user + j]), ad[:, j]) for j in range(len(S.AD_FIELDS))]
-        return paddle.concat([single, lists], axis=1), ad_emb
 
     def _experts(self, user, p):
         """All experts at once: a fused GEMM for layer 1, then matched-batch bmm ([E,B,H] @ [E,H,H'])."""
