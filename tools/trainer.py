@@ -28,8 +28,15 @@ class TrainingError(RuntimeError):
 
 
 def run_epoch(model, net, optimizer, dataset, config, epoch):
-    """One pass over the reader; returns {"meta_batches", "samples", "seconds", <metric>: mean}."""
+    """One pass over the reader; returns {"meta_batches", "samples", "seconds", <metric>: mean}.
+
+    A model whose trains_across_campaigns is False (a one-stage baseline, which
+    learns on each test campaign's seeds only) makes no pass: its checkpoint
+    is its seeded initialisation.
+    """
     from tools.utils import paddle_env
+    if not getattr(model, "trains_across_campaigns", True):
+        return {"meta_batches": 0, "samples": 0, "seconds": 0.0, **dict.fromkeys(model.create_metrics(), 0.0)}
     runner = config["runner"]
     paddle_env.seed_all(paddle_env.derived_seed(runner["seed"], epoch))
     if hasattr(dataset, "set_epoch"):
