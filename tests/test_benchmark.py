@@ -1,0 +1,122 @@
+"""tools/benchmark.py at its smallest: 3 methods x 2 seeds on a tiny generated dataset."""
+import csv
+import importlib.util
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from test_readers import write_split  # noqa: E402
+from tools import benchmark  # noqa: E402
+from tools.utils import dataset as D  # noqa: E402
+
+METHODS = ["lr", "mlp_pretrain", "metaheac"]
+SEEDS = [2021, 2022]
+SMALL = ["hyper_parameters.embed_dim=4", "hyper_parameters.mlp_dims=[8,8]", "runner.train_batch_size=16",
+         "runner.infer_batch_size=16"]
+
+
+def true_probability(stage):
+    """The click probability test_readers.make_stage draws its labels from."""
+    return 1 / (1 + np.exp(-(1.5 * (stage["static"][:, 0] - 1.5) + 0.5 * (stage["ad"][:, 0] - 2))))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """train (5 campaigns), test_hot and test_cold with stage 2 and the oracle beside it."""
+    root = tmp_path_factory.mktemp("bench_data")
+    write_split(root / "train", {1: 60, 2: 40, 3: 30, 4: 20, 5: 10}, seed=1)
+    write_split(root / "test_hot", {11: 60, 12: 40}, {11: 120, 12: 100}, seed=2)
+    write_split(root / "test_cold", {21: 8, 22: 6}, {21: 80, 22: 60}, seed=3)
+    for split in ("test_hot", "test_cold"):
+        path = D.stage_path(str(root / split), 2)
+        np.save(D.oracle_path(path), true_probability(D.load_split(str(root / split))["stage2"]))
+    return str(root)
+
+
+def run(data, out):
+    return benchmark.benchmark(METHODS, SEEDS, data, str(out), extra=SMALL, log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def report(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_out")
+    return out, run(data, out)
+
+
+def test_the_table_has_the_papers_layout_and_real_metrics(report):
+    out, _ = report
+    text = (out / "results.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert head == ["Method", "cold AUC", "cold P@5%", "cold R@5%", "cold GAUC",
+                    "hot AUC", "hot P@5%", "hot R@5%", "hot GAUC", "train s", "test s"]
+    labels = [r.strip("|").split("|")[0].strip() for r in rows[2:]]
+    assert labels == [benchmark.METHODS[m][0] for m in METHODS] + ["Oracle (the generator's true probabilities)"]
+    for row in rows[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")][1:9]
+        for c in cells:
+            m = re.fullmatch(r"(\d\.\d{4})(?: ± (\d\.\d{4}))?", c)
+            assert m and 0 <= float(m.group(1)) <= 1, (row, c)
+            assert (m.group(2) is None) == row.startswith("| Oracle"), row  # std for methods, none for the oracle
+    assert "Seeds: 2021, 2022" in text and "Pinterest" in text
+    if importlib.util.find_spec("matplotlib"):  # optional (requirements-dev.txt): no chart without it
+        assert (out / "auc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_json_and_csv_hold_every_run_and_std_over_seeds(report):
+    out, _ = report
+    saved = json.loads((out / "results.json").read_text())
+    assert [m["name"] for m in saved["methods"]] == METHODS
+    csv_rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(csv_rows) == (len(METHODS) + 1) * 2 * 4
+    for m in saved["methods"]:
+        assert [r["seed"] for r in m["runs"]] == SEEDS
+        assert m["summary"]["train_seconds"] >= 0 and m["summary"]["test_seconds"] > 0
+        for split in ("cold", "hot"):
+            for key in ("auc", "precision", "recall", "gauc"):
+                values = [r["metrics"][split][key] for r in m["runs"]]
+                assert all(math.isfinite(v) and 0 <= v <= 1 for v in values)
+                stat = m["summary"][split][key]
+                assert stat["values"] == values
+                assert stat["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+                assert stat["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+                row = next(r for r in csv_rows if (r["method"], r["split"], r["metric"]) == (m["name"], split, key))
+                assert float(row["mean"]) == pytest.approx(stat["mean"]) and row["seeds"] == "2"
+    oracle = saved["oracle"]
+    assert oracle["hot"]["auc"] > 0.6 and 0 <= oracle["cold"]["precision"] <= 1
+
+
+def test_one_stage_checkpoint_is_the_initialisation(report):
+    out, _ = report
+    meta = json.loads((out / "lr" / "seed2021" / "model" / "0" / "meta.json").read_text())
+    assert meta["stats"]["meta_batches"] == 0 and meta["stats"]["samples"] == 0
+    pre = json.loads((out / "mlp_pretrain" / "seed2021" / "model" / "0" / "meta.json").read_text())
+    assert pre["stats"]["meta_batches"] > 0
+
+
+def test_a_rerun_gives_the_same_numbers_and_reuses_finished_runs(report, data, tmp_path):
+    out, first = report
+    again = benchmark.benchmark(["metaheac"], SEEDS, data, str(tmp_path / "again"), extra=SMALL,
+                                log=lambda line: None)  # the method with the most randomness: sampled tasks
+    assert again["methods"][0]["summary"] == first["methods"][METHODS.index("metaheac")]["summary"] | {
+        key: again["methods"][0]["summary"][key] for key in ("train_seconds", "test_seconds")}
+    reused = run(data, out)
+    assert all(r.get("reused") for m in reused["methods"] for r in m["runs"])
+
+
+def test_cli_errors_are_one_line(data, capsys):
+    assert benchmark.main(["--data", data, "--methods", "lr,nope"]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
+    assert benchmark.main(["--data", data, "--methods", "lr", "--set", "runner.epoch=2"]) == 2
+    assert "no selected method's config has that key" in capsys.readouterr().err
+    assert benchmark.main(["--data", data, "--seeds", "0"]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
