@@ -99,6 +99,8 @@ def test_one_stage_checkpoint_is_the_initialisation(report):
     out, _ = report
     meta = json.loads((out / "lr" / "seed2021" / "model" / "0" / "meta.json").read_text())
     assert meta["stats"]["meta_batches"] == 0 and meta["stats"]["samples"] == 0
+    log = (out / "lr" / "seed2021" / "log.txt").read_text()
+    assert "one-stage model, nothing trained" in log
     pre = json.loads((out / "mlp_pretrain" / "seed2021" / "model" / "0" / "meta.json").read_text())
     assert pre["stats"]["meta_batches"] > 0
 

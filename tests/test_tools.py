@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -159,6 +160,21 @@ def test_checkpoint_round_trip_and_resume_refusal(paddle, tmp_path):
     assert ckpt.complete_epochs(save_dir) == [0, 1]  # refused: nothing deleted
     assert ckpt.prepare(save_dir, other, overwrite=True) == []
     assert ckpt.complete_epochs(save_dir) == []
+
+
+def test_an_untrained_optimizer_saves_and_resumes_without_a_warning(paddle, tmp_path):
+    """One-stage models save Adam before any step: an empty state, which Paddle warns about."""
+    paddle.seed(1)
+    net = paddle.nn.Linear(4, 3)
+    opt = paddle.optimizer.Adam(0.1, parameters=net.parameters())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = ckpt.save(str(tmp_path), 0, net, opt, {"identity": IDENTITY})
+    assert [str(w.message) for w in caught] == []
+    fresh = paddle.nn.Linear(4, 3)
+    fresh_opt = paddle.optimizer.Adam(0.1, parameters=fresh.parameters())
+    ckpt.resume(path, fresh, fresh_opt)
+    assert same_state(state(fresh), state(net))
 
 
 def test_interrupted_save_leaves_no_finished_checkpoint_and_no_temp_files(paddle, tmp_path, monkeypatch):

@@ -93,6 +93,10 @@ def train(config, overwrite=False):
         path = ckpt.save(save_dir, epoch, net, optimizer, {
             "seed": runner["seed"], "next_reader_epoch": epoch + 1, "identity": identity,
             "config_path": config["config_path"], "stats": stats})
+        if not getattr(model, "trains_across_campaigns", True):
+            print(f"epoch {epoch}: one-stage model, nothing trained across campaigns; "
+                  f"saved its initialisation to {path}")
+            continue
         print(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in names)
               + f"; {stats['samples']} samples in {stats['seconds']:.1f} s "
               f"({stats['samples'] / max(stats['seconds'], 1e-9):.0f}/s); saved {path}")
