@@ -18,6 +18,7 @@ sys.path.insert(0, ROOT)
 
 from tools.utils import schema as S  # noqa: E402
 from tools.utils import synthetic as Y  # noqa: E402
+from tools.utils.raw_text import render_tokens  # noqa: E402
 
 AD_HEADER = "aid,advertiserId,campaignId,creativeId,creativeSize,adCategoryId,productId,productType"
 USER_GROUPS = {"uid", "age", "gender", "marriageStatus", "education", "consumptionAbility", "LBS",
@@ -253,4 +254,4 @@ def test_render_tokens_matches_python_formatting():
     eol = rng.random(len(values)) < 0.1
     expected = b"".join(prefixes[i][0] + str(v).zfill(prefixes[i][1]).encode() + (b"\n" if e else b"")
                         for v, i, e in zip(values, ids, eol))
-    assert Y.render_tokens(values, ids, prefixes, eol) == expected
+    assert render_tokens(values, ids, prefixes, eol) == expected
