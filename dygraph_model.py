@@ -9,9 +9,16 @@ a zero inner gradient, so this equals the dense computation
 table - local_lr * grad(table) on every row the query batch reads.
 
 The gather runs in two levels: once per table for the whole meta-batch, then
-per task from those rows. The backward of a gather from a table writes a
+every task's rows from those. The backward of a gather from a table writes a
 table-sized gradient (kw1: 67 MB), so gathering from the tables once makes one
 such write per table per meta-step instead of one per task.
+
+All tasks of a meta-batch run as one computation: the dense weights are
+stacked into one copy per task, the support batches into one batch (the query
+batches likewise), and the inner gradient of the sum of the tasks' support
+losses gives every task its own gradient, since task t's loss depends only on
+copy t and on task t's rows. Batches shorter than the longest (campaigns with
+fewer rows than train_batch_size) are padded with rows of weight 0.
 """
 import importlib.util
 import os
@@ -49,41 +56,67 @@ _ID_SPLITS = np.cumsum([len(S.STATIC_FIELDS), S.DYNAMIC_WIDTH])  # where static 
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] inside the log
 
 
-def compact_ids(batches, table_rows):
+def compact_ids(batches, table_rows, groups=None):
     """Remap the ids of several batches to rows of per-table gathers.
 
     Returns (remapped batches, row ids per table): table t's gather is
-    table_t[row_ids[t]] (sorted unique ids) and a remapped id is a position in
-    that gather. Each table's ids are shifted by the rows of the tables before
-    it, so one presence map over all tables gives every table's unique ids as
-    a contiguous run; it does what np.unique(return_inverse=True) does in
-    linear time instead of a sort.
+    table_t[row_ids[t]] and a remapped id is a position in that gather.
+    Batches in different `groups` (one int per batch, default all 0) get
+    separate rows even for the same id: the gather holds group 0's sorted
+    unique ids, then group 1's, and so on.
+
+    Each (table, group) pair's ids are shifted past the pairs before it, so
+    one presence map gives every pair's unique ids as a contiguous run; it
+    does what np.unique(return_inverse=True) does in linear time instead of a
+    sort.
     """
-    offsets = np.concatenate([[0], np.cumsum(table_rows)]).astype(np.int64)
+    groups = np.zeros(len(batches), np.int64) if groups is None else np.asarray(groups, np.int64)
+    sizes = np.asarray(table_rows, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes * (groups.max() + 1))])
     id_blocks = [np.concatenate([b[k] for k in ID_ARRAYS], axis=1).astype(np.int64) for b in batches]
     ids = np.concatenate(id_blocks)
-    rows_of_column = np.diff(offsets)[COLUMN_TABLE]
+    rows_of_column = sizes[COLUMN_TABLE]
     outside = (ids < 0) | (ids >= rows_of_column)
-    if outside.any():  # a shifted id would silently land in the next table
+    if outside.any():  # a shifted id would silently land in the next table or group
         row, col = np.argwhere(outside)[0]
         field = net_module.TABLE_FIELDS[COLUMN_TABLE[col]]
         raise ConfigError(f"id {ids[row, col]} of field {field!r} (row {row} of the stacked batches) is outside "
                           f"its table 0..{rows_of_column[col] - 1}; hyper_parameters.max_idxs must equal "
                           "max_idxs in the schema.json of the data")
-    shifted = ids + offsets[COLUMN_TABLE]
+    group_of_row = np.repeat(groups, [len(block) for block in id_blocks])[:, None]
+    shifted = ids + offsets[COLUMN_TABLE] + group_of_row * rows_of_column
     present = np.zeros(offsets[-1], dtype=bool)
     present[shifted] = True
     unique = np.flatnonzero(present)
     rank = np.cumsum(present) - 1  # rank[i] = position of shifted id i in `unique`
     starts = np.searchsorted(unique, offsets)
     local = rank[shifted] - starts[COLUMN_TABLE]
-    row_ids = [unique[lo:hi] - off for lo, hi, off in zip(starts[:-1], starts[1:], offsets)]
+    row_ids = [(unique[lo:hi] - off) % size for lo, hi, off, size in zip(starts[:-1], starts[1:], offsets, sizes)]
     remapped, first = [], 0
     for batch, block in zip(batches, id_blocks):
         columns = np.split(local[first:first + len(block)], _ID_SPLITS, axis=1)
         remapped.append({**batch, **dict(zip(ID_ARRAYS, columns))})
         first += len(block)
     return remapped, row_ids
+
+
+def stack_tasks(batches):
+    """One batch of the tasks' batches, each padded to the longest with copies of its first row.
+
+    weight is 1/rows on a task's own rows and 0 on padding, so the weighted
+    sum of the losses over the stacked batch is the sum of the tasks' mean
+    losses.
+    """
+    longest = max(len(b["label"]) for b in batches)
+    keys = ID_ARRAYS + ("lengths", "label")
+    stacked = {k: [] for k in keys + ("weight",)}
+    for batch in batches:
+        rows = len(batch["label"])
+        padded = np.concatenate([np.arange(rows), np.zeros(longest - rows, np.int64)])
+        for k in keys:
+            stacked[k].append(np.asarray(batch[k])[padded])
+        stacked["weight"].append(np.where(np.arange(longest) < rows, 1.0 / rows, 0.0))
+    return {k: np.concatenate(v) for k, v in stacked.items()}
 
 
 def gather_rows(tables, row_ids):
@@ -100,15 +133,21 @@ class DygraphModel:
                                       hp["num_expert"], hp["num_output"])
 
     def create_feeds(self, batch):
-        """Paddle tensors of a batch: ids as int64, label in the default float dtype."""
+        """Paddle tensors of a batch: ids as int64, label (and row weight, if any) in the default float dtype."""
         feeds = {k: paddle.to_tensor(np.asarray(batch[k], dtype=np.int64)) for k in ID_ARRAYS + ("lengths",)}
-        feeds["label"] = paddle.to_tensor(np.asarray(batch["label"]), dtype=paddle.get_default_dtype())
+        for k in ("label", "weight"):
+            if k in batch:
+                feeds[k] = paddle.to_tensor(np.asarray(batch[k]), dtype=paddle.get_default_dtype())
         return feeds
 
-    def create_loss(self, pred, label):
-        """Mean binary cross-entropy from clip and log (the fused BCE ops have no double-grad kernel)."""
+    def create_loss(self, pred, label, weight=None):
+        """Binary cross-entropy from clip and log (the fused BCE ops have no double-grad kernel).
+
+        The mean over rows, or the weighted sum when row weights are given.
+        """
         pred = paddle.clip(pred, EPS, 1 - EPS)
-        return -(label * paddle.log(pred) + (1 - label) * paddle.log(1 - pred)).mean()
+        losses = -(label * paddle.log(pred) + (1 - label) * paddle.log(1 - pred))
+        return losses.mean() if weight is None else (weight * losses).sum()
 
     def create_optimizer(self, net, config, learning_rate=None):
         """Adam over all parameters; lr from hyper_parameters.optimizer unless given."""
@@ -134,28 +173,20 @@ class DygraphModel:
             raise ConfigError(f"{config['config_path']}: hyper_parameters.meta_order is {order!r}; "
                               "use 2 (second-order MAML, the paper's) or 1 (first order)")
         local_lr = float(hp["local_lr"])
-        names = net_module.TABLE_NAMES
+        names, tasks = net_module.TABLE_NAMES, len(meta_batch)
         tables = [getattr(net, name) for name in names]
         dense = {name: p for name, p in net.named_parameters() if name not in names}
         batches, meta_ids = compact_ids([b for pair in meta_batch for b in pair], [t.shape[0] for t in tables])
         meta_rows = gather_rows(tables, meta_ids)
-        query_losses = []
-        for support, query in zip(batches[::2], batches[1::2]):
-            (support, query), task_ids = compact_ids([support, query], [len(ids) for ids in meta_ids])
-            rows = dict(zip(names, gather_rows(meta_rows, task_ids)))
-            fast = self._inner_step(net, support, {**dense, **rows}, local_lr, order == 2)
-            query = self.create_feeds(query)
-            query_losses.append(self.create_loss(net(query, fast), query["label"]))
-        loss = paddle.add_n(query_losses) / len(query_losses)
+        batches, task_ids = compact_ids(batches, [len(ids) for ids in meta_ids], np.repeat(np.arange(tasks), 2))
+        weights = {**{name: p.unsqueeze(0).expand([tasks] + p.shape) for name, p in dense.items()},
+                   **dict(zip(names, gather_rows(meta_rows, task_ids)))}
+        support, query = (self.create_feeds(stack_tasks(batches[i::2])) for i in (0, 1))
+        support_loss = self.create_loss(net(support, weights), support["label"], support["weight"])
+        grads = paddle.grad(support_loss, list(weights.values()), create_graph=order == 2)
+        fast = {name: w - local_lr * (g if order == 2 else g.detach()) for (name, w), g in zip(weights.items(), grads)}
+        loss = self.create_loss(net(query, fast), query["label"], query["weight"]) / tasks
         return loss, {"loss": float(loss)}
-
-    def _inner_step(self, net, support, weights, local_lr, second_order):
-        """Fast weights {name: w - local_lr * d support_loss / d w} for the given weights."""
-        feeds = self.create_feeds(support)
-        support_loss = self.create_loss(net(feeds, weights), feeds["label"])
-        grads = paddle.grad(support_loss, list(weights.values()), create_graph=second_order)
-        return {name: w - local_lr * (g if second_order else g.detach())
-                for (name, w), g in zip(weights.items(), grads)}
 
     def infer_train_forward(self, net, batch, config):
         """Plain loss on one fine-tune batch; the caller runs backward and the optimiser step."""

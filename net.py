@@ -7,6 +7,11 @@ parameters. An embedding table's entry may be the full table or only the rows a
 batch touches, with the batch's ids remapped to positions in those rows: a
 lookup is a gather of the given ids from the given 2-D tensor either way.
 
+Several tasks run as one computation: a dense weight given with a leading task
+axis ([T, *shape]) splits the batch into T equal blocks of consecutive rows,
+and block t is computed with weight t (matched-batch matmuls). The layer's own
+weights are one task (T = 1).
+
 Every op on the forward path has a double-grad kernel in Paddle 3.3 (no
 F.embedding, F.softmax or einsum; softmax is written from exp and sum), so the
 second-order MAML step can differentiate through an inner gradient.
@@ -47,14 +52,14 @@ def table_sizes(max_idxs):
     return sizes
 
 
-def softmax(x):
-    """Row softmax from exp/sum (F.softmax has no double-grad kernel).
+def softmax(x, axis):
+    """Softmax along `axis` from exp/sum (F.softmax has no double-grad kernel).
 
     The row maximum is subtracted as a constant: softmax does not depend on a
     per-row shift, so this changes no value and no gradient.
     """
-    e = paddle.exp(x - x.max(axis=1, keepdim=True).detach())
-    return e / e.sum(axis=1, keepdim=True)
+    e = paddle.exp(x - x.max(axis=axis, keepdim=True).detach())
+    return e / e.sum(axis=axis, keepdim=True)
 
 
 # Per column of `dynamic`: its list (0..6) and its position inside that list.
@@ -134,29 +139,55 @@ class MetaHeacNet(nn.Layer):
         self._add(bias, bias_shape or weight_shape[-1:], bound)
 
     def forward(self, feeds, params=None):
-        """Click probability [B] for feeds {static [B,7], dynamic [B,50], lengths [B,7], ad [B,6]} (int64)."""
+        """Click probability [T*B] for feeds {static, dynamic, lengths, ad} (int64, T*B rows each).
+
+        Past the embeddings, activations are feature-major ([T, features, B]):
+        every weight then applies as a matmul with transpose flags, every bias
+        broadcasts along the last axis, and the experts split off the fused
+        first layer by a reshape, so no large tensor is ever transposed
+        (Paddle's CPU transpose and middle-axis broadcasts are several times
+        slower than a matmul of the same data; the gate is expanded over H
+        before it multiplies the experts for the same reason).
+        """
         params = params or {}
 
         def p(name):
             return params[name] if name in params else getattr(self, name)
 
-        user, ad = embed_fields(feeds, p)                                 # [B, 14, D], 6 x [B, D]
+        def w(name):  # a dense weight with its task axis
+            value = p(name)
+            return value if value.ndim > getattr(self, name).ndim else value.unsqueeze(0)
+
+        user, ad = embed_fields(feeds, p)                                 # [T*B, 14, D], 6 x [T*B, D]
+        tasks = w("expert_w0").shape[0]
         task = paddle.concat([user.mean(axis=1)] + ad, axis=1)
-        experts = self._experts(user.reshape([user.shape[0], -1]), p)     # [E, B, H]
-        expert_gate = self._gate(task, "expert_gate", p)                  # [B, E]
-        mixed = (experts * expert_gate.t().unsqueeze(2)).sum(axis=0)      # [B, H]
-        critics = paddle.nn.functional.sigmoid(mixed @ p("critic_w") + p("critic_b"))  # [B, C]
-        return (critics * self._gate(task, "critic_gate", p)).sum(axis=1)
+        task = task.reshape([tasks, -1, task.shape[1]])                   # [T, B, 7D]
+        experts = self._experts(user.reshape([tasks, -1, user.shape[1] * user.shape[2]]), w)  # [T, E, H, B]
+        expert_gate = self._gate(task, "expert_gate", w).unsqueeze(2).expand(experts.shape)  # [T, E, H, B]
+        mixed = (experts * expert_gate).sum(axis=1)                                          # [T, H, B]
+        critics = paddle.nn.functional.sigmoid(_dense(mixed, w("critic_w"), w("critic_b")))  # [T, C, B]
+        return (critics * self._gate(task, "critic_gate", w)).sum(axis=1).reshape([-1])
 
-    def _experts(self, user, p):
-        """All experts at once: a fused GEMM for layer 1, then matched-batch bmm ([E,B,H] @ [E,H,H'])."""
+    def _experts(self, user, w):
+        """All experts at once, [T, E, H, B]: one GEMM per task for the fused layer 1, then one per (task, expert)."""
         relu = paddle.nn.functional.relu
-        hidden = relu(user @ p("expert_w0") + p("expert_b0"))
-        hidden = hidden.reshape([user.shape[0], self.num_expert, self.mlp_dims[0]]).transpose([1, 0, 2])
+        tasks, rows = user.shape[0], user.shape[1]
+        hidden = relu(_dense(user, w("expert_w0"), w("expert_b0"), rows_first=True))     # [T, E*H, B]
+        hidden = hidden.reshape([tasks * self.num_expert, self.mlp_dims[0], rows])
         for k in range(1, len(self.mlp_dims)):
-            hidden = relu(paddle.bmm(hidden, p(f"expert_w{k}")) + p(f"expert_b{k}"))
-        return hidden
+            weight = w(f"expert_w{k}").reshape([tasks * self.num_expert] + self.mlp_dims[k - 1:k + 1])
+            hidden = relu(_dense(hidden, weight, w(f"expert_b{k}").reshape([tasks * self.num_expert, -1])))
+        return hidden.reshape([tasks, self.num_expert, -1, rows])
 
-    def _gate(self, task, gate, p):
-        hidden = paddle.nn.functional.relu(task @ p(f"{gate}_w0") + p(f"{gate}_b0"))
-        return softmax(hidden @ p(f"{gate}_w1") + p(f"{gate}_b1"))
+    def _gate(self, task, gate, w):
+        """Mixing weights [T, width, B] from the task vectors [T, B, 7D]."""
+        hidden = paddle.nn.functional.relu(_dense(task, w(f"{gate}_w0"), w(f"{gate}_b0"), rows_first=True))
+        return softmax(_dense(hidden, w(f"{gate}_w1"), w(f"{gate}_b1")), axis=1)
+
+
+def _dense(x, weight, bias, rows_first=False):
+    """weight^T x + bias, feature-major: [N, out, B] from x [N, in, B] (or [N, B, in] if rows_first).
+
+    weight is [N, in, out] and bias [N, out].
+    """
+    return paddle.matmul(weight, x, transpose_x=True, transpose_y=rows_first) + bias.unsqueeze(2)

@@ -44,13 +44,15 @@ def float64():
 def setup(float64):
     """A float64 net and a meta-batch of 3 tasks whose support and query share ids.
 
-    The last task's support batch has only empty lists (nothing to pool).
+    The tasks' batches differ in length (small campaigns), so the stacked
+    computation pads; the last task's support batch has only empty lists
+    (nothing to pool).
     """
     paddle.seed(11)
     model = dm.DygraphModel()
     net = model.create_model(config(2))
     rng = np.random.default_rng(12)
-    meta_batch = [(random_batch(rng, 7), random_batch(rng, 6)) for _ in range(3)]
+    meta_batch = [(random_batch(rng, s), random_batch(rng, q)) for s, q in ((7, 6), (4, 6), (7, 3))]
     meta_batch[-1][0]["lengths"][:] = 0
     return model, net, meta_batch
 
@@ -186,6 +188,38 @@ def test_compact_ids_round_trip():
         np.testing.assert_array_equal(new["lengths"], original["lengths"])
     for table, ids in enumerate(row_ids):
         assert np.all(np.diff(ids) > 0) and ids.min() >= 0 and ids.max() < sizes[table]
+
+
+def test_compact_ids_groups_get_separate_rows():
+    rng = np.random.default_rng(18)
+    batches = [random_batch(rng, 5), random_batch(rng, 4), random_batch(rng, 6)]
+    sizes = [m + 1 for group in TINY_HP["max_idxs"] for m in group]
+    groups = [0, 1, 0]
+    remapped, row_ids = dm.compact_ids(batches, sizes, groups)
+    for table in range(len(sizes)):
+        columns = np.flatnonzero(dm.COLUMN_TABLE == table)
+        ids, local = ([np.concatenate([b[k] for k in ("static", "dynamic", "ad")], axis=1)[:, columns].ravel()
+                       for b in bs] for bs in (batches, remapped))
+        ids, local = list(ids), list(local)
+        for i in range(3):
+            np.testing.assert_array_equal(row_ids[table][local[i]], ids[i])
+        group_rows = [np.unique(np.concatenate([local[i] for i in range(3) if groups[i] == g])) for g in (0, 1)]
+        # group 0's rows first, then group 1's; each group's rows are its sorted unique ids
+        np.testing.assert_array_equal(np.concatenate(group_rows), np.arange(len(row_ids[table])))
+        np.testing.assert_array_equal(row_ids[table][group_rows[1]], np.unique(ids[1]))
+        np.testing.assert_array_equal(row_ids[table][group_rows[0]], np.unique(np.concatenate([ids[0], ids[2]])))
+
+
+def test_stack_tasks_pads_with_zero_weight():
+    rng = np.random.default_rng(19)
+    batches = [random_batch(rng, 3), random_batch(rng, 5)]
+    stacked = dm.stack_tasks(batches)
+    assert len(stacked["label"]) == 10
+    np.testing.assert_allclose(stacked["weight"], [1 / 3] * 3 + [0, 0] + [1 / 5] * 5)
+    for k in ("static", "dynamic", "lengths", "ad", "label"):
+        np.testing.assert_array_equal(stacked[k][:3], batches[0][k])
+        np.testing.assert_array_equal(stacked[k][3:5], batches[0][k][[0, 0]])
+        np.testing.assert_array_equal(stacked[k][5:], batches[1][k])
 
 
 def test_compact_ids_rejects_ids_outside_their_table():
