@@ -73,7 +73,7 @@ class FieldEmbedding(nn.Layer):
 
     def forward(self, feeds):
         user, ad = net_module.embed_fields(feeds, lambda name: getattr(self, name))
-        return paddle.concat([user.reshape([user.shape[0], -1])] + ad, axis=1)
+        return paddle.concat([user.reshape([user.shape[0], -1]), ad.reshape([ad.shape[0], -1])], axis=1)
 
 
 def mlp_net(config):
