@@ -101,15 +101,19 @@ def lookup(tables, ids):
 
 
 def embed_fields(feeds, p):
-    """The user-field embeddings [B, 14, D] (static fields, then pooled lists) and the ad embeddings [B, 6, D].
+    """The user-field embeddings [B, 14, D] (static fields, then pooled lists), their mean over
+    the fields [B, D], and the ad embeddings [B, 6, D].
 
     p(name) gives the table `name` (models/common.py reuses this with its own tables).
+    The mean is summed from the parts before they are joined: a mean over
+    the middle axis of [B, 14, D] costs more than the rest of this function.
     """
     n_static, n_user = len(S.STATIC_FIELDS), len(USER_FIELDS)
     single = lookup([p(name) for name in TABLE_NAMES[:n_static]], feeds["static"])
     lists = pool_lists([p(name) for name in TABLE_NAMES[n_static:n_user]], feeds["dynamic"], feeds["lengths"])
     user = paddle.concat([single] + [pooled.unsqueeze(1) for pooled in lists], axis=1)
-    return user, lookup([p(name) for name in TABLE_NAMES[n_user:]], feeds["ad"])
+    user_mean = (single.sum(axis=1) + paddle.add_n(lists)) / n_user
+    return user, user_mean, lookup([p(name) for name in TABLE_NAMES[n_user:]], feeds["ad"])
 
 
 class MetaHeacNet(nn.Layer):
@@ -168,9 +172,9 @@ class MetaHeacNet(nn.Layer):
             value = p(name)
             return value if value.ndim > getattr(self, name).ndim else value.unsqueeze(0)
 
-        user, ad = embed_fields(feeds, p)                                 # [T*B, 14, D], [T*B, 6, D]
+        user, user_mean, ad = embed_fields(feeds, p)                      # [T*B, 14, D], [T*B, D], [T*B, 6, D]
         tasks = w("expert_w0").shape[0]
-        task = paddle.concat([user.mean(axis=1), ad.reshape([ad.shape[0], -1])], axis=1)
+        task = paddle.concat([user_mean, ad.reshape([ad.shape[0], -1])], axis=1)
         task = task.reshape([tasks, -1, task.shape[1]])                   # [T, B, 7D]
         experts = self._experts(user.reshape([tasks, -1, user.shape[1] * user.shape[2]]), w)  # [T, E, H, B]
         expert_gate = self._gate(task, "expert_gate", w).unsqueeze(2).expand(experts.shape)  # [T, E, H, B]

@@ -72,7 +72,7 @@ class FieldEmbedding(nn.Layer):
         return len(net_module.TABLE_NAMES) * self.dim
 
     def forward(self, feeds):
-        user, ad = net_module.embed_fields(feeds, lambda name: getattr(self, name))
+        user, _, ad = net_module.embed_fields(feeds, lambda name: getattr(self, name))
         return paddle.concat([user.reshape([user.shape[0], -1]), ad.reshape([ad.shape[0], -1])], axis=1)
 
 
