@@ -150,17 +150,13 @@ class DygraphModel:
         return losses.mean() if weight is None else (weight * losses).sum()
 
     def create_optimizer(self, net, config, learning_rate=None):
-        """Adam over all parameters; lr from hyper_parameters.optimizer unless given.
-
-        Paddle's multi-tensor Adam: the same update (equal to about 1e-7) in
-        fewer passes, a quarter less time over MetaHeac's 22 M parameters.
-        """
+        """Adam over all parameters; lr from hyper_parameters.optimizer unless given."""
         opt = config["hyper_parameters"].get("optimizer", {})
         if str(opt.get("class", "adam")).lower() != "adam":
             raise ConfigError(f"{config['config_path']}: hyper_parameters.optimizer.class is "
                               f"{opt.get('class')!r}; MetaHeac's outer and fine-tune optimiser is Adam: set class: adam")
         lr = opt.get("learning_rate", 0.001) if learning_rate is None else learning_rate
-        return paddle.optimizer.Adam(learning_rate=float(lr), parameters=net.parameters(), use_multi_tensor=True)
+        return paddle.optimizer.Adam(learning_rate=float(lr), parameters=net.parameters())
 
     def create_metrics(self):
         return ["loss"]
