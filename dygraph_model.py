@@ -14,7 +14,7 @@ table-sized gradient (kw1: 67 MB), so gathering from the tables once makes one
 such write per table per meta-step instead of one per task.
 
 All tasks of a meta-batch run as one computation: the dense weights are
-stacked into one copy per task, the support batches into one batch (the query
+expanded to one copy per task, the support batches into one batch (the query
 batches likewise), and the inner gradient of the sum of the tasks' support
 losses gives every task its own gradient, since task t's loss depends only on
 copy t and on task t's rows. Batches shorter than the longest (campaigns with

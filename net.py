@@ -63,11 +63,6 @@ def softmax(x, axis):
     return e / e.sum(axis=axis, keepdim=True)
 
 
-# Per column of `dynamic`: its list (0..6) and its position inside that list.
-_LIST_OF_COLUMN = [j for j, width in enumerate(S.DYNAMIC_WIDTHS) for _ in range(width)]
-_POSITION_IN_LIST = [c for width in S.DYNAMIC_WIDTHS for c in range(width)]
-
-
 def pool_lists(tables, dynamic, lengths):
     """Mean of each row's first `length` embeddings, per list: 7 x [B, D]; length 0 gives zeros.
 
