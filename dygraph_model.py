@@ -53,7 +53,7 @@ COLUMN_TABLE = np.concatenate([
     len(net_module.USER_FIELDS) + np.arange(len(S.AD_FIELDS)),
 ])
 _ID_SPLITS = np.cumsum([len(S.STATIC_FIELDS), S.DYNAMIC_WIDTH])  # where static | dynamic | ad meet
-EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] inside the log
+LOG_FLOOR = 1e-12  # p and 1 - p are clipped below at this inside the logs (see create_loss)
 
 
 def compact_ids(batches, table_rows, groups=None):
@@ -130,7 +130,7 @@ class DygraphModel:
     def create_model(self, config):
         hp = config["hyper_parameters"]
         return net_module.MetaHeacNet(hp["max_idxs"], hp["embed_dim"], hp["mlp_dims"],
-                                      hp["num_expert"], hp["num_output"])
+                                      hp["num_expert"], hp["num_output"], hp.get("embedding_init", "normal"))
 
     def create_feeds(self, batch):
         """Paddle tensors of a batch: ids as int64, label (and row weight, if any) in the default float dtype."""
@@ -144,9 +144,14 @@ class DygraphModel:
         """Binary cross-entropy from clip and log (the fused BCE ops have no double-grad kernel).
 
         The mean over rows, or the weighted sum when row weights are given.
+        Each log's argument, p or 1 - p, is clipped below at LOG_FLOOR
+        (1e-12, the floor torch's BCELoss puts under p(1 - p) in its
+        gradient): wherever p(1 - p) >= 1e-12 the loss and its first and
+        second derivatives equal torch.nn.BCELoss's (the official code's); in
+        float32 that is every p but those under 1e-12 and p == 1.
         """
-        pred = paddle.clip(pred, EPS, 1 - EPS)
-        losses = -(label * paddle.log(pred) + (1 - label) * paddle.log(1 - pred))
+        losses = -(label * paddle.log(paddle.clip(pred, min=LOG_FLOOR))
+                   + (1 - label) * paddle.log(paddle.clip(1 - pred, min=LOG_FLOOR)))
         return losses.mean() if weight is None else (weight * losses).sum()
 
     def create_optimizer(self, net, config, learning_rate=None):

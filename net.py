@@ -16,10 +16,12 @@ Every op on the forward path has a double-grad kernel in Paddle 3.3 (no
 F.embedding, F.softmax or einsum; softmax is written from exp and sum), so the
 second-order MAML step can differentiate through an inner gradient.
 
-Initialisation follows the official PyTorch code: embedding tables are
-xavier-uniform (bound sqrt(6 / (rows + dim)), as pytorch-fm's embedding layer
-does), weights and biases of the dense layers are uniform in
-+-1/sqrt(fan_in) (torch.nn.Linear's default).
+Initialisation follows the official PyTorch code: its tables are plain
+torch.nn.Embedding layers, so they start N(0, 1) (embedding_init "normal");
+weights and biases of the dense layers are uniform in +-1/sqrt(fan_in)
+(torch.nn.Linear's default). embedding_init "xavier_uniform" (bound
+sqrt(6 / (rows + dim)), pytorch-fm's embedding layer, which the official
+MetaHeac does not use) is kept for comparison: docs/defaults.md gives its cost.
 """
 import math
 
@@ -33,6 +35,18 @@ USER_FIELDS = S.STATIC_FIELDS + S.DYNAMIC_FIELDS
 TABLE_FIELDS = USER_FIELDS + S.AD_FIELDS
 TABLE_NAMES = tuple("emb_" + field for field in TABLE_FIELDS)
 _GROUPS = (("static", S.STATIC_FIELDS), ("dynamic", S.DYNAMIC_FIELDS), ("ad", S.AD_FIELDS))
+EMBEDDING_INITS = ("normal", "xavier_uniform")
+
+
+def embedding_initializer(init, rows, dim):
+    """The initializer of a [rows, dim] table: N(0, 1) (the official code's) or xavier-uniform."""
+    if init == "normal":
+        return nn.initializer.Normal(0.0, 1.0)
+    if init == "xavier_uniform":
+        bound = math.sqrt(6.0 / (rows + dim))
+        return nn.initializer.Uniform(-bound, bound)
+    raise ValueError(f"hyper_parameters.embedding_init is {init!r}; use one of {list(EMBEDDING_INITS)} "
+                     "(normal is the official code's N(0, 1))")
 
 
 def table_sizes(max_idxs):
@@ -120,12 +134,14 @@ class MetaHeacNet(nn.Layer):
     `critic_w/b` (the critic heads side by side, [H, C]); `critic_gate_w0/b0/w1/b1`.
     """
 
-    def __init__(self, max_idxs, embed_dim=64, mlp_dims=(64, 64), num_expert=8, num_output=5):
+    def __init__(self, max_idxs, embed_dim=64, mlp_dims=(64, 64), num_expert=8, num_output=5,
+                 embedding_init="normal"):
         super().__init__()
         self.embed_dim, self.num_expert = embed_dim, num_expert
         self.mlp_dims = list(mlp_dims)
         for name, rows in zip(TABLE_NAMES, table_sizes(max_idxs)):
-            self._add(name, [rows, embed_dim], math.sqrt(6.0 / (rows + embed_dim)))
+            init = embedding_initializer(embedding_init, rows, embed_dim)
+            self.add_parameter(name, self.create_parameter([rows, embed_dim], default_initializer=init))
         user_dim = len(USER_FIELDS) * embed_dim
         task_dim = (1 + len(S.AD_FIELDS)) * embed_dim
         self._add_linear("expert_w0", "expert_b0", user_dim, [user_dim, num_expert * mlp_dims[0]])

@@ -1,9 +1,8 @@
 """Test-time reader: one campaign at a time, its seeds (stage 1) and its candidates (stage 2).
 
-Iterating yields (aid, stage-1 rows shuffled, stage-2 rows in file order) per
-campaign, in ascending aid. The shuffle of a campaign is seeded with
-(seed, aid), so it does not depend on which other campaigns the folder holds.
-A campaign with seeds but no candidates has nothing to score: it is skipped
+Iterating yields (aid, stage-1 rows, stage-2 rows) per campaign, in ascending
+aid, both stages in file order (fine-tuning shuffles the seeds itself, once
+per pass, as the official code does). A campaign with seeds but no candidates has nothing to score: it is skipped
 and listed in `skipped` with the reason. A campaign with candidates but no
 seeds is kept (its stage-1 batch is empty: it is scored without fine-tuning).
 """
@@ -24,14 +23,13 @@ def batches(batch, size):
 class RecDataset:
     """Iterable over test campaigns; len() counts the campaigns it yields."""
 
-    def __init__(self, config, data_dir, seed=None):
+    def __init__(self, config, data_dir):
         split = load_split(data_dir)
         check_max_idxs(config, split["schema"], data_dir)
         if split["stage2"] is None:
             raise DataError(f"{data_dir}: no *_stage2.npz; a test folder needs candidates (stage 2) to score")
         self.stage1, self.stage2 = split["stage1"], split["stage2"]
         self.index1, self.index2 = CampaignIndex(self.stage1["aid"]), CampaignIndex(self.stage2["aid"])
-        self.seed = config["runner"]["seed"] if seed is None else seed
         self.skipped = [(int(aid), "no stage-2 rows (candidates) to score")
                         for aid in np.setdiff1d(self.index1.aids, self.index2.aids)]
 
@@ -43,5 +41,4 @@ class RecDataset:
             i = np.searchsorted(self.index1.aids, aid)
             seeds = self.index1.rows_of(i) if i < len(self.index1) and self.index1.aids[i] == aid \
                 else np.empty(0, dtype=np.int64)
-            rng = np.random.default_rng([self.seed, int(aid) % 2**32])  # int32 aid -> distinct uint32
-            yield int(aid), take(self.stage1, rng.permutation(seeds)), take(self.stage2, self.index2.rows_of(j))
+            yield int(aid), take(self.stage1, seeds), take(self.stage2, self.index2.rows_of(j))

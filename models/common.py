@@ -55,17 +55,18 @@ def mlp(in_dim, dims):
 
 
 class FieldEmbedding(nn.Layer):
-    """net.py's 20 field tables (same names; xavier-uniform, or zeros) and their lookup.
+    """net.py's 20 field tables (same names and initialisation, or zeros) and their lookup.
 
     forward: [B, 20 * dim], the 14 user fields (lists mean-pooled) then the 6 ad fields.
+    init: one of net.EMBEDDING_INITS, or "zeros" (LR's weights).
     """
 
-    def __init__(self, max_idxs, dim, zero_init=False):
+    def __init__(self, max_idxs, dim, init="normal"):
         super().__init__()
         self.dim = dim
         for name, rows in zip(net_module.TABLE_NAMES, net_module.table_sizes(max_idxs)):
-            init = uniform(0.0 if zero_init else math.sqrt(6.0 / (rows + dim)))
-            self.add_parameter(name, self.create_parameter([rows, dim], default_initializer=init))
+            initializer = uniform(0.0) if init == "zeros" else net_module.embedding_initializer(init, rows, dim)
+            self.add_parameter(name, self.create_parameter([rows, dim], default_initializer=initializer))
 
     @property
     def out_dim(self):
@@ -78,7 +79,12 @@ class FieldEmbedding(nn.Layer):
 
 def mlp_net(config):
     hp = config["hyper_parameters"]
-    return MLPNet(hp["max_idxs"], hp["embed_dim"], hp["mlp_dims"])
+    return MLPNet(hp["max_idxs"], hp["embed_dim"], hp["mlp_dims"], embedding_init(config))
+
+
+def embedding_init(config):
+    """hyper_parameters.embedding_init, "normal" (the official N(0, 1)) when absent."""
+    return config["hyper_parameters"].get("embedding_init", "normal")
 
 
 def training_campaigns(config):
@@ -150,9 +156,9 @@ class CampaignBlockModel(CampaignModel):
 class MLPNet(nn.Layer):
     """Field embeddings -> MLP tower (mlp_dims, ReLU) -> Linear(., 1) -> sigmoid: the MLP baselines' network."""
 
-    def __init__(self, max_idxs, embed_dim, mlp_dims):
+    def __init__(self, max_idxs, embed_dim, mlp_dims, init="normal"):
         super().__init__()
-        self.embedding = FieldEmbedding(max_idxs, embed_dim)
+        self.embedding = FieldEmbedding(max_idxs, embed_dim, init)
         self.tower = mlp(self.embedding.out_dim, mlp_dims)
         self.head = linear(mlp_dims[-1], 1)
 

@@ -245,10 +245,52 @@ def test_inference_hooks_and_loss_match_sklearn(float64):
     assert model.create_metrics() == list(logs)
 
 
-def test_create_loss_clips_extreme_probabilities(float64):
+def test_loss_and_its_two_derivatives_are_torch_bceloss_wherever_p_is_not_saturated(float64):
+    """torch.nn.BCELoss: -mean(y log p + (1 - y) log(1 - p)); its gradient (p - y) / max(p (1 - p), 1e-12)."""
     model = dm.DygraphModel()
-    loss = model.create_loss(paddle.to_tensor([0.0, 1.0, 0.5]), paddle.to_tensor([1.0, 0.0, 1.0]))
-    assert float(loss) == pytest.approx((-2 * np.log(dm.EPS) + np.log(2)) / 3, rel=1e-9)
+    p_np = np.array([1e-11, 1e-7, 0.03, 0.5, 0.97, 1 - 1e-7, 1 - 1e-11] * 2)
+    y_np = np.repeat([1.0, 0.0], 7)
+    p = paddle.to_tensor(p_np, stop_gradient=False)
+    loss = model.create_loss(p, paddle.to_tensor(y_np))
+    (grad,) = paddle.grad(loss, [p], create_graph=True)
+    (second,) = paddle.grad(grad.sum(), [p])
+    n = len(p_np)
+    assert float(loss) == pytest.approx(-np.mean(y_np * np.log(p_np) + (1 - y_np) * np.log1p(-p_np)), rel=1e-12)
+    np.testing.assert_allclose(grad.numpy(), (p_np - y_np) / np.maximum(p_np * (1 - p_np), 1e-12) / n, rtol=1e-10)
+    np.testing.assert_allclose(second.numpy(), (y_np / p_np**2 + (1 - y_np) / (1 - p_np)**2) / n, rtol=1e-10)
+
+
+def test_loss_of_saturated_probabilities_is_finite_with_finite_gradients(float64):
+    model = dm.DygraphModel()
+    p = paddle.to_tensor([0.0, 1.0, 0.5], stop_gradient=False)
+    loss = model.create_loss(p, paddle.to_tensor([1.0, 0.0, 1.0]))
+    assert float(loss) == pytest.approx((-2 * np.log(dm.LOG_FLOOR) + np.log(2)) / 3, rel=1e-9)
+    loss.backward()
+    assert np.isfinite(p.grad.numpy()).all()
+
+
+def test_adam_is_torchs_adam(float64):
+    """Paddle's Adam against torch.optim.Adam's update written in NumPy (betas 0.9 / 0.999, eps 1e-8 added
+    to the bias-corrected sqrt(v)), with gradients small enough that eps matters."""
+    rng = np.random.default_rng(21)
+    w = rng.normal(size=6)
+    param = paddle.create_parameter([6], "float64", default_initializer=paddle.nn.initializer.Assign(w))
+    adam = dm.DygraphModel().create_optimizer(param_holder(param), config(2), learning_rate=0.1)
+    m, v = np.zeros(6), np.zeros(6)
+    for t, scale in enumerate((1.0, 1e-9, 1e-7, 3.0, 1e-8), 1):
+        g = rng.normal(size=6) * scale
+        (param * paddle.to_tensor(g)).sum().backward()
+        adam.step()
+        adam.clear_grad()
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w = w - 0.1 / (1 - 0.9**t) * m / (np.sqrt(v) / np.sqrt(1 - 0.999**t) + 1e-8)
+        np.testing.assert_allclose(param.numpy(), w, rtol=1e-12, atol=1e-15)
+
+
+def param_holder(param):
+    layer = paddle.nn.Layer()
+    layer.add_parameter("w", param)
+    return layer
 
 
 def test_optimizer_learning_rates_and_bad_settings(setup):

@@ -19,16 +19,22 @@ def pairwise_auc(labels, scores):
 
 
 def top_hits_by_hand(labels, scores, percent):
-    """Positives among the first ceil(percent% * n) rows ranked by descending score, earlier row first on ties."""
-    k = -(-len(labels) * percent // 100)
+    """Positives among the first int(percent / 100 * n) rows (at least 1) ranked by descending score,
+    earlier row first on ties."""
+    k = max(1, int(percent / 100 * len(labels)))
     ranked = sorted(range(len(labels)), key=lambda i: -scores[i])  # Python's sort is stable
     return k, sum(int(labels[i]) for i in ranked[:k])
 
 
-@pytest.mark.parametrize("n, percent, k", [(1, 5, 1), (19, 5, 1), (20, 5, 1), (21, 5, 2), (60, 5, 3),
-                                           (100, 5, 5), (101, 5, 6), (7, 50, 4)])
-def test_top_k_is_an_exact_ceiling(n, percent, k):
+@pytest.mark.parametrize("n, percent, k", [(1, 5, 1), (19, 5, 1), (20, 5, 1), (39, 5, 1), (40, 5, 2),
+                                           (60, 5, 3), (100, 5, 5), (119, 5, 5), (7, 50, 3)])
+def test_top_k_is_the_official_floor_but_at_least_one(n, percent, k):
     assert metrics.top_k(n, percent) == k
+
+
+def test_top_k_equals_the_official_float_expression():
+    n = np.arange(20, 100_000, 7)  # from 20 candidates on, where the official k is not 0
+    assert [metrics.top_k(int(m)) for m in n] == list((0.05 * n).astype(int))
 
 
 def test_campaign_metrics_match_independent_computation():

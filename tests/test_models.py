@@ -210,3 +210,15 @@ def test_no_meta_pretraining_is_the_mean_pair_loss_of_metaheacs_net(batch):
         p = np.clip(np.concatenate([np.asarray(net(feeds_of(model, b))) for b in (support, query)]), 1e-7, 1 - 1e-7)
         want.append(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
     np.testing.assert_allclose(float(loss), np.mean(want), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp_pretrain", "shared_bottom", "mmoe", "mlp_pretrained_emb"])
+def test_baseline_tables_start_standard_normal_as_metaheacs(name, monkeypatch):
+    monkeypatch.setattr(common, "training_campaigns", lambda config: CAMPAIGNS)
+    big = [[3] * 7, [124, 82, 12, 20000, 5000, 2000, 2000], [78, 137, 14, 39, 32, 3]]
+    paddle.seed(4)
+    net = folder_module(name).DygraphModel().create_model({"hyper_parameters": {**HP, "max_idxs": big,
+                                                                                 "embed_dim": 16}})
+    kw1 = net.embedding.emb_kw1.numpy()  # 320 k draws
+    assert abs(kw1.std() - 1) < 0.01 and abs(kw1.mean()) < 0.01
+    assert abs((np.abs(kw1) < 1).mean() - 0.6827) < 0.01

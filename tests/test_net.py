@@ -152,10 +152,25 @@ def test_bad_max_idxs_are_named(bad, words):
     assert words in str(err.value)
 
 
-def test_initialisation_bounds(net):
-    """Tables xavier-uniform (sqrt(6 / (rows + dim))), dense layers +-1/sqrt(fan_in)."""
-    kw1 = net.emb_kw1.numpy()
-    assert np.abs(kw1).max() <= np.sqrt(6 / (kw1.shape[0] + kw1.shape[1]))
-    w0 = net.expert_w0.numpy()
+def test_tables_start_standard_normal_as_the_official_code_and_dense_layers_as_torch():
+    """The official tables are plain torch.nn.Embedding: N(0, 1). Linear: uniform +-1/sqrt(fan_in)."""
+    paddle.seed(3)
+    big = net_module.MetaHeacNet([S.TENCENT_MAX_IDXS[g] for g in ("static", "dynamic", "ad")])
+    for name in ("emb_kw1", "emb_kw2", "emb_topic1"):  # 640 k to 16.9 M draws each
+        table = getattr(big, name).numpy().astype(np.float64)
+        assert abs(table.std() - 1) < 0.005 and abs(table.mean()) < 0.005, name
+        assert abs((np.abs(table) < 1).mean() - 0.6827) < 0.005, name  # normal, not a uniform of std 1
+    w0 = big.expert_w0.numpy()
     bound = 1 / np.sqrt(w0.shape[0])
-    assert np.abs(w0).max() <= bound and np.abs(w0).max() > 0.8 * bound
+    assert np.abs(w0).max() <= bound and np.abs(w0).max() > 0.99 * bound
+
+
+def test_xavier_start_is_an_option_and_unknown_starts_are_named():
+    paddle.seed(3)
+    net = net_module.MetaHeacNet(TINY_MAX_IDXS, embedding_init="xavier_uniform", **{
+        k: v for k, v in TINY_HP.items() if k != "max_idxs"})
+    kw1 = net.emb_kw1.numpy()
+    bound = np.sqrt(6 / (kw1.shape[0] + kw1.shape[1]))
+    assert np.abs(kw1).max() <= bound and np.abs(kw1).max() > 0.8 * bound
+    with pytest.raises(ValueError, match="embedding_init is 'xavier'.*normal"):
+        net_module.MetaHeacNet(TINY_MAX_IDXS, embedding_init="xavier")

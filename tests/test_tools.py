@@ -445,3 +445,35 @@ def test_infer_meta_names_a_missing_checkpoint_and_how_to_make_it(model_dir, tra
     proc = run("infer_meta.py", model_dir, "-o", "runner.infer_end_epoch=4")
     assert_one_line_error(proc, f"{model_dir}/out/2: no finished checkpoint", "trainer.py -m",
                           "-o runner.epochs=4")
+
+
+def test_fine_tuning_reshuffles_the_seeds_every_pass_into_consecutive_batches(paddle):
+    """As the official test_train: sample(frac=1) once per pass, then consecutive batches."""
+    from tools import infer_meta
+    import reader_test
+
+    class Recording:  # the model hooks fine_tune calls, recording each batch's uids
+        def __init__(self):
+            self.batches = []
+
+        def create_optimizer(self, net, config, learning_rate):
+            return paddle.optimizer.Adam(learning_rate, parameters=net.parameters())
+
+        def infer_train_forward(self, net, batch, config):
+            self.batches.append(batch["uid"].copy())
+            return net(paddle.ones([1, 1])).sum(), {}
+
+    config = {"runner": {"infer_train_epoch": 3, "infer_batch_size": 4},
+              "hyper_parameters": {"local_test_learning_rate": 0.1}}
+    seeds = {"uid": np.arange(10) * 7, "label": np.zeros(10)}
+    runs = []
+    for seed in (5, 5, 6):
+        model = Recording()
+        infer_meta.fine_tune(model, paddle.nn.Linear(1, 1), seeds, config, reader_test.batches,
+                             np.random.default_rng(seed))
+        assert [len(b) for b in model.batches] == [4, 4, 2] * 3
+        passes = [np.concatenate(model.batches[i:i + 3]) for i in (0, 3, 6)]
+        assert all(sorted(p) == list(seeds["uid"]) for p in passes)  # every seed once per pass
+        assert len({tuple(p) for p in passes}) == 3                   # a new order every pass
+        runs.append(passes)
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])

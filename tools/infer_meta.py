@@ -4,8 +4,10 @@ For each checkpoint epoch in [runner.infer_start_epoch, infer_end_epoch) and
 each test campaign: start from the meta-trained weights (read from disk once
 per epoch, restored from memory per campaign), fine-tune with a fresh Adam at
 hyper_parameters.local_test_learning_rate for runner.infer_train_epoch passes
-over the campaign's shuffled seeds in batches of infer_batch_size, then score
-its candidates. Prints a table (one row per split x epoch) and writes
+over the campaign's seeds (shuffled anew for every pass, then cut into
+consecutive batches of infer_batch_size, as the official code does), then
+score its candidates. Everything random in a campaign is seeded with
+(seed, aid), so its result does not depend on the other campaigns. Prints a table (one row per split x epoch) and writes
 metrics_<splits>.json and .csv (per campaign and overall) to
 runner.infer_output_path (default <infer_load_path>/results).
 
@@ -51,13 +53,15 @@ def split_dirs(test_data_dir, split=None):
     return [os.path.join(parent, name) for name in SPLIT_FOLDERS[split]]
 
 
-def fine_tune(model, net, seeds, config, batches):
+def fine_tune(model, net, seeds, config, batches, rng):
+    """runner.infer_train_epoch passes of a fresh Adam over the seeds, reshuffled by `rng` every pass."""
     runner = config["runner"]
     optimizer = model.create_optimizer(net, config,
                                        learning_rate=config["hyper_parameters"]["local_test_learning_rate"])
     net.train()
     for _ in range(runner["infer_train_epoch"]):
-        for batch in batches(seeds, runner["infer_batch_size"]):
+        order = rng.permutation(len(seeds["label"]))
+        for batch in batches({name: a[order] for name, a in seeds.items()}, runner["infer_batch_size"]):
             loss, _ = model.infer_train_forward(net, batch, config)
             loss.backward()
             optimizer.step()
@@ -72,7 +76,7 @@ def evaluate(model, net, params, dataset, batches, config, label):
     for aid, seeds, candidates in tqdm(dataset, total=len(dataset), desc=label, unit="campaign", mininterval=0.5):
         net.set_state_dict(params)
         paddle_env.seed_all(paddle_env.derived_seed(seed, aid % 2**32))
-        fine_tune(model, net, seeds, config, batches)
+        fine_tune(model, net, seeds, config, batches, np.random.default_rng([seed, aid % 2**32]))
         net.eval()
         scores = np.concatenate([model.infer_forward(net, b, config) for b in batches(candidates, SCORE_ROWS)])
         try:
@@ -133,7 +137,7 @@ def infer(config, split=None, trainer_command="python tools/trainer.py"):
         make += f" runner.model_save_path={load_dir}"
     paths = {epoch: ckpt.require(load_dir, epoch, make) for epoch in epochs}
     reader = cfg.load_module(config, runner["infer_reader_path"])
-    datasets = {d: reader.RecDataset(config, d, runner["seed"]) for d in split_dirs(runner["test_data_dir"], split)}
+    datasets = {d: reader.RecDataset(config, d) for d in split_dirs(runner["test_data_dir"], split)}
     for data_dir, dataset in datasets.items():
         for aid, reason in dataset.skipped:
             print(f"note: {data_dir}: campaign {aid} skipped: {reason}")

@@ -13,7 +13,7 @@ from models import common
 class LRNet(nn.Layer):
     def __init__(self, max_idxs):
         super().__init__()
-        self.weights = common.FieldEmbedding(max_idxs, 1, zero_init=True)
+        self.weights = common.FieldEmbedding(max_idxs, 1, init="zeros")
         self.bias = self.create_parameter([1], default_initializer=common.uniform(0.0))
 
     def forward(self, feeds):

@@ -12,8 +12,8 @@ from models import common
 
 
 class PretrainedEmbeddingMLPNet(common.MLPNet):
-    def __init__(self, max_idxs, embed_dim, mlp_dims):
-        super().__init__(max_idxs, embed_dim, mlp_dims)
+    def __init__(self, max_idxs, embed_dim, mlp_dims, init):
+        super().__init__(max_idxs, embed_dim, mlp_dims, init)
         self.new_tower = common.mlp(self.embedding.out_dim, mlp_dims)
         self.new_head = common.linear(mlp_dims[-1], 1)
 
@@ -27,7 +27,7 @@ class PretrainedEmbeddingMLPNet(common.MLPNet):
 class DygraphModel(common.CampaignModel):
     def create_model(self, config):
         hp = config["hyper_parameters"]
-        return PretrainedEmbeddingMLPNet(hp["max_idxs"], hp["embed_dim"], hp["mlp_dims"])
+        return PretrainedEmbeddingMLPNet(hp["max_idxs"], hp["embed_dim"], hp["mlp_dims"], common.embedding_init(config))
 
     def pretrain_forward(self, net, feeds, aid):
         return net(feeds, pretraining=True)

@@ -15,10 +15,10 @@ from models import common
 
 
 class MMoENet(nn.Layer):
-    def __init__(self, max_idxs, embed_dim, mlp_dims, num_expert, campaigns):
+    def __init__(self, max_idxs, embed_dim, mlp_dims, num_expert, campaigns, init="normal"):
         super().__init__()
         self.campaigns = campaigns
-        self.embedding = common.FieldEmbedding(max_idxs, embed_dim)
+        self.embedding = common.FieldEmbedding(max_idxs, embed_dim, init)
         in_dim = self.embedding.out_dim
         self.experts = nn.LayerList([common.mlp(in_dim, mlp_dims) for _ in range(num_expert)])
         bound = 1.0 / math.sqrt(in_dim)
@@ -39,4 +39,4 @@ class DygraphModel(common.CampaignBlockModel):
     def create_model(self, config):
         hp = config["hyper_parameters"]
         return MMoENet(hp["max_idxs"], hp["embed_dim"], hp["mlp_dims"], hp["num_expert"],
-                       common.training_campaigns(config))
+                       common.training_campaigns(config), common.embedding_init(config))

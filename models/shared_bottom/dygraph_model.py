@@ -13,10 +13,10 @@ from models import common
 
 
 class SharedBottomNet(nn.Layer):
-    def __init__(self, max_idxs, embed_dim, mlp_dims, campaigns):
+    def __init__(self, max_idxs, embed_dim, mlp_dims, campaigns, init="normal"):
         super().__init__()
         self.campaigns = campaigns
-        self.embedding = common.FieldEmbedding(max_idxs, embed_dim)
+        self.embedding = common.FieldEmbedding(max_idxs, embed_dim, init)
         self.bottom = common.mlp(self.embedding.out_dim, mlp_dims)
         bound = 1.0 / math.sqrt(mlp_dims[-1])
         self.head_w = common.CampaignBlock(len(campaigns), [mlp_dims[-1]], bound)
@@ -31,4 +31,5 @@ class SharedBottomNet(nn.Layer):
 class DygraphModel(common.CampaignBlockModel):
     def create_model(self, config):
         hp = config["hyper_parameters"]
-        return SharedBottomNet(hp["max_idxs"], hp["embed_dim"], hp["mlp_dims"], common.training_campaigns(config))
+        return SharedBottomNet(hp["max_idxs"], hp["embed_dim"], hp["mlp_dims"], common.training_campaigns(config),
+                               common.embedding_init(config))

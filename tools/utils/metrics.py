@@ -1,9 +1,12 @@
 """Exact look-alike metrics: AUC (scikit-learn, not bucketed), GAUC, P@5% and R@5%.
 
 Per campaign: rows, positives, AUC, precision and recall among the top
-k = ceil(5% of its candidates) by score. Ties at the cut are broken by a
-stable sort on descending score: of equal scores, the earlier row (in the
-order of the stage-2 file) ranks first.
+k = floor(5% of its candidates) by score, as the official code's
+int(0.05 * n) (equal to n // 20 for every n up to 2e7, checked), but at least
+1: the official code divides by k = 0 for a campaign under 20 candidates.
+Ties at the cut are broken by a stable sort on descending score: of equal
+scores, the earlier row (in the order of the stage-2 file) ranks first (the
+official code's np.argpartition breaks them arbitrarily).
 
 Undefined values are NaN and never crash a run: AUC of a campaign whose
 candidates are all one class (left out of GAUC, with a warning), recall of a
@@ -13,7 +16,6 @@ per-campaign AUCs; P@5% and R@5% are unweighted means over campaigns.
 """
 import math
 import warnings
-from fractions import Fraction
 
 import numpy as np
 
@@ -21,8 +23,8 @@ TOP_PERCENT = 5
 
 
 def top_k(n, percent=TOP_PERCENT):
-    """ceil(percent% of n), in exact arithmetic (0.05 * 60 is 3.0000000000000004 in floats)."""
-    return math.ceil(Fraction(str(percent)) * n / 100)
+    """max(1, floor(percent% of n)), in integer arithmetic."""
+    return max(1, n * percent // 100)
 
 
 def auc(labels, scores):
