@@ -394,6 +394,8 @@ def test_infer_meta_without_fine_tuning_scores_the_checkpoint(paddle, model_dir,
     assert proc.returncode == 0, proc.stderr
     assert "campaign 19 skipped: no stage-2 rows" in proc.stdout
     assert "1 of 2 campaigns have candidates of one class only" in proc.stdout
+    assert "note: fine-tuning is off (local_test_learning_rate 0.5, infer_train_epoch 0)" in proc.stdout
+    assert "have no seeds" not in proc.stdout
     with open(model_dir / "out" / "results" / "metrics_test_hot+test_cold.json") as f:
         runs = json.load(f)
     assert [(r["split"], r["epoch"]) for r in runs] == [("test_hot", 0), ("test_cold", 0),
@@ -439,6 +441,20 @@ def test_infer_meta_restores_the_weights_for_every_campaign(model_dir, trained, 
             results[data_dir] = {c["campaign"]: c for c in json.load(f)[0]["campaigns"]}
     after_others, alone = results[str(model_dir / "data" / "test_hot")][13], results[only][13]
     assert after_others == alone
+
+
+def test_infer_meta_says_which_campaigns_had_no_seeds_to_fine_tune_on(model_dir, trained, tmp_path):
+    folder = str(tmp_path / "test_unseeded")
+    os.makedirs(folder)
+    D.write_schema(folder, MAX_IDXS)
+    split = D.load_split(str(model_dir / "data" / "test_hot"))
+    D.save_stage(os.path.join(folder, "test_stage1.npz"), {k: v[split["stage1"]["aid"] == 11]
+                                                             for k, v in split["stage1"].items()})
+    D.save_stage(os.path.join(folder, "test_stage2.npz"), split["stage2"])
+    proc = run("infer_meta.py", model_dir, "-o", f"runner.test_data_dir={folder}", "runner.infer_start_epoch=1",
+               f"runner.infer_output_path={tmp_path / 'res'}")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 of 3 campaigns have no seeds (stage-1 rows) and were scored without fine-tuning: [12, 13]" in proc.stdout
 
 
 def test_infer_meta_names_a_missing_checkpoint_and_how_to_make_it(model_dir, trained):

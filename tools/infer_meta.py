@@ -91,6 +91,10 @@ def evaluate(model, net, params, dataset, batches, config, label):
         overall = metrics.overall_metrics(campaigns, np.concatenate(all_labels), np.concatenate(all_scores))
     for w in caught:
         print(f"note: {label}: {w.message}")
+    unseeded = [c["campaign"] for c in campaigns if c["seeds"] == 0]
+    if unseeded:
+        print(f"note: {label}: {len(unseeded)} of {len(campaigns)} campaigns have no seeds (stage-1 rows) and were "
+              f"scored without fine-tuning: {unseeded[:10]}")
     return campaigns, overall
 
 
@@ -131,6 +135,9 @@ def infer(config, split=None, trainer_command="python tools/trainer.py"):
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0:
         raise cfg.ConfigError(f"{config['config_path']}: hyper_parameters.local_test_learning_rate must be a "
                               f"number >= 0, got {lr!r}")
+    if lr == 0 or runner["infer_train_epoch"] == 0:
+        print(f"note: fine-tuning is off (local_test_learning_rate {lr}, infer_train_epoch "
+              f"{runner['infer_train_epoch']}): every campaign is scored by the checkpoint's weights as they are")
     load_dir, epochs = runner["infer_load_path"], range(runner["infer_start_epoch"], runner["infer_end_epoch"])
     make = f"{trainer_command} -m {config['config_path']} -o runner.epochs={epochs[-1] + 1}"
     if os.path.normpath(load_dir) != os.path.normpath(runner.get("model_save_path", load_dir)):
