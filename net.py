@@ -7,10 +7,14 @@ parameters. An embedding table's entry may be the full table or only the rows a
 batch touches, with the batch's ids remapped to positions in those rows: a
 lookup is a gather of the given ids from the given 2-D tensor either way.
 
-Several tasks run as one computation: a dense weight given with a leading task
-axis ([T, *shape]) splits the batch into T equal blocks of consecutive rows,
-and block t is computed with weight t (matched-batch matmuls). The layer's own
-weights are one task (T = 1).
+Several tasks run as one computation: `net(feeds, params, tasks=T)` splits the
+batch into T equal blocks of consecutive rows and computes block t with slice t
+of every dense weight, each given in params with a leading task axis
+([T, *shape]; matched-batch matmuls). Without `tasks` it is one task, with the
+weights as they are (fine-tuning and scoring).
+
+The field layout (which tables, which columns) comes from the data's
+schema.json as a FieldLayout; this file knows nothing of the Tencent fields.
 
 Every op on the forward path has a double-grad kernel in Paddle 3.3 (no
 F.embedding, F.softmax or einsum; softmax is written from exp and sum), so the
@@ -29,13 +33,55 @@ import numpy as np
 import paddle
 from paddle import nn
 
-from tools.utils import schema as S
-
-USER_FIELDS = S.STATIC_FIELDS + S.DYNAMIC_FIELDS
-TABLE_FIELDS = USER_FIELDS + S.AD_FIELDS
-TABLE_NAMES = tuple("emb_" + field for field in TABLE_FIELDS)
-_GROUPS = (("static", S.STATIC_FIELDS), ("dynamic", S.DYNAMIC_FIELDS), ("ad", S.AD_FIELDS))
 EMBEDDING_INITS = ("normal", "xavier_uniform")
+
+
+class FieldLayout:
+    """The fields of a data set, as its schema.json describes them, and the tables that read them.
+
+    A batch holds three id arrays, in table order: `static` [B, fields] (one
+    id per field), `dynamic` [B, sum(list_widths)] (each list's padded ids,
+    the lists side by side; `lengths` [B, lists] counts the real ones) and
+    `ad` [B, fields]. Each field has its own table "emb_<field>" of max id + 1
+    rows, in the order static, lists, ad.
+    """
+
+    ID_ARRAYS = ("static", "dynamic", "ad")
+
+    def __init__(self, static, lists, list_widths, ad, max_idxs):
+        self.static, self.lists, self.ad = tuple(static), tuple(lists), tuple(ad)
+        self.list_widths = tuple(int(w) for w in list_widths)
+        groups = (self.static, self.lists, self.ad)
+        if not (isinstance(max_idxs, (list, tuple)) and len(max_idxs) == 3
+                and all(isinstance(m, (list, tuple)) and len(m) == len(g) for m, g in zip(max_idxs, groups))
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for m in max_idxs for v in m)):
+            raise ValueError(f"max_idxs must be 3 lists [static, dynamic, ad] of {[len(g) for g in groups]} "
+                             f"non-negative integers (the maxima in the data's schema.json), got {max_idxs!r}")
+        self.max_idxs = [list(m) for m in max_idxs]
+        self.user_fields = self.static + self.lists
+        self.table_names = tuple("emb_" + f for f in self.user_fields + self.ad)
+        self.rows = tuple(m + 1 for group in max_idxs for m in group)
+        self.list_offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(self.list_widths)]))
+        # The table of every column of static | dynamic | ad, side by side.
+        self.column_table = np.concatenate([
+            np.arange(len(self.static)),
+            len(self.static) + np.repeat(np.arange(len(self.lists)), self.list_widths),
+            len(self.user_fields) + np.arange(len(self.ad))])
+
+    @classmethod
+    def from_schema(cls, schema):
+        """The layout of a schema.json dict (tools/utils/dataset.py writes and checks them)."""
+        return cls(schema["static_fields"], schema["dynamic_fields"], schema["dynamic_widths"], schema["ad_fields"],
+                   [schema["max_idxs"][group] for group in cls.ID_ARRAYS])
+
+    def columns(self, batch):
+        """The ids of static | dynamic | ad side by side, [B, columns]."""
+        return np.concatenate([np.asarray(batch[k]) for k in self.ID_ARRAYS], axis=1)
+
+    def split_columns(self, ids):
+        """The inverse of columns: {static, dynamic, ad} of a [B, columns] array."""
+        cut = np.cumsum([len(self.static), self.list_offsets[-1]])
+        return dict(zip(self.ID_ARRAYS, np.split(ids, cut, axis=1)))
 
 
 def embedding_initializer(init, rows, dim):
@@ -49,24 +95,6 @@ def embedding_initializer(init, rows, dim):
                      "(normal is the official code's N(0, 1))")
 
 
-def table_sizes(max_idxs):
-    """Rows of each embedding table (max id + 1), in TABLE_FIELDS order.
-
-    `max_idxs` is the config's [[7 static], [7 dynamic], [6 ad]] list.
-    """
-    if not (isinstance(max_idxs, (list, tuple)) and len(max_idxs) == len(_GROUPS)):
-        raise ValueError(f"hyper_parameters.max_idxs must be 3 lists [static, dynamic, ad], got {max_idxs!r}; "
-                         "copy max_idxs from the schema.json of the data")
-    sizes = []
-    for (group, fields), maxima in zip(_GROUPS, max_idxs):
-        if not (isinstance(maxima, (list, tuple)) and len(maxima) == len(fields)
-                and all(isinstance(m, int) and m >= 0 for m in maxima)):
-            raise ValueError(f"hyper_parameters.max_idxs {group} entry must be {len(fields)} non-negative "
-                             f"integers (one per field {list(fields)}), got {maxima!r}")
-        sizes.extend(m + 1 for m in maxima)
-    return sizes
-
-
 def softmax(x, axis):
     """Softmax along `axis` from exp/sum (F.softmax has no double-grad kernel).
 
@@ -77,7 +105,7 @@ def softmax(x, axis):
     return e / e.sum(axis=axis, keepdim=True)
 
 
-def pool_lists(tables, dynamic, lengths):
+def pool_lists(tables, dynamic, lengths, offsets):
     """Mean of each row's first `length` embeddings, per list: 7 x [B, D]; length 0 gives zeros.
 
     Only the ids inside the lengths are gathered, then summed into their row
@@ -86,9 +114,9 @@ def pool_lists(tables, dynamic, lengths):
     second-order graph is several times cheaper.
     """
     rows_n = dynamic.shape[0]
-    row_of_id = paddle.arange(rows_n, dtype="int64").unsqueeze(1).expand([rows_n, max(S.DYNAMIC_WIDTHS)])
+    row_of_id = paddle.arange(rows_n, dtype="int64").unsqueeze(1).expand([rows_n, max(np.diff(offsets))])
     pooled = []
-    for j, (table, lo, hi) in enumerate(zip(tables, S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:])):
+    for j, (table, lo, hi) in enumerate(zip(tables, offsets[:-1], offsets[1:])):
         inside = paddle.arange(hi - lo, dtype="int64") < lengths[:, j:j + 1]
         rows = paddle.gather(table, paddle.masked_select(dynamic[:, lo:hi], inside))
         sums = paddle.index_add(paddle.zeros([rows_n, table.shape[1]], dtype=table.dtype),
@@ -109,41 +137,41 @@ def lookup(tables, ids):
     return rows.reshape([ids.shape[0], len(tables), -1])
 
 
-def embed_fields(feeds, p):
-    """The user-field embeddings [B, 14, D] (static fields, then pooled lists), their mean over
-    the fields [B, D], and the ad embeddings [B, 6, D].
+def embed_fields(layout, feeds, p):
+    """The user-field embeddings [B, U, D] (static fields, then pooled lists), their mean over
+    the U user fields [B, D], and the ad embeddings [B, A, D] (Tencent data: U = 14, A = 6).
 
-    p(name) gives the table `name` (models/common.py reuses this with its own tables).
+    p(name) gives the table `name` (the baselines' models/layers.py reuses this with its own tables).
     The mean is summed from the parts before they are joined: a mean over
     the middle axis of [B, 14, D] costs more than the rest of this function.
     """
-    n_static, n_user = len(S.STATIC_FIELDS), len(USER_FIELDS)
-    single = lookup([p(name) for name in TABLE_NAMES[:n_static]], feeds["static"])
-    lists = pool_lists([p(name) for name in TABLE_NAMES[n_static:n_user]], feeds["dynamic"], feeds["lengths"])
+    names, n_static, n_user = layout.table_names, len(layout.static), len(layout.user_fields)
+    single = lookup([p(name) for name in names[:n_static]], feeds["static"])
+    lists = pool_lists([p(name) for name in names[n_static:n_user]], feeds["dynamic"], feeds["lengths"],
+                       layout.list_offsets)
     user = paddle.concat([single] + [pooled.unsqueeze(1) for pooled in lists], axis=1)
     user_mean = (single.sum(axis=1) + paddle.add_n(lists)) / n_user
-    return user, user_mean, lookup([p(name) for name in TABLE_NAMES[n_user:]], feeds["ad"])
+    return user, user_mean, lookup([p(name) for name in names[n_user:]], feeds["ad"])
 
 
 class MetaHeacNet(nn.Layer):
     """Embeddings -> hybrid experts (mixed by a task gate) -> hybrid critics (mixed by a second gate).
 
-    Parameter names: `emb_<field>` for the 20 tables; `expert_w0/b0` (all
+    Parameter names: `emb_<field>` for the tables of `layout` (a FieldLayout); `expert_w0/b0` (all
     experts' first layer fused into one [user_dim, E*H] matrix), `expert_wK/bK`
     for K >= 1 ([E, H, H'] per-expert stacks); `expert_gate_w0/b0/w1/b1`;
     `critic_w/b` (the critic heads side by side, [H, C]); `critic_gate_w0/b0/w1/b1`.
     """
 
-    def __init__(self, max_idxs, embed_dim=64, mlp_dims=(64, 64), num_expert=8, num_output=5,
+    def __init__(self, layout, embed_dim=64, mlp_dims=(64, 64), num_expert=8, num_output=5,
                  embedding_init="normal"):
         super().__init__()
-        self.embed_dim, self.num_expert = embed_dim, num_expert
-        self.mlp_dims = list(mlp_dims)
-        for name, rows in zip(TABLE_NAMES, table_sizes(max_idxs)):
+        self.layout, self.num_expert, self.mlp_dims = layout, num_expert, list(mlp_dims)
+        for name, rows in zip(layout.table_names, layout.rows):
             init = embedding_initializer(embedding_init, rows, embed_dim)
             self.add_parameter(name, self.create_parameter([rows, embed_dim], default_initializer=init))
-        user_dim = len(USER_FIELDS) * embed_dim
-        task_dim = (1 + len(S.AD_FIELDS)) * embed_dim
+        user_dim = len(layout.user_fields) * embed_dim
+        task_dim = (1 + len(layout.ad)) * embed_dim
         self._add_linear("expert_w0", "expert_b0", user_dim, [user_dim, num_expert * mlp_dims[0]])
         for k in range(1, len(mlp_dims)):
             fan_in = mlp_dims[k - 1]
@@ -163,8 +191,12 @@ class MetaHeacNet(nn.Layer):
         self._add(weight, weight_shape, bound)
         self._add(bias, bias_shape or weight_shape[-1:], bound)
 
-    def forward(self, feeds, params=None):
+    def forward(self, feeds, params=None, tasks=None):
         """Click probability [T*B] for feeds {static, dynamic, lengths, ad} (int64, T*B rows each).
+
+        tasks=None: one task, weights as the layer holds them. tasks=T: T
+        tasks, rows t*B to (t+1)*B - 1 being task t's, and every dense weight
+        in `params` with a leading task axis [T, *shape] (the meta-step's).
 
         Past the embeddings, activations are feature-major ([T, features, B]):
         every weight then applies as a matmul with transpose flags, every bias
@@ -180,14 +212,13 @@ class MetaHeacNet(nn.Layer):
             return params[name] if name in params else getattr(self, name)
 
         def w(name):  # a dense weight with its task axis
-            value = p(name)
-            return value if value.ndim > getattr(self, name).ndim else value.unsqueeze(0)
+            return p(name).unsqueeze(0) if tasks is None else p(name)
 
-        user, user_mean, ad = embed_fields(feeds, p)                      # [T*B, 14, D], [T*B, D], [T*B, 6, D]
-        tasks = w("expert_w0").shape[0]
+        user, user_mean, ad = embed_fields(self.layout, feeds, p)         # [T*B, 14, D], [T*B, D], [T*B, 6, D]
+        n_tasks = tasks or 1
         task = paddle.concat([user_mean, ad.reshape([ad.shape[0], -1])], axis=1)
-        task = task.reshape([tasks, -1, task.shape[1]])                   # [T, B, 7D]
-        experts = self._experts(user.reshape([tasks, -1, user.shape[1] * user.shape[2]]), w)  # [T, E, H, B]
+        task = task.reshape([n_tasks, -1, task.shape[1]])                 # [T, B, 7D]
+        experts = self._experts(user.reshape([n_tasks, -1, user.shape[1] * user.shape[2]]), w)  # [T, E, H, B]
         expert_gate = self._gate(task, "expert_gate", w).unsqueeze(2).expand(experts.shape)  # [T, E, H, B]
         mixed = (experts * expert_gate).sum(axis=1)                                          # [T, H, B]
         critics = paddle.nn.functional.sigmoid(_dense(mixed, w("critic_w"), w("critic_b")))  # [T, C, B]

@@ -2,15 +2,15 @@
 
 Iterating yields (aid, stage-1 rows, stage-2 rows) per campaign, in ascending
 aid, both stages in file order (fine-tuning shuffles the seeds itself, once
-per pass, as the official code does). A campaign with seeds but no candidates has nothing to score: it is skipped
-and listed in `skipped` with the reason. A campaign with candidates but no
-seeds is kept (its stage-1 batch is empty: it is scored without fine-tuning).
+per pass, as the official code does). A campaign with seeds but no candidates
+has nothing to score: it is skipped and listed in `skipped` with the reason.
+A campaign with candidates but no seeds is kept (its stage-1 batch is empty:
+it is scored without fine-tuning).
 """
 import numpy as np
 
-from reader_train import CampaignIndex, take
-from tools.utils.config import check_max_idxs
-from tools.utils.dataset import DataError, load_split
+from tools.utils.dataset import CampaignIndex, load_split, require_vocabulary, take
+from tools.utils.errors import DataError
 
 
 def batches(batch, size):
@@ -25,7 +25,7 @@ class RecDataset:
 
     def __init__(self, config, data_dir):
         split = load_split(data_dir)
-        check_max_idxs(config, split["schema"], data_dir)
+        require_vocabulary(split["schema"], config["data_schema"], data_dir, "the model")
         if split["stage2"] is None:
             raise DataError(f"{data_dir}: no *_stage2.npz; a test folder needs candidates (stage 2) to score")
         self.stage1, self.stage2 = split["stage1"], split["stage2"]

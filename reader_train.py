@@ -23,52 +23,33 @@ import math
 
 import numpy as np
 
-from tools.utils.config import ConfigError, check_max_idxs, hyper_int
-from tools.utils.dataset import load_split
+from tools.utils.dataset import CampaignIndex, load_split, require_vocabulary, take
+from tools.utils.errors import DataError
 
 SAMPLE_METHODS = {"normal": lambda rows: rows, "sqrt": np.sqrt, "unit": np.ones_like}
 
 
-class CampaignIndex:
-    """The rows of a stage grouped by campaign: rows_of(i) is a slice, no scan of the table."""
-
-    def __init__(self, aid):
-        self.order = np.argsort(aid, kind="stable")  # stable: a campaign's rows keep file order
-        self.aids, self.starts, self.counts = np.unique(aid[self.order], return_index=True, return_counts=True)
-
-    def __len__(self):
-        return len(self.aids)
-
-    def rows_of(self, i):
-        return self.order[self.starts[i]:self.starts[i] + self.counts[i]]
-
-
-def take(arrays, rows):
-    """The given rows of every array of a stage, as a batch dict."""
-    return {name: a[rows] for name, a in arrays.items()}
-
-
 class RecDataset:
-    """Iterable over the meta-batches of one epoch; len() is the number of meta-batches."""
+    """Iterable over the meta-batches of one epoch; len() is the number of meta-batches.
 
-    def __init__(self, config, data_dir, seed=None):
+    campaigns: the sorted aids of the training campaigns.
+    """
+
+    def __init__(self, config, data_dir):
         runner, hp = config["runner"], config["hyper_parameters"]
         split = load_split(data_dir, stages=(1,))
-        check_max_idxs(config, split["schema"], data_dir)
+        require_vocabulary(split["schema"], config["data_schema"], data_dir, "the config")
         self.table = split["stage1"]
         self.index = CampaignIndex(self.table["aid"])
-        self.batch_size = runner["train_batch_size"]
-        self.task_count = hyper_int(config, "task_count")
-        method = hp.get("sample_method", "normal")
-        if method not in SAMPLE_METHODS:
-            raise ConfigError(f"{config['config_path']}: hyper_parameters.sample_method is {method!r}; "
-                              f"use one of {sorted(SAMPLE_METHODS)}")
+        self.campaigns = self.index.aids
+        self.batch_size, self.task_count = runner["train_batch_size"], hp["task_count"]
         if len(self.index) < self.task_count:
-            raise ConfigError(f"{data_dir}: {len(self.index)} campaigns in the stage-1 data but "
-                              f"hyper_parameters.task_count is {self.task_count}; lower task_count "
-                              f"(-o hyper_parameters.task_count={len(self.index)}) or use more campaigns")
-        self.task_weights = SAMPLE_METHODS[method](self.index.counts.astype(np.float64))
-        self.seed = runner["seed"] if seed is None else seed
+            raise DataError(f"{data_dir}: {len(self.index)} campaigns in the stage-1 data but "
+                            f"hyper_parameters.task_count is {self.task_count}; lower task_count "
+                            f"(-o hyper_parameters.task_count={max(len(self.index), 1)}) or use more campaigns"
+                            if len(self.index) else f"{data_dir}: the stage-1 data has no rows to train on")
+        self.task_weights = SAMPLE_METHODS[hp["sample_method"]](self.index.counts.astype(np.float64))
+        self.seed = runner["seed"]
         self.epoch = 0
 
     def __len__(self):

@@ -5,17 +5,14 @@ loader is checked against files it did not make.
 """
 import json
 import os
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.utils import dataset as D  # noqa: E402
-from tools.utils import schema as S  # noqa: E402
+from tools.utils import dataset as D
+from tools.utils import schema as S
 
 ROWS = 40
 MAXIMA = {"static": [3, 2, 20, 5, 7, 2, 1], "dynamic": [30, 20, 12, 400, 300, 50, 60], "ad": [9, 11, 4, 6, 5, 3]}

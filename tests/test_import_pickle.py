@@ -12,11 +12,10 @@ import pytest
 pd = pytest.importorskip("pandas")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from tools.utils import dataset as D  # noqa: E402
-from tools.utils import safe_pickle  # noqa: E402
-from tools.utils import schema as S  # noqa: E402
+from tools.utils import dataset as D
+from tools.utils import safe_pickle
+from tools.utils import schema as S
 
 SAMPLE = os.path.join(ROOT, "..", "shared", "data", "paddlerec_sample.pkl")
 CLI = os.path.join(ROOT, "tools", "import_pickle.py")
@@ -190,7 +189,7 @@ def test_cli_refuses_code_and_writes_nothing(tmp_path):
     (pkl_dir / "train_stage1.pkl").write_bytes(os_system_opcodes(str(marker)))
     run = subprocess.run([sys.executable, CLI, "--pkl-dir", str(pkl_dir), "--out", str(tmp_path / "out")],
                          capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert "refers to os.system" in run.stderr and "Traceback" not in run.stderr
     assert not marker.exists() and not (tmp_path / "out" / "train" / "train_stage1.npz").exists()
 
@@ -263,7 +262,7 @@ def test_not_a_dataframe_and_truncated(tmp_path):
 
 def test_missing_pandas_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
-    with pytest.raises(ImportError, match="pip install pandas"):
+    with pytest.raises(D.DataError, match="pip install pandas"):
         safe_pickle.read_dataframe(SAMPLE)
 
 

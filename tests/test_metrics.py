@@ -1,14 +1,11 @@
 """Metrics against independent computations: pairwise (Mann-Whitney) AUC and top-k by hand."""
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.utils import metrics  # noqa: E402
+from tools.utils import metrics
 
 
 def pairwise_auc(labels, scores):

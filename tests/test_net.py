@@ -1,35 +1,13 @@
 """The MetaHeac forward pass against an independent NumPy implementation of the equations."""
-import os
-import sys
-
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import net as net_module
+from helpers import MAX_IDXS, layout, random_batch
+from tools.utils import schema as S
+from tools.utils.paddle_env import paddle
 
-from tools.utils.paddle_env import paddle  # noqa: E402
-from tools.utils import schema as S  # noqa: E402
-import net as net_module  # noqa: E402
-
-TINY_MAX_IDXS = [[3, 2, 9, 5, 7, 2, 1], [12, 8, 6, 30, 20, 11, 9], [7, 13, 4, 3, 3, 3]]
-TINY_HP = dict(max_idxs=TINY_MAX_IDXS, embed_dim=4, mlp_dims=[5, 6], num_expert=3, num_output=2)
-
-
-def random_batch(rng, n, max_idxs=TINY_MAX_IDXS):
-    """n rows of valid random ids; the first rows get lists of length 0 and full width."""
-    lengths = np.stack([rng.integers(0, w + 1, n) for w in S.DYNAMIC_WIDTHS], axis=1)
-    lengths[0] = 0
-    lengths[1] = S.DYNAMIC_WIDTHS
-    return {
-        "label": rng.integers(0, 2, n).astype(np.int8),
-        "aid": np.zeros(n, np.int32),
-        "static": np.stack([rng.integers(0, m + 1, n) for m in max_idxs[0]], axis=1).astype(np.int32),
-        "dynamic": np.concatenate([rng.integers(0, m + 1, (n, w)) for m, w in zip(max_idxs[1], S.DYNAMIC_WIDTHS)],
-                                  axis=1).astype(np.int32),
-        "lengths": lengths.astype(np.int32),
-        "ad": np.stack([rng.integers(0, m + 1, n) for m in max_idxs[2]], axis=1).astype(np.int32),
-    }
+TINY_HP = dict(embed_dim=4, mlp_dims=[5, 6], num_expert=3, num_output=2)
 
 
 def to_feeds(batch):
@@ -75,7 +53,7 @@ def numpy_forward(w, batch, num_expert, mlp_dims):
 @pytest.fixture
 def net():
     paddle.seed(3)
-    return net_module.MetaHeacNet(**TINY_HP)
+    return net_module.MetaHeacNet(layout(), **TINY_HP)
 
 
 def test_forward_matches_numpy_equations(net):
@@ -107,7 +85,7 @@ def test_pooling_ignores_ids_past_length(net):
     changed["dynamic"][past_end] = 0
     np.testing.assert_array_equal(net(to_feeds(batch)).numpy(), net(to_feeds(changed)).numpy())
     inside = {**batch, "dynamic": batch["dynamic"].copy()}
-    inside["dynamic"][1, 0] = (inside["dynamic"][1, 0] + 1) % (TINY_MAX_IDXS[1][0] + 1)  # row 1 has full lists
+    inside["dynamic"][1, 0] = (inside["dynamic"][1, 0] + 1) % (MAX_IDXS["dynamic"][0] + 1)  # row 1: full lists
     assert not np.allclose(net(to_feeds(batch)).numpy()[1], net(to_feeds(inside)).numpy()[1])
 
 
@@ -128,11 +106,10 @@ def test_gathered_rows_with_remapped_ids_equal_full_tables(net):
     batch = random_batch(np.random.default_rng(6), 8)
     columns = {"static": [(j, j + 1) for j in range(7)], "ad": [(j, j + 1) for j in range(6)],
                "dynamic": list(zip(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:]))}
-    fields = {"static": S.STATIC_FIELDS, "dynamic": S.DYNAMIC_FIELDS, "ad": S.AD_FIELDS}
     remapped, rows = {**batch}, {}
     for group, spans in columns.items():
         remapped[group] = batch[group].copy()
-        for field, (lo, hi) in zip(fields[group], spans):
+        for field, (lo, hi) in zip(S.GROUP_FIELDS[group], spans):
             used = np.unique(batch[group][:, lo:hi])
             remapped[group][:, lo:hi] = np.searchsorted(used, batch[group][:, lo:hi])
             rows["emb_" + field] = paddle.gather(getattr(net, "emb_" + field), paddle.to_tensor(used))
@@ -143,19 +120,30 @@ def test_gathered_rows_with_remapped_ids_equal_full_tables(net):
 
 @pytest.mark.parametrize("bad, words", [
     ([[1] * 7, [1] * 7], "3 lists"),
-    ([[1] * 7, [1] * 6, [1] * 6], "dynamic entry must be 7"),
+    ([[1] * 7, [1] * 6, [1] * 6], "[7, 7, 6]"),
     ([[1] * 7, [1] * 7, [1, 1, 1, 1, 1, -1]], "non-negative"),
 ])
 def test_bad_max_idxs_are_named(bad, words):
+    lay = layout()
     with pytest.raises(ValueError, match="max_idxs") as err:
-        net_module.MetaHeacNet(bad, embed_dim=4, mlp_dims=[4, 4], num_expert=2, num_output=2)
+        net_module.FieldLayout(lay.static, lay.lists, lay.list_widths, lay.ad, bad)
     assert words in str(err.value)
+
+
+def test_layout_maps_every_column_to_its_table():
+    lay = layout()
+    assert lay.table_names[:2] == ("emb_carrier", "emb_consumptionAbility") and len(lay.table_names) == 20
+    assert list(lay.column_table[:8]) == list(range(7)) + [7]              # static fields, then interest1
+    assert (lay.column_table == 7 + 3).sum() == 5                           # kw1: 5 columns of dynamic
+    assert list(lay.column_table[-6:]) == list(range(14, 20))              # the ad fields
+    batch = random_batch(np.random.default_rng(0), 3)
+    assert all(np.array_equal(v, batch[k]) for k, v in lay.split_columns(lay.columns(batch)).items())
 
 
 def test_tables_start_standard_normal_as_the_official_code_and_dense_layers_as_torch():
     """The official tables are plain torch.nn.Embedding: N(0, 1). Linear: uniform +-1/sqrt(fan_in)."""
     paddle.seed(3)
-    big = net_module.MetaHeacNet([S.TENCENT_MAX_IDXS[g] for g in ("static", "dynamic", "ad")])
+    big = net_module.MetaHeacNet(layout(S.TENCENT_MAX_IDXS))
     for name in ("emb_kw1", "emb_kw2", "emb_topic1"):  # 640 k to 16.9 M draws each
         table = getattr(big, name).numpy().astype(np.float64)
         assert abs(table.std() - 1) < 0.005 and abs(table.mean()) < 0.005, name
@@ -167,10 +155,9 @@ def test_tables_start_standard_normal_as_the_official_code_and_dense_layers_as_t
 
 def test_xavier_start_is_an_option_and_unknown_starts_are_named():
     paddle.seed(3)
-    net = net_module.MetaHeacNet(TINY_MAX_IDXS, embedding_init="xavier_uniform", **{
-        k: v for k, v in TINY_HP.items() if k != "max_idxs"})
+    net = net_module.MetaHeacNet(layout(), embedding_init="xavier_uniform", **TINY_HP)
     kw1 = net.emb_kw1.numpy()
     bound = np.sqrt(6 / (kw1.shape[0] + kw1.shape[1]))
     assert np.abs(kw1).max() <= bound and np.abs(kw1).max() > 0.8 * bound
     with pytest.raises(ValueError, match="embedding_init is 'xavier'.*normal"):
-        net_module.MetaHeacNet(TINY_MAX_IDXS, embedding_init="xavier")
+        net_module.MetaHeacNet(layout(), embedding_init="xavier")

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from tools.utils import dataset, raw, raw_csv, raw_users  # noqa: E402
-from tools.utils import schema as S  # noqa: E402
-from tools.utils.dataset import DataError  # noqa: E402
+from tools.utils import dataset, raw, raw_csv, raw_users
+from tools.utils import schema as S
+from tools.utils.dataset import DataError
 
 AD_HEADER = "aid,advertiserId,campaignId,creativeId,creativeSize,adCategoryId,productId,productType"
 ADS = [AD_HEADER,

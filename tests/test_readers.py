@@ -1,70 +1,17 @@
-"""The meta-training and test readers on tiny generated split folders.
-
-write_split / reader_config are also used by tests/test_tools.py.
-"""
+"""The meta-training and test readers on tiny generated split folders."""
 import itertools
-from collections import Counter
 import math
-import os
-import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import reader_test  # noqa: E402
-import reader_train  # noqa: E402
-from tools.utils import dataset as D  # noqa: E402
-from tools.utils import schema as S  # noqa: E402
-from tools.utils.config import ConfigError  # noqa: E402
-
-MAX_IDXS = {"static": [3, 2, 9, 5, 7, 2, 1], "dynamic": [12, 8, 6, 30, 20, 10, 10], "ad": [4, 5, 3, 3, 3, 2]}
-MAX_IDXS_LIST = [MAX_IDXS["static"], MAX_IDXS["dynamic"], MAX_IDXS["ad"]]
-
-
-def make_stage(rng, rows_by_aid, uid_start=0):
-    """Random valid rows for {aid: rows}, shuffled (so a file is not grouped by campaign).
-
-    Labels follow a logistic model of static[:, 0] and the campaign's first ad field,
-    so a trained model can beat AUC 0.5.
-    """
-    aids = np.array(list(rows_by_aid), dtype=np.int32)
-    aid = np.repeat(aids, list(rows_by_aid.values()))[rng.permutation(sum(rows_by_aid.values()))]
-    n = len(aid)
-    ad_of_campaign = {a: rng.integers(0, np.array(MAX_IDXS["ad"]) + 1) for a in aids}
-    static = rng.integers(0, np.array(MAX_IDXS["static"]) + 1, size=(n, len(S.STATIC_FIELDS)))
-    ad = np.array([ad_of_campaign[a] for a in aid]).reshape(n, len(S.AD_FIELDS))
-    dynamic = np.concatenate([rng.integers(0, top + 1, size=(n, width))
-                              for top, width in zip(MAX_IDXS["dynamic"], S.DYNAMIC_WIDTHS)], axis=1)
-    lengths = rng.integers(0, np.array(S.DYNAMIC_WIDTHS) + 1, size=(n, len(S.DYNAMIC_FIELDS)))
-    logit = 1.5 * (static[:, 0] - 1.5) + 0.5 * (ad[:, 0] - 2)
-    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
-    return {"label": label, "aid": aid, "static": static, "dynamic": dynamic, "lengths": lengths, "ad": ad,
-            "uid": np.arange(uid_start, uid_start + n, dtype=np.int64)}
-
-
-def write_split(folder, stage1_rows, stage2_rows=None, seed=0):
-    """A split folder with schema.json, stage 1 and (if given) stage 2; rows are {aid: count}."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    D.write_schema(str(folder), MAX_IDXS)
-    prefix = "train" if stage2_rows is None else "test"
-    stage1 = make_stage(rng, stage1_rows)
-    D.save_stage(os.path.join(folder, f"{prefix}_stage1.npz"), stage1)
-    if stage2_rows is not None:
-        D.save_stage(os.path.join(folder, f"{prefix}_stage2.npz"),
-                     make_stage(rng, stage2_rows, uid_start=len(stage1["label"])))
-    return str(folder)
-
-
-def reader_config(batch_size=8, task_count=2, sample_method="normal", seed=7):
-    return {"runner": {"train_batch_size": batch_size, "seed": seed},
-            "hyper_parameters": {"max_idxs": [list(g) for g in MAX_IDXS_LIST], "task_count": task_count,
-                                 "sample_method": sample_method},
-            "config_path": "test-config.yaml", "config_abs_dir": ROOT}
+import reader_test
+import reader_train
+from helpers import reader_config, write_split
+from tools.utils import dataset as D
+from tools.utils.errors import DataError
 
 
 # ---------------------------------------------------------------- task sampling
@@ -142,16 +89,15 @@ def test_epochs_are_seeded_reproducible_and_of_the_right_length(tmp_path):
     assert not np.array_equal(first[:200], uids_of_epoch(other_seed)[:200])
 
 
-def test_too_few_campaigns_and_bad_settings_are_clear_errors(tmp_path):
+def test_too_few_campaigns_and_another_vocabulary_are_clear_errors(tmp_path):
     folder = write_split(tmp_path, {1: 10, 2: 10})
-    with pytest.raises(ConfigError, match=r"2 campaigns .*task_count is 3.*task_count=2"):
+    with pytest.raises(DataError, match=r"2 campaigns .*task_count is 3.*task_count=2"):
         reader_train.RecDataset(reader_config(task_count=3), folder)
-    with pytest.raises(ConfigError, match=r"sample_method is 'sqr'"):
-        reader_train.RecDataset(reader_config(sample_method="sqr"), folder)
     config = reader_config()
-    config["hyper_parameters"]["max_idxs"][0] = [3] * 7
-    with pytest.raises(ConfigError, match=r"test-config.yaml: hyper_parameters.max_idxs .*schema.json"):
-        reader_train.RecDataset(config, folder)
+    config["data_schema"]["max_idxs"]["static"] = [3] * 7
+    for reader in (reader_train, reader_test):
+        with pytest.raises(DataError, match=r"schema.json: vocabulary maxima .* differ from the (config|model)'s"):
+            reader.RecDataset(config, folder)
 
 
 # ---------------------------------------------------------------- test reader

@@ -14,11 +14,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from tools.utils import schema as S  # noqa: E402
-from tools.utils import synthetic as Y  # noqa: E402
-from tools.utils.raw_text import render_tokens  # noqa: E402
+from tools.utils import schema as S
+from tools.utils import synthetic as Y
+from tools.utils.raw_text import render_tokens
 
 AD_HEADER = "aid,advertiserId,campaignId,creativeId,creativeSize,adCategoryId,productId,productType"
 USER_GROUPS = {"uid", "age", "gender", "marriageStatus", "education", "consumptionAbility", "LBS",

@@ -15,15 +15,11 @@ import warnings
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import reader_train  # noqa: E402
-from test_readers import MAX_IDXS, MAX_IDXS_LIST, write_split  # noqa: E402
-from tools.utils import checkpoint as ckpt  # noqa: E402
-from tools.utils import config as cfg  # noqa: E402
-from tools.utils import dataset as D  # noqa: E402
+from helpers import MAX_IDXS, MAX_IDXS_LIST, ROOT, pairwise_auc, write_split
+from tools.utils import checkpoint as ckpt
+from tools.utils import config as cfg
+from tools.utils import dataset as D
+from tools.utils import model_folder
 
 
 # ---------------------------------------------------------------- config
@@ -64,8 +60,8 @@ def test_load_config_resolves_paths_and_applies_dotted_overrides(tmp_path, monke
 
 
 @pytest.mark.parametrize("item, message", [
-    ("runner.epoch=2", r"no key 'runner.epoch'; did you mean runner.epochs\?"),
-    ("hyper_parameters.local_lr.x=1", r"local_lr in .* is a value, not a section"),
+    ("runner.epoch=2", r"runner.epoch: no such key; did you mean runner.epochs\?"),
+    ("hyper_parameters.optimizer=2", r"hyper_parameters.optimizer: a section, not a value"),
     ("runner.epochs", r"expected key=value"),
     ("runner.epochs=[1", r"not valid YAML"),
 ])
@@ -75,30 +71,60 @@ def test_bad_overrides_are_clear_errors(tmp_path, item, message):
         cfg.load_config(str(tmp_path / "config.yaml"), [item])
 
 
-def test_runner_checks_name_the_key_and_the_file(tmp_path):
+class Needs:
+    """A model that needs these hyper_parameters (as a model folder's DygraphModel declares them)."""
+
+    def __init__(self, *keys):
+        self.HYPER_PARAMETERS = keys
+
+
+def test_values_are_checked_on_load_and_needed_keys_by_tool(tmp_path):
     (tmp_path / "config.yaml").write_text(YAML)
     path = str(tmp_path / "config.yaml")
-    with pytest.raises(cfg.ConfigError, match=r"config.yaml: runner.epochs must be an integer >= 0, got -1"):
-        cfg.check_runner(cfg.load_config(path, ["runner.epochs=-1"]), ["epochs"])
-    with pytest.raises(cfg.ConfigError, match=r"runner.epochs must be an integer >= 0, got True"):
-        cfg.check_runner(cfg.load_config(path, ["runner.epochs=True"]), ["epochs"])
-    with pytest.raises(cfg.ConfigError, match=r"runner.seed must be an integer >= 0, got None"):
-        cfg.check_runner(cfg.load_config(path), ["seed"])
+    with pytest.raises(cfg.ConfigError, match=r"config.yaml: runner.epochs must be an integer >= 1, got -1"):
+        cfg.load_config(path, ["runner.epochs=-1"])
+    with pytest.raises(cfg.ConfigError, match=r"runner.epochs must be an integer >= 1, got True"):
+        cfg.load_config(path, ["runner.epochs=True"])
+    with pytest.raises(cfg.ConfigError, match=r"runner.seed is missing \(the seed of everything\)"):
+        cfg.validate(cfg.load_config(path, ["runner.train_reader_path=r"]), "train", Needs())
+    with pytest.raises(cfg.ConfigError, match=r"hyper_parameters.embed_dim is missing"):
+        cfg.validate(cfg.load_config(path, ["runner.seed=1", "runner.train_batch_size=4",
+                                            "runner.train_reader_path=r"]), "train", Needs("embed_dim"))
+    config = cfg.validate(cfg.load_config(path, ["runner.seed=1", "runner.train_batch_size=4",
+                                                 "runner.train_reader_path=r"]), "train", Needs("meta_order"))
+    assert config["hyper_parameters"]["meta_order"] == 2 and config["runner"]["thread_num"] == 2  # defaults
     with pytest.raises(cfg.ConfigError, match=r"no such config file"):
         cfg.load_config(str(tmp_path / "nope.yaml"))
     with pytest.raises(cfg.ConfigError, match=r"reader_x.py: not found"):
-        cfg.load_module(cfg.load_config(path), "reader_x")
+        model_folder.load_module(str(tmp_path / "reader_x"), path)
 
 
-def test_max_idxs_schema_reads_the_train_data_schema(tmp_path):
+def test_base_configs_are_inherited_with_paths_relative_to_the_file_that_wrote_them(tmp_path):
+    (tmp_path / "config.yaml").write_text(YAML)
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    (tmp_path / "models" / "m" / "config.yaml").write_text(
+        "base: ../../config.yaml\nrunner:\n  model_save_path: out_m\nhyper_parameters:\n  optimizer:\n"
+        "    learning_rate: 0.01\n")
+    config = cfg.load_config(str(tmp_path / "models" / "m" / "config.yaml"))
+    assert config["runner"]["train_data_dir"] == str(tmp_path / "data" / "train")
+    assert config["runner"]["model_save_path"] == str(tmp_path / "models" / "m" / "out_m")
+    assert config["hyper_parameters"]["optimizer"] == {"class": "adam", "learning_rate": 0.01}
+    assert config["hyper_parameters"]["local_lr"] == 2e-4
+
+
+def test_schema_gives_max_idxs_and_explicit_lists_must_match(tmp_path):
     split = tmp_path / "data" / "train"
     split.mkdir(parents=True)
     D.write_schema(str(split), {"static": [5] * 7, "dynamic": [9] * 7, "ad": [3] * 6})
     (tmp_path / "config.yaml").write_text(YAML.replace("  local_lr:", "  max_idxs: schema\n  local_lr:"))
     config = cfg.load_config(str(tmp_path / "config.yaml"))
+    cfg.attach_schema(config, D.read_schema(str(split)), str(split))
     assert config["hyper_parameters"]["max_idxs"] == [[5] * 7, [9] * 7, [3] * 6]
-    with pytest.raises(D.DataError, match=r"schema.json"):
-        cfg.load_config(str(tmp_path / "config.yaml"), [f"runner.train_data_dir={tmp_path / 'nowhere'}"])
+    assert config["data_schema"]["dynamic_widths"] == [10, 10, 10, 5, 5, 5, 5]
+    other = cfg.load_config(str(tmp_path / "config.yaml"), ["hyper_parameters.max_idxs=[[4,4,4,4,4,4,4],"
+                                                           "[9,9,9,9,9,9,9],[3,3,3,3,3,3]]"])
+    with pytest.raises(cfg.ConfigError, match=r"max_idxs is \[\[4, 4, .* but .*train has \[\[5, 5"):
+        cfg.attach_schema(other, D.read_schema(str(split)), str(split))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -345,7 +371,8 @@ def test_trainer_saves_each_epoch_and_resumes_exactly(paddle, model_dir, trained
     assert "epoch 1: loss" in trained.stdout and "samples" in trained.stdout
     meta = ckpt.read_meta(os.path.join(out, "1"))
     assert meta["stats"]["meta_batches"] == 19  # ceil(300 rows / 16)
-    reader = reader_train.RecDataset(cfg.load_config(str(model_dir / "config.yaml")), str(model_dir / "data" / "train"))
+    from tools import trainer
+    _, reader = trainer.prepare(cfg.load_config(str(model_dir / "config.yaml")))
     reader.set_epoch(1)  # the trainer's epoch 1 draws from (seed, 1)
     assert meta["stats"]["samples"] == sum(len(s["label"]) + len(q["label"]) for mb in reader for s, q in mb)
 
@@ -383,18 +410,12 @@ def numpy_scores(params, batch):
     return 1 / (1 + np.exp(-logit))
 
 
-def pairwise_auc(labels, scores):
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    diff = pos[:, None] - neg[None, :]
-    return ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
-
-
 def test_infer_meta_without_fine_tuning_scores_the_checkpoint(paddle, model_dir, trained):
     proc = run("infer_meta.py", model_dir, "--split", "both", "-o", "runner.infer_train_epoch=0")
     assert proc.returncode == 0, proc.stderr
     assert "campaign 19 skipped: no stage-2 rows" in proc.stdout
     assert "1 of 2 campaigns have candidates of one class only" in proc.stdout
-    assert "note: fine-tuning is off (local_test_learning_rate 0.5, infer_train_epoch 0)" in proc.stdout
+    assert "note: fine-tuning is off (runner.infer_train_epoch 0)" in proc.stdout
     assert "have no seeds" not in proc.stdout
     with open(model_dir / "out" / "results" / "metrics_test_hot+test_cold.json") as f:
         runs = json.load(f)

@@ -11,13 +11,14 @@ ad fields are constant within a task, as they are within a campaign. Other
 processes on the machine slow every figure: the header shows the load average
 and NumPy's sgemm speed as a check.
 
-Environment that matters (read at start-up, so set it before the run):
-on AMD CPUs MKL_DEBUG_CPU_TYPE=5 makes the MKL that Paddle links use its AVX2
-GEMM (about 4x faster matrix products on this machine's EPYC);
-MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large> keep glibc from handing
-table-sized blocks back to the kernel, so they are not page-faulted in again
-on every use; LD_PRELOAD=libjemalloc.so.2 is the other allocator option.
+The CPU settings that matter here (MKL's AVX2 kernels on AMD CPUs, glibc
+malloc options) are made by tools/utils/paddle_env.py before Paddle loads, as
+for every tool; LD_PRELOAD=libjemalloc.so.2 is the other allocator to try.
+Figures and their history: docs/performance.md.
 """
+if not __package__:
+    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+
 import argparse
 import os
 import resource
@@ -25,27 +26,26 @@ import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import numpy as np
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from tools.utils.paddle_env import paddle, set_threads  # noqa: E402
-from tools.utils.config import load_module  # noqa: E402
-from tools.utils import schema as S  # noqa: E402
+from tools.utils.paddle_env import paddle, set_threads
+from tools.utils import model_folder
+from tools.utils import schema as S
+from tools.utils.dataset import make_schema
 
 ZIPF_EXPONENT = 1.2
 WARMUP_STEPS = 3  # the first steps page-fault the working set in (tens of thousands of faults each)
 
 
 def big_config(batch):
-    max_idxs = [S.TENCENT_MAX_IDXS[k] for k in ("static", "dynamic", "ad")]
+    max_idxs = [S.TENCENT_MAX_IDXS[k] for k in S.GROUPS]
     return {"hyper_parameters": {
-        "max_idxs": max_idxs, "embed_dim": 64, "mlp_dims": [64, 64], "num_expert": 8, "num_output": 5,
-        "task_count": 5, "local_lr": 0.0002, "meta_order": 2, "local_test_learning_rate": 0.001,
+        "max_idxs": max_idxs, "embed_dim": 64, "embedding_init": "normal", "mlp_dims": [64, 64], "num_expert": 8,
+        "num_output": 5, "task_count": 5, "local_lr": 0.0002, "meta_order": 2, "local_test_learning_rate": 0.001,
         "optimizer": {"class": "adam", "learning_rate": 0.001}},
-        "runner": {"train_batch_size": batch, "infer_batch_size": batch}}
+        "runner": {"train_batch_size": batch, "infer_batch_size": batch},
+        "data_schema": make_schema(S.TENCENT_MAX_IDXS)}
 
 
 def popularity_orders(max_idxs, seed=0):
@@ -104,8 +104,7 @@ def peak_rss_gb():
 def run(model_dir, steps, batch, threads, seed=0):
     """Benchmark the model folder's DygraphModel; returns {measure: value}."""
     set_threads(threads)
-    dm = load_module({"config_abs_dir": os.path.abspath(model_dir),
-                      "config_path": os.path.join(model_dir, "(bench_model)")}, "dygraph_model")
+    dm = model_folder.load_module(os.path.join(os.path.abspath(model_dir), "dygraph_model.py"), "bench_model")
     model, config = dm.DygraphModel(), big_config(batch)
     rng = np.random.default_rng(seed)
     paddle.seed(seed)
@@ -151,7 +150,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per order (default 5)")
     parser.add_argument("--batch", type=int, default=1024, help="support = query = fine-tune batch size")
     parser.add_argument("--threads", type=int, default=2, help="Paddle CPU threads (default 2)")
-    parser.add_argument("--model-dir", default=ROOT, help="folder with dygraph_model.py and net.py")
+    parser.add_argument("--model-dir", default=model_folder.ROOT, help="folder with dygraph_model.py and net.py")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.threads < 1:
         parser.error("--steps, --batch and --threads must be at least 1")
@@ -166,4 +165,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,9 @@ peak total PSS of the child and its workers (sampled from /proc every 0.2 s;
 PSS counts shared pages once). Prints userFeature.data lines/s, wall times,
 memory and the time projected for the full data (11.4 M lines, 11.1 M rows).
 """
+if not __package__:
+    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+
 import argparse
 import dataclasses
 import json
@@ -22,9 +25,7 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.utils.raw import preprocess  # noqa: E402
+from tools.utils.raw import preprocess
 
 FULL_LINES = 11_420_039
 FULL_ROWS = 8_798_814 + 2_265_989

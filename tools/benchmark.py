@@ -23,6 +23,9 @@ Runs execute in --jobs worker processes (Paddle is imported once per worker);
 each run seeds everything it uses, so the numbers do not depend on --jobs.
 Wall times are per run (train and test), so they do depend on what else runs.
 """
+if not __package__:
+    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+
 import argparse
 import concurrent.futures
 import contextlib
@@ -33,15 +36,13 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from tools.infer_meta import _plain as plain_json  # noqa: E402  (NaN -> null: JSON has no NaN)
-from tools.utils import dataset as D  # noqa: E402
-from tools.utils import metrics  # noqa: E402
+from tools.utils import cli, metrics
+from tools.utils import dataset as D
+from tools.utils.errors import UserError
+from tools.utils.files import write_json, write_text
+from tools.utils.model_folder import ROOT
 
 # name: (row label, config relative to ROOT, extra overrides, trains across campaigns)
 METHODS = {
@@ -65,33 +66,22 @@ FIRST_SEED = 2021
 RESULTS = "results/metrics_test_hot+test_cold.json"
 
 
-class BenchmarkError(RuntimeError):
+class BenchmarkError(UserError):
     """A run failed or the options cannot work; the message says which and where its log is."""
 
 
 # ---------------------------------------------------------------- planning the runs
-def schema_max_idxs(data_dir):
-    return D.max_idxs_list(D.read_schema(os.path.join(data_dir, "train")))
-
-
 def config_keys(config_path):
-    """Dotted keys of a config's runner and hyper_parameters sections (for --set)."""
-    import yaml
-    with open(config_path) as f:
-        config = yaml.safe_load(f)
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            yield prefix + key
-            if isinstance(value, dict):
-                yield from walk(value, prefix + key + ".")
-    return set(walk({k: config[k] for k in ("runner", "hyper_parameters")}, ""))
+    """The declared keys a config (with its bases) sets: --set applies to the methods whose config has the key."""
+    from tools.utils import config as cfg
+    config = cfg.load_config(config_path)
+    return {key for key in cfg.KEYS if cfg.get(config, key) is not None}
 
 
 def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra):
     """[(method, seed, trainer argv, infer_meta argv, run folder)] for every method x seed."""
     data_dir = os.path.abspath(data_dir)
-    max_idxs = schema_max_idxs(data_dir)
+    D.read_schema(os.path.join(data_dir, "train"))  # a data folder, before any run starts
     unused = [item for item in extra
               if not any(item.partition("=")[0] in config_keys(os.path.join(ROOT, METHODS[m][1])) for m in methods)]
     if unused:
@@ -105,7 +95,6 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra):
             common = [f"runner.seed={seed}", f"runner.thread_num={threads}",
                       f"runner.train_data_dir={os.path.join(data_dir, 'train')}",
                       f"runner.test_data_dir={os.path.join(data_dir, 'test_hot')}",
-                      f"hyper_parameters.max_idxs={json.dumps(max_idxs)}",
                       *overrides, *[item for item in extra if item.partition("=")[0] in keys]]
             last = epochs if trains else 1
             train = ["-m", config, "-o", *common, f"runner.epochs={last}",
@@ -135,7 +124,7 @@ def _tool(name, argv, log):
     module = importlib.import_module(f"tools.{name}")
     start = time.perf_counter()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        code = module.main(argv)
+        code = cli.run(module.main, argv)
     return code, time.perf_counter() - start
 
 
@@ -174,7 +163,7 @@ def run_one(method, seed, train, infer, folder):
         results = {run["split"]: run["overall"] for run in json.load(f)}
     record = {"method": method, "seed": seed, "commands": commands, "train_seconds": seconds["train"],
               "test_seconds": seconds["test"], "metrics": {short: results[split] for short, split in SPLITS}}
-    D.atomic_write(record_path, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
+    write_json(record_path, record)
     return record
 
 
@@ -202,7 +191,6 @@ def summarise(records):
 
 def oracle(data_dir):
     """Metrics of the generator's true probabilities per split, or None where the data has none."""
-    from reader_train import CampaignIndex
     out = {}
     for short, split in SPLITS:
         split_dir = os.path.join(data_dir, split)
@@ -210,7 +198,7 @@ def oracle(data_dir):
         probs = D.load_oracle(D.stage_path(split_dir, 2), len(stage2["label"]))
         if probs is None:
             return None
-        index = CampaignIndex(stage2["aid"])
+        index = D.CampaignIndex(stage2["aid"])
         campaigns = [{"campaign": int(index.aids[i]),
                       **metrics.campaign_metrics(stage2["label"][index.rows_of(i)], probs[index.rows_of(i)])}
                      for i in range(len(index))]
@@ -274,7 +262,7 @@ def write_markdown(path, report):
         f"{report['total_seconds']:.0f} s ({report['reused']} finished runs reused). Pinterest (KDD'19) and Hubble (KDD'20) need systems "
         "outside this project and are not run.",
     ]
-    D.atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def write_csv(path, report):
@@ -292,7 +280,7 @@ def write_csv(path, report):
         for key, _ in METRICS:
             if report["oracle"]:
                 writer.writerow(["oracle", "Oracle", short, key, report["oracle"][short][key], "", ""])
-    D.atomic_write(path, lambda f: f.write(table.getvalue().encode()))
+    write_text(path, table.getvalue())
 
 
 def write_chart(path, report):
@@ -358,8 +346,7 @@ def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, ex
     report["run_seconds"] = sum(r["train_seconds"] + r["test_seconds"] for r in records.values())
     report["reused"] = sum(bool(r.get("reused")) for r in records.values())
     os.makedirs(out_dir, exist_ok=True)
-    D.atomic_write(os.path.join(out_dir, "results.json"),
-                   lambda f: f.write((json.dumps(plain_json(report), indent=1) + "\n").encode()))
+    write_json(os.path.join(out_dir, "results.json"), report)
     write_csv(os.path.join(out_dir, "results.csv"), report)
     write_markdown(os.path.join(out_dir, "results.md"), report)
     if not write_chart(os.path.join(out_dir, "auc.png"), report):
@@ -397,20 +384,14 @@ def main(argv=None):
     counts = {"seeds": seeds, "epochs": args.epochs, "jobs": args.jobs, "threads": args.threads}
     problems += [f"--{name} must be >= 1" for name, value in counts.items() if value < 1]
     if problems:
-        print(f"error: {'; '.join(problems)}", file=sys.stderr)
-        return 2
+        raise BenchmarkError("; ".join(problems))
     command = "python tools/benchmark.py " + " ".join(argv)
-    try:
-        report = benchmark(methods, [FIRST_SEED + i for i in range(seeds)], os.path.abspath(args.data), args.out,
-                           args.epochs, args.jobs, args.threads, extra, command)
-    except (BenchmarkError, D.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    report = benchmark(methods, [FIRST_SEED + i for i in range(seeds)], os.path.abspath(args.data), args.out,
+                       args.epochs, args.jobs, args.threads, extra, command)
     print(markdown_table(report))
     print(f"results: {', '.join(os.path.join(args.out, n) for n in ('results.md', 'results.csv', 'results.json'))}"
           f"; total {report['total_seconds']:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

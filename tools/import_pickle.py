@@ -14,14 +14,14 @@ Tencent data instead: use it when importing a subset (a sample, or only the
 test files), which may lack the largest ids, so that the tables match the
 full vocabulary and a model trained on the full data can read it.
 """
+if not __package__:
+    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.utils import dataset  # noqa: E402
-from tools.utils import safe_pickle  # noqa: E402
+from tools.utils import cli, safe_pickle
 
 
 def parse_args(argv):
@@ -46,13 +46,10 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     from tqdm import tqdm
-    try:
-        jobs = safe_pickle.find_pickles(args.pkl_dir) if args.pkl_dir else [(args.pkl, args.split, args.stage)]
-        total = sum(os.path.getsize(path) for path, _, _ in jobs if os.path.isfile(path))
-        with tqdm(total=total, unit="B", unit_scale=True, leave=False, disable=None) as bar:
-            summaries = safe_pickle.import_pickles(jobs, args.out, args.max_idxs, bar=bar)
-    except (dataset.DataError, ImportError) as e:
-        sys.exit(f"import_pickle: error: {e}")
+    jobs = safe_pickle.find_pickles(args.pkl_dir) if args.pkl_dir else [(args.pkl, args.split, args.stage)]
+    total = sum(os.path.getsize(path) for path, _, _ in jobs if os.path.isfile(path))
+    with tqdm(total=total, unit="B", unit_scale=True, leave=False, disable=None) as bar:
+        summaries = safe_pickle.import_pickles(jobs, args.out, args.max_idxs, bar=bar)
     for path, s in summaries.items():
         print(f"{path}: {s['rows']} rows, {s['campaigns']} campaigns, {s['positives']} positives")
     source = "the full Tencent data" if args.max_idxs == "tencent" else "the imported files"
@@ -60,4 +57,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -7,42 +7,41 @@ hyper_parameters.local_test_learning_rate for runner.infer_train_epoch passes
 over the campaign's seeds (shuffled anew for every pass, then cut into
 consecutive batches of infer_batch_size, as the official code does), then
 score its candidates. Everything random in a campaign is seeded with
-(seed, aid), so its result does not depend on the other campaigns. Prints a table (one row per split x epoch) and writes
-metrics_<splits>.json and .csv (per campaign and overall) to
-runner.infer_output_path (default <infer_load_path>/results).
+(seed, aid), so its result does not depend on the other campaigns. Prints a
+table (one row per split x epoch) and writes metrics_<splits>.json and .csv
+(per campaign and overall) to runner.infer_output_path (default
+<infer_load_path>/results).
+
+The model is built from the checkpoint (its field layout, vocabulary and
+training campaigns are in its meta.json), so only the test data is read.
 
 --split: hot and cold are the sibling folders test_hot and test_cold of
 runner.test_data_dir (its final folder name is replaced); without --split the
 folder runner.test_data_dir itself is tested.
 """
+if not __package__:
+    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+
 import csv
 import io
-import json
-import math
 import os
 import sys
 import warnings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import numpy as np
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from tools.utils import checkpoint as ckpt  # noqa: E402
-from tools.utils import config as cfg  # noqa: E402
-from tools.utils import metrics  # noqa: E402
-from tools.utils.dataset import DataError, atomic_write  # noqa: E402
+from tools.utils import checkpoint as ckpt
+from tools.utils import cli
+from tools.utils import config as cfg
+from tools.utils import metrics, model_folder
+from tools.utils.errors import TrainingError
+from tools.utils.files import plain, write_json, write_text
 
 SPLIT_FOLDERS = {"hot": ("test_hot",), "cold": ("test_cold",), "both": ("test_hot", "test_cold")}
 SCORE_ROWS = 4096  # rows per scoring call; scores do not depend on it (eval mode, no batch statistics)
 CSV_COLUMNS = ("split", "epoch", "campaign", "seeds", "rows", "positives", "auc", "gauc",
                "precision_at_5", "recall_at_5")
-
-
-class InferError(RuntimeError):
-    """Inference cannot go on; the message says why and what to change."""
 
 
 def split_dirs(test_data_dir, split=None):
@@ -82,7 +81,7 @@ def evaluate(model, net, params, dataset, batches, config, label):
         try:
             result = metrics.campaign_metrics(candidates["label"], scores)
         except ValueError as e:
-            raise InferError(f"{label}, campaign {aid}: {e}") from e
+            raise TrainingError(f"{label}, campaign {aid}: {e}") from e
         campaigns.append({"campaign": aid, "seeds": len(seeds["label"]), **result})
         all_labels.append(candidates["label"])
         all_scores.append(scores)
@@ -98,23 +97,11 @@ def evaluate(model, net, params, dataset, batches, config, label):
     return campaigns, overall
 
 
-def _plain(value):
-    """JSON-able copy: NaN -> None (JSON has no NaN), NumPy scalars -> Python numbers."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def write_results(out_dir, tag, runs):
     """metrics_<tag>.json (everything) and metrics_<tag>.csv (per campaign, then an 'overall' row per run)."""
     os.makedirs(out_dir, exist_ok=True)
     json_path, csv_path = (os.path.join(out_dir, f"metrics_{tag}.{ext}") for ext in ("json", "csv"))
-    text = json.dumps(_plain(runs), indent=1) + "\n"
-    atomic_write(json_path, lambda f: f.write(text.encode()))
+    write_json(json_path, runs)
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(CSV_COLUMNS)
@@ -124,35 +111,42 @@ def write_results(out_dir, tag, runs):
                 for c in run["campaigns"]]
         rows.append(["overall", sum(c["seeds"] for c in run["campaigns"]), ov["rows"], ov["positives"],
                      ov["auc"], ov["gauc"], ov["precision"], ov["recall"]])
-        writer.writerows([run["split"], run["epoch"], *_plain(row)] for row in rows)  # NaN, None -> empty cell
-    atomic_write(csv_path, lambda f: f.write(table.getvalue().encode()))
+        writer.writerows([run["split"], run["epoch"], *plain(row)] for row in rows)  # NaN, None -> empty cell
+    write_text(csv_path, table.getvalue())
     return json_path, csv_path
 
 
-def infer(config, split=None, trainer_command="python tools/trainer.py"):
-    runner, hp = config["runner"], config["hyper_parameters"]
-    lr = hp.get("local_test_learning_rate")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0:
-        raise cfg.ConfigError(f"{config['config_path']}: hyper_parameters.local_test_learning_rate must be a "
-                              f"number >= 0, got {lr!r}")
-    if lr == 0 or runner["infer_train_epoch"] == 0:
-        print(f"note: fine-tuning is off (local_test_learning_rate {lr}, infer_train_epoch "
-              f"{runner['infer_train_epoch']}): every campaign is scored by the checkpoint's weights as they are")
+def checkpoints(config, trainer_command):
+    """{epoch: folder} of the finished checkpoints to test; the model's data facts taken from the first."""
+    runner = config["runner"]
     load_dir, epochs = runner["infer_load_path"], range(runner["infer_start_epoch"], runner["infer_end_epoch"])
     make = f"{trainer_command} -m {config['config_path']} -o runner.epochs={epochs[-1] + 1}"
     if os.path.normpath(load_dir) != os.path.normpath(runner.get("model_save_path", load_dir)):
         make += f" runner.model_save_path={load_dir}"
     paths = {epoch: ckpt.require(load_dir, epoch, make) for epoch in epochs}
-    reader = cfg.load_module(config, runner["infer_reader_path"])
+    meta = ckpt.read_meta(paths[epochs[0]])
+    cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", paths[epochs[0]]), paths[epochs[0]])
+    config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", paths[epochs[0]])
+    return paths
+
+
+def infer(config, split=None, trainer_command="python tools/trainer.py"):
+    runner = config["runner"]
+    model = model_folder.model_module(config).DygraphModel()
+    cfg.validate(config, "infer", model)
+    if runner["infer_train_epoch"] == 0:
+        print("note: fine-tuning is off (runner.infer_train_epoch 0): every campaign is scored by the "
+              "checkpoint's weights as they are")
+    paths = checkpoints(config, trainer_command)
+    reader = model_folder.load_module(runner["infer_reader_path"], config["config_path"])
     datasets = {d: reader.RecDataset(config, d) for d in split_dirs(runner["test_data_dir"], split)}
     for data_dir, dataset in datasets.items():
         for aid, reason in dataset.skipped:
             print(f"note: {data_dir}: campaign {aid} skipped: {reason}")
 
-    from tools.utils import paddle_env  # after the checks above, which need no Paddle
+    from tools.utils import paddle_env
     paddle_env.set_threads(runner["thread_num"])
     paddle_env.set_device(runner["use_gpu"])
-    model = cfg.load_module(config, "dygraph_model").DygraphModel()
     paddle_env.seed_all(runner["seed"])
     net = model.create_model(config)
     runs = []
@@ -165,7 +159,7 @@ def infer(config, split=None, trainer_command="python tools/trainer.py"):
             runs.append({"split": name, "data_dir": data_dir, "epoch": epoch, "checkpoint": path,
                          "overall": overall, "campaigns": campaigns,
                          "skipped": [{"campaign": a, "reason": r} for a, r in dataset.skipped]})
-    out_dir = runner.get("infer_output_path") or os.path.join(load_dir, "results")
+    out_dir = runner.get("infer_output_path") or os.path.join(runner["infer_load_path"], "results")
     tag = "+".join(os.path.basename(os.path.normpath(d)) for d in datasets)
     files = write_results(out_dir, tag, runs)
     print(metrics.format_table(
@@ -177,20 +171,13 @@ def infer(config, split=None, trainer_command="python tools/trainer.py"):
 
 
 def main(argv=None):
-    parser = cfg.argument_parser("Fine-tune meta-trained weights on each test campaign and score its candidates.")
+    parser = cli.argument_parser("Fine-tune meta-trained weights on each test campaign and score its candidates.")
     parser.add_argument("--split", choices=sorted(SPLIT_FOLDERS),
                         help="test_hot / test_cold next to runner.test_data_dir (default: test_data_dir itself)")
     args = parser.parse_args(argv)
-    trainer = os.path.relpath(os.path.join(ROOT, "tools", "trainer.py"))
-    try:
-        config = cfg.load_config(args.config_yaml, args.opt)
-        cfg.check_runner(config, cfg.INFER_KEYS)
-        infer(config, args.split, f"python {trainer}")
-    except (cfg.ConfigError, DataError, ckpt.CheckpointError, InferError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    trainer = os.path.relpath(os.path.join(model_folder.ROOT, "tools", "trainer.py"))
+    infer(cfg.load_config(args.config_yaml, args.opt), args.split, f"python {trainer}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

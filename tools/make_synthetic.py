@@ -14,6 +14,9 @@ expected positives (over both stages) than it, half more. Pass the same number
 as the hot/cold threshold of the preprocessing to get hot and cold test
 campaigns in about equal numbers.
 """
+if not __package__:
+    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+
 import argparse
 import os
 import sys
@@ -22,9 +25,8 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.utils import synthetic  # noqa: E402
+from tools.utils import cli, synthetic
+from tools.utils.errors import UserError
 
 SETTINGS = ("users", "campaigns", "train_rows", "test_rows", "hot_cut", "cold_min")
 
@@ -77,20 +79,17 @@ def summary(out_dir, truth, hot_cut, seconds):
 def main(argv=None):
     args = parse_args(argv)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
-        sys.exit(f"error: --out {args.out} is a file; give a folder for the five data files")
+        raise UserError(f"--out {args.out} is a file; give a folder for the five data files")
     if args.jobs < 1:
-        sys.exit(f"error: --jobs is {args.jobs}; give 1 or more")
+        raise UserError(f"--jobs is {args.jobs}; give 1 or more")
     try:
         cfg = synthetic.resolve_scale(args.scale, **{k: getattr(args, k) for k in SETTINGS})
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    start = time.time()
-    try:
+        start = time.time()
         truth = synthetic.generate(args.out, **cfg, seed=args.seed, jobs=args.jobs, progress=sys.stderr.isatty())
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    except ValueError as e:  # settings the generator cannot meet
+        raise UserError(str(e)) from e
     print(summary(args.out, truth, cfg["hot_cut"], time.time() - start))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -11,15 +11,16 @@ schema.json in each folder (+ *_oracle.npy beside each stage file when
 oracle.csv exists). How ids are encoded and campaigns split: see
 tools/utils/raw.py.
 """
+if not __package__:
+    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.utils import schema as S  # noqa: E402
-from tools.utils.dataset import DataError  # noqa: E402
-from tools.utils.raw import SPLITS, preprocess  # noqa: E402
+from tools.utils import cli
+from tools.utils import schema as S
+from tools.utils.raw import SPLITS, preprocess
 
 
 def parse_args(argv):
@@ -54,7 +55,7 @@ def format_summary(summary, out_dir):
     for folder, _ in SPLITS:
         c = summary.splits[folder]
         lines.append(f"{folder:<10} {c['campaigns']:>9} {c['stage1']:>12} {c['stage2']:>12} {c['positives']:>10}")
-    for group, fields in (("static", S.STATIC_FIELDS), ("dynamic", S.DYNAMIC_FIELDS), ("ad", S.AD_FIELDS)):
+    for group, fields in S.GROUP_FIELDS.items():
         sizes = ", ".join(f"{f} {m + 1}" for f, m in zip(fields, summary.max_idxs[group]))
         lines.append(f"vocabulary ({group}): {sizes}")
     rate = summary.lines / max(summary.user_seconds, 1e-9)
@@ -70,16 +71,11 @@ def format_summary(summary, out_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        summary = preprocess(args.raw, args.out, seed=args.seed, hot_threshold=args.hot_threshold,
-                             train_fraction=args.train_fraction, skip_bad_lines=args.skip_bad_lines,
-                             force=args.force, workers=args.workers, progress=not args.quiet)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = preprocess(args.raw, args.out, seed=args.seed, hot_threshold=args.hot_threshold,
+                         train_fraction=args.train_fraction, skip_bad_lines=args.skip_bad_lines,
+                         force=args.force, workers=args.workers, progress=not args.quiet)
     print(format_summary(summary, args.out))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

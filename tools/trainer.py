@@ -1,4 +1,4 @@
-"""Meta-train a model folder: python tools/trainer.py -m CONFIG [-o key=value ...] [--overwrite]
+"""Meta-train a model folder: python tools/trainer.py -m CONFIG [-o key=value ...] [--overwrite] [--untrained]
 
 Generic like PaddleRec's trainer: the model (dygraph_model.py) and the reader
 (runner.train_reader_path) are loaded from the config's folder. After each
@@ -7,40 +7,29 @@ command resumes after the last finished one (see tools/utils/checkpoint.py).
 Epoch e seeds Paddle with (seed, e) and the reader with (seed, e), so a
 resumed run trains exactly as an uninterrupted one.
 """
+if not __package__:
+    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+
 import math
-import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from tools.utils import checkpoint as ckpt  # noqa: E402
-from tools.utils import config as cfg  # noqa: E402
-from tools.utils.dataset import DataError  # noqa: E402
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (the loss diverged); the message says what to change."""
+from tools.utils import checkpoint as ckpt
+from tools.utils import cli
+from tools.utils import config as cfg
+from tools.utils import dataset as D
+from tools.utils import model_folder
+from tools.utils.errors import TrainingError
 
 
 def run_epoch(model, net, optimizer, dataset, config, epoch):
-    """One pass over the reader; returns {"meta_batches", "samples", "seconds", <metric>: mean}.
-
-    A model whose trains_across_campaigns is False (a one-stage baseline, which
-    learns on each test campaign's seeds only) makes no pass: its checkpoint
-    is its seeded initialisation.
-    """
+    """One pass over the reader; returns {"meta_batches", "samples", "seconds", <metric>: mean}."""
     from tools.utils import paddle_env
-    if not getattr(model, "trains_across_campaigns", True):
-        return {"meta_batches": 0, "samples": 0, "seconds": 0.0, **dict.fromkeys(model.create_metrics(), 0.0)}
     runner = config["runner"]
     paddle_env.seed_all(paddle_env.derived_seed(runner["seed"], epoch))
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
+    dataset.set_epoch(epoch)
     names = model.create_metrics()
     totals = dict.fromkeys(names, 0.0)
     net.train()
@@ -66,56 +55,67 @@ def run_epoch(model, net, optimizer, dataset, config, epoch):
             **{n: totals[n] / max(step, 1) for n in names}}
 
 
-def train(config, overwrite=False):
+def prepare(config):
+    """Load and check everything training needs before anything is written: (model, reader dataset)."""
     runner = config["runner"]
-    save_dir, epochs = runner["model_save_path"], runner["epochs"]
-    identity = ckpt.run_identity(config)
+    model = model_folder.model_module(config).DygraphModel()
+    cfg.validate(config, "train", model)
+    cfg.attach_schema(config, D.read_schema(runner["train_data_dir"]), runner["train_data_dir"])
+    reader = model_folder.load_module(runner["train_reader_path"], config["config_path"])
+    dataset = reader.RecDataset(config, runner["train_data_dir"])
+    config["train_campaigns"] = [int(aid) for aid in dataset.campaigns]
+    return model, dataset
+
+
+def train(config, overwrite=False, untrained=False):
+    """Meta-train runner.epochs epochs (resuming after the last finished checkpoint).
+
+    untrained: save the seeded initialisation as epoch 0 and train nothing, the reference a trained model
+    must beat (a model whose trains_across_campaigns is False, a one-stage baseline, always does this).
+    """
+    from tools.utils import paddle_env
+    model, dataset = prepare(config)
+    runner = config["runner"]
+    save_dir = runner["model_save_path"]
+    untrained = untrained or not getattr(model, "trains_across_campaigns", True)
+    epochs = 1 if untrained else runner["epochs"]
+    identity = {**ckpt.run_identity(config), **({"untrained": True} if untrained else {})}
     done = ckpt.prepare(save_dir, identity, overwrite)
     start = done[-1] + 1 if done else 0
     if start >= epochs:
         print(f"nothing to do: {save_dir} holds epochs up to {start - 1} and runner.epochs is {epochs}")
         return
-    dataset = cfg.load_module(config, runner["train_reader_path"]).RecDataset(
-        config, runner["train_data_dir"], runner["seed"])
-    from tools.utils import paddle_env  # after the checks above, which need no Paddle
     paddle_env.set_threads(runner["thread_num"])
     paddle_env.set_device(runner["use_gpu"])
-    model = cfg.load_module(config, "dygraph_model").DygraphModel()
     paddle_env.seed_all(runner["seed"])
     net = model.create_model(config)
     optimizer = model.create_optimizer(net, config)
     if done:
         ckpt.resume(ckpt.epoch_dir(save_dir, done[-1]), net, optimizer)
         print(f"resuming after epoch {done[-1]} from {ckpt.epoch_dir(save_dir, done[-1])}")
-    names = model.create_metrics()
+    meta = {"seed": runner["seed"], "identity": identity, "config_path": config["config_path"],
+            "data_schema": config["data_schema"], "train_campaigns": config["train_campaigns"]}
     for epoch in range(start, epochs):
-        stats = run_epoch(model, net, optimizer, dataset, config, epoch)
-        path = ckpt.save(save_dir, epoch, net, optimizer, {
-            "seed": runner["seed"], "next_reader_epoch": epoch + 1, "identity": identity,
-            "config_path": config["config_path"], "stats": stats})
-        if not getattr(model, "trains_across_campaigns", True):
-            print(f"epoch {epoch}: one-stage model, nothing trained across campaigns; "
-                  f"saved its initialisation to {path}")
+        if untrained:
+            path = ckpt.save(save_dir, epoch, net, optimizer, {**meta, "untrained": True})
+            print(f"epoch {epoch}: nothing trained across campaigns; saved the initialisation to {path}")
             continue
-        print(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in names)
+        stats = run_epoch(model, net, optimizer, dataset, config, epoch)
+        path = ckpt.save(save_dir, epoch, net, optimizer, {**meta, "stats": stats})
+        print(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in model.create_metrics())
               + f"; {stats['samples']} samples in {stats['seconds']:.1f} s "
               f"({stats['samples'] / max(stats['seconds'], 1e-9):.0f}/s); saved {path}")
 
 
 def main(argv=None):
-    parser = cfg.argument_parser("Meta-train the model of a config's folder; resumes after the last checkpoint.")
+    parser = cli.argument_parser("Meta-train the model of a config's folder; resumes after the last checkpoint.")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the checkpoints in runner.model_save_path and train from scratch")
+    parser.add_argument("--untrained", action="store_true",
+                        help="save the seeded initialisation as epoch 0 without training (a reference)")
     args = parser.parse_args(argv)
-    try:
-        config = cfg.load_config(args.config_yaml, args.opt)
-        cfg.check_runner(config, cfg.TRAIN_KEYS)
-        train(config, args.overwrite)
-    except (cfg.ConfigError, DataError, ckpt.CheckpointError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    train(cfg.load_config(args.config_yaml, args.opt), args.overwrite, args.untrained)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

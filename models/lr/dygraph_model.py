@@ -7,21 +7,24 @@ each test campaign then trains it from scratch on its seeds (infer_meta.py).
 """
 from paddle import nn
 
-from models import common
+import dygraph_model as metaheac
+from models import layers, pretraining
 
 
 class LRNet(nn.Layer):
-    def __init__(self, max_idxs):
+    def __init__(self, layout):
         super().__init__()
-        self.weights = common.FieldEmbedding(max_idxs, 1, init="zeros")
-        self.bias = self.create_parameter([1], default_initializer=common.uniform(0.0))
+        self.weights = layers.FieldEmbedding(layout, 1, init="zeros")
+        self.bias = self.create_parameter([1], default_initializer=layers.uniform(0.0))
 
     def forward(self, feeds):
         return nn.functional.sigmoid(self.weights(feeds).sum(axis=1) + self.bias)
 
 
-class DygraphModel(common.metaheac.DygraphModel):
+class DygraphModel(metaheac.DygraphModel):
     trains_across_campaigns = False
+    HYPER_PARAMETERS = ("max_idxs", "task_count", "sample_method", "local_test_learning_rate",
+                        "optimizer.class", "optimizer.learning_rate")
 
     def create_model(self, config):
-        return LRNet(config["hyper_parameters"]["max_idxs"])
+        return LRNet(pretraining.layout(config))

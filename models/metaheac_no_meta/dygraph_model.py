@@ -1,8 +1,8 @@
 """MetaHeac without meta-learning: MetaHeac's network (the top-level net.py) pre-trained by plain
-training on all training campaigns (common.CampaignModel), then fine-tuned per test campaign like
+training on all training campaigns (pretraining.CampaignModel), then fine-tuned per test campaign like
 MetaHeac."""
-from models import common
+from models import pretraining
 
 
-class DygraphModel(common.CampaignModel):
+class DygraphModel(pretraining.CampaignModel):
     pass

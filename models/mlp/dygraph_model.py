@@ -1,14 +1,16 @@
 """MLP per campaign (one stage): nothing is trained across campaigns.
 
-The network is common.MLPNet. The trainer saves its seeded initialisation
+The network is layers.MLPNet. The trainer saves its seeded initialisation
 without a pass (trains_across_campaigns); each test campaign trains it from
 there on its seeds (infer_meta.py).
 """
-from models import common
+import dygraph_model as metaheac
+from models import pretraining
 
 
-class DygraphModel(common.metaheac.DygraphModel):
+class DygraphModel(metaheac.DygraphModel):
     trains_across_campaigns = False
+    HYPER_PARAMETERS = pretraining.MLP_HYPER_PARAMETERS
 
     def create_model(self, config):
-        return common.mlp_net(config)
+        return pretraining.mlp_net(config)

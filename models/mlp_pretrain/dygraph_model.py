@@ -1,8 +1,10 @@
-"""MLP + pre-training: common.MLPNet trained on all training campaigns as one task, then fine-tuned
+"""MLP + pre-training: layers.MLPNet trained on all training campaigns as one task, then fine-tuned
 per test campaign like MetaHeac (the whole network, from the pre-trained weights)."""
-from models import common
+from models import pretraining
 
 
-class DygraphModel(common.CampaignModel):
+class DygraphModel(pretraining.CampaignModel):
+    HYPER_PARAMETERS = pretraining.MLP_HYPER_PARAMETERS
+
     def create_model(self, config):
-        return common.mlp_net(config)
+        return pretraining.mlp_net(config)

@@ -1,6 +1,6 @@
 """MLP + pre-trained embeddings: a per-campaign MLP over the frozen embeddings of a pre-trained MLP.
 
-Pre-training is MLP + pre-training's (common.MLPNet on all training
+Pre-training is MLP + pre-training's (layers.MLPNet on all training
 campaigns). A test campaign gets a new tower and head, at the seeded
 initialisation saved in the checkpoint (pre-training never touches them), and
 trains only those on its seeds: the embeddings are detached, so they stay as
@@ -8,14 +8,14 @@ pre-training left them.
 """
 from paddle import nn
 
-from models import common
+from models import layers, pretraining
 
 
-class PretrainedEmbeddingMLPNet(common.MLPNet):
-    def __init__(self, max_idxs, embed_dim, mlp_dims, init):
-        super().__init__(max_idxs, embed_dim, mlp_dims, init)
-        self.new_tower = common.mlp(self.embedding.out_dim, mlp_dims)
-        self.new_head = common.linear(mlp_dims[-1], 1)
+class PretrainedEmbeddingMLPNet(layers.MLPNet):
+    def __init__(self, layout, embed_dim, mlp_dims, init):
+        super().__init__(layout, embed_dim, mlp_dims, init)
+        self.new_tower = layers.mlp(self.embedding.out_dim, mlp_dims)
+        self.new_head = layers.linear(mlp_dims[-1], 1)
 
     def forward(self, feeds, pretraining=False):
         if pretraining:
@@ -24,10 +24,13 @@ class PretrainedEmbeddingMLPNet(common.MLPNet):
         return nn.functional.sigmoid(self.new_head(self.new_tower(frozen)).squeeze(1))
 
 
-class DygraphModel(common.CampaignModel):
+class DygraphModel(pretraining.CampaignModel):
+    HYPER_PARAMETERS = pretraining.MLP_HYPER_PARAMETERS
+
     def create_model(self, config):
         hp = config["hyper_parameters"]
-        return PretrainedEmbeddingMLPNet(hp["max_idxs"], hp["embed_dim"], hp["mlp_dims"], common.embedding_init(config))
+        return PretrainedEmbeddingMLPNet(pretraining.layout(config), hp["embed_dim"], hp["mlp_dims"],
+                                         hp["embedding_init"])
 
     def pretrain_forward(self, net, feeds, aid):
         return net(feeds, pretraining=True)

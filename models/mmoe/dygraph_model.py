@@ -4,27 +4,27 @@ Field embeddings x -> num_expert MLPs (mlp_dims); the campaign's gate
 softmax(x @ W + b) mixes them; a shared Linear(mlp_dims[-1], 1) -> sigmoid.
 Pre-training routes each pair's rows through its campaign's gate; a test
 campaign's gate starts as the mean of the trained gates' W and b
-(common.CampaignBlock) and is fine-tuned with the whole network.
+(layers.CampaignBlock) and is fine-tuned with the whole network.
 """
 import math
 
 import paddle
 from paddle import nn
 
-from models import common
+from models import layers, pretraining
 
 
 class MMoENet(nn.Layer):
-    def __init__(self, max_idxs, embed_dim, mlp_dims, num_expert, campaigns, init="normal"):
+    def __init__(self, layout, embed_dim, mlp_dims, num_expert, campaigns, init="normal"):
         super().__init__()
         self.campaigns = campaigns
-        self.embedding = common.FieldEmbedding(max_idxs, embed_dim, init)
+        self.embedding = layers.FieldEmbedding(layout, embed_dim, init)
         in_dim = self.embedding.out_dim
-        self.experts = nn.LayerList([common.mlp(in_dim, mlp_dims) for _ in range(num_expert)])
+        self.experts = nn.LayerList([layers.mlp(in_dim, mlp_dims) for _ in range(num_expert)])
         bound = 1.0 / math.sqrt(in_dim)
-        self.gate_w = common.CampaignBlock(len(campaigns), [in_dim, num_expert], bound)
-        self.gate_b = common.CampaignBlock(len(campaigns), [num_expert], bound)
-        self.head = common.linear(mlp_dims[-1], 1)
+        self.gate_w = layers.CampaignBlock(len(campaigns), [in_dim, num_expert], bound)
+        self.gate_b = layers.CampaignBlock(len(campaigns), [num_expert], bound)
+        self.head = layers.linear(mlp_dims[-1], 1)
 
     def forward(self, feeds, campaign=None):
         """campaign: index of a training campaign, or None for a new one."""
@@ -35,8 +35,10 @@ class MMoENet(nn.Layer):
         return nn.functional.sigmoid(self.head(mixed).squeeze(1))
 
 
-class DygraphModel(common.CampaignBlockModel):
+class DygraphModel(pretraining.CampaignBlockModel):
+    HYPER_PARAMETERS = pretraining.MLP_HYPER_PARAMETERS + ("num_expert",)
+
     def create_model(self, config):
         hp = config["hyper_parameters"]
-        return MMoENet(hp["max_idxs"], hp["embed_dim"], hp["mlp_dims"], hp["num_expert"],
-                       common.training_campaigns(config), common.embedding_init(config))
+        return MMoENet(pretraining.layout(config), hp["embed_dim"], hp["mlp_dims"], hp["num_expert"],
+                       pretraining.train_campaigns(config), hp["embedding_init"])

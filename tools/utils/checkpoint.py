@@ -7,7 +7,7 @@
         checkpoint.done   written last; a folder without it is an interrupted save and is ignored
 
 Every file goes to a temporary name in the same folder, is fsynced and renamed
-(dataset.atomic_write), so a crash leaves the old file or the new one, never a
+(files.atomic_write), so a crash leaves the old file or the new one, never a
 torn one. The sha256 in meta.json catches corruption that paddle.load would
 read silently (a flipped byte inside tensor data).
 """
@@ -18,16 +18,13 @@ import os
 import shutil
 import warnings
 
-from .dataset import atomic_write
+from .errors import CheckpointError
+from .files import atomic_write
 
 MODEL_FILE = "rec.pdparams"
 OPT_FILE = "rec.pdopt"
 META_FILE = "meta.json"
 DONE_FILE = "checkpoint.done"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt or from another run; the message says what to do."""
 
 
 def run_identity(config):
@@ -61,6 +58,14 @@ def read_meta(path):
             return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{meta_path}: unreadable ({e}); delete the folder {path} or retrain") from e
+
+
+def meta_field(meta, key, path):
+    """meta.json's `key`, or a CheckpointError for a checkpoint made before it was recorded."""
+    if key not in meta:
+        raise CheckpointError(f"{os.path.join(path, META_FILE)}: no {key!r}; the checkpoint was made by an older "
+                              "version of the trainer: retrain it (tools/trainer.py --overwrite)")
+    return meta[key]
 
 
 def _differences(saved, now, prefix=""):

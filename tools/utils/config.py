@@ -1,44 +1,34 @@
-"""The YAML config of a model folder: loading, `-o key=value` overrides, checks.
+"""The YAML config of a model folder: loading, `base:` inheritance, `-o key=value` overrides, and the one
+declared set of keys (KEYS) every tool validates against.
 
-Path rule: relative paths written in the YAML (data folders, model_save_path,
-infer_load_path, infer_output_path) are relative to the config file's folder,
-so a model folder works from any working directory; paths given with `-o`
-are relative to the working directory, like any command-line argument.
+A config has the sections `runner` and `hyper_parameters` (PaddleRec's) and
+may name a `base:` config whose keys it inherits and overrides (the baseline
+folders inherit the top-level config.yaml). Every key is declared in KEYS with
+its type, range and default; an unknown key, a wrong type or a value out of
+range is a ConfigError naming the file, the key and the fix, before anything
+runs. A tool then calls validate(config, tool, model) for the keys it and the
+model need.
+
+Path rule: relative paths written in a YAML (data folders, reader modules,
+model_save_path, ...) are relative to that YAML's folder, so a model folder
+works from any working directory; paths given with `-o` are relative to the
+working directory, like any command-line argument.
+
+The tools add facts about the data: config["data_schema"] (the data's
+schema.json, which the model's tables follow) and config["train_campaigns"]
+(the training aids, for models with per-campaign blocks); at test time both
+come from the checkpoint.
 """
-import argparse
 import difflib
-import importlib.util
 import os
 import re
-import sys
 
 import yaml
 
-from .dataset import SCHEMA_FILE, max_idxs_list, read_schema
+from .dataset import max_idxs_list
+from .errors import ConfigError
 
-PATH_KEYS = ("train_data_dir", "test_data_dir", "model_save_path", "infer_load_path", "infer_output_path")
-# Keys an override may add although the YAML does not have them.
-OPTIONAL_KEYS = {("runner", "infer_output_path")}
-
-# runner keys the tools read: name -> (type, smallest allowed value or None).
-RUNNER_KEYS = {
-    "train_data_dir": (str, None), "train_reader_path": (str, None),
-    "test_data_dir": (str, None), "infer_reader_path": (str, None),
-    "model_save_path": (str, None), "infer_load_path": (str, None),
-    "use_gpu": (bool, None), "seed": (int, 0), "thread_num": (int, 1),
-    "train_batch_size": (int, 1), "infer_batch_size": (int, 1), "epochs": (int, 0),
-    "print_interval": (int, 1), "infer_start_epoch": (int, 0), "infer_end_epoch": (int, 0),
-    "infer_train_epoch": (int, 0),
-}
-TRAIN_KEYS = ("train_data_dir", "train_reader_path", "model_save_path", "use_gpu", "seed",
-              "thread_num", "train_batch_size", "epochs", "print_interval")
-INFER_KEYS = ("test_data_dir", "infer_reader_path", "infer_load_path", "use_gpu", "seed",
-              "thread_num", "infer_batch_size", "infer_start_epoch", "infer_end_epoch",
-              "infer_train_epoch")
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file, the key and the fix."""
+SECTIONS = ("runner", "hyper_parameters")
 
 
 class _Loader(yaml.SafeLoader):
@@ -50,16 +40,94 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               list("-+.0123456789"))
 
 
-def argument_parser(description):
-    """The -m CONFIG and -o KEY=VALUE options of the tools (PaddleRec's spelling)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("-m", "--config_yaml", required=True, metavar="CONFIG",
-                        help="the YAML config of a model folder")
-    parser.add_argument("-o", "--opt", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. -o runner.epochs=2 hyper_parameters.local_lr=1e-4")
-    return parser
+# ---------------------------------------------------------------- the declared keys
+def _integer(low):
+    def check(v):
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
+        return None if ok else f"an integer >= {low}"
+    return check
 
 
+def _positive_number(v):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and v == v and v != float("inf")
+    return None if ok else "a number > 0"
+
+
+def _boolean(v):
+    return None if isinstance(v, bool) else "True or False"
+
+
+def _text(v):
+    return None if isinstance(v, str) and v else "a path or name"
+
+
+def _choice(*values):
+    def check(v):
+        return None if v in values and not isinstance(v, bool) else "one of " + " | ".join(map(str, values))
+    return check
+
+
+def _widths(v):
+    ok = isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+    return None if ok else "a non-empty list of integers >= 1, e.g. [64, 64]"
+
+
+def _max_idxs(v):
+    ok = v == "schema" or (isinstance(v, list) and len(v) == 3 and all(
+        isinstance(g, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in g) for g in v))
+    return None if ok else "'schema' (read the data's schema.json) or 3 lists [static, dynamic, ad] of ids >= 0"
+
+
+# key: (check, default or REQUIRED, what it is)
+REQUIRED = object()
+KEYS = {
+    "runner.train_data_dir": (_text, REQUIRED, "the training data folder (stage 1 is read)"),
+    "runner.train_reader_path": (_text, REQUIRED, "the meta-batch reader module (reader_train)"),
+    "runner.test_data_dir": (_text, REQUIRED, "a test data folder (--split swaps its last name)"),
+    "runner.infer_reader_path": (_text, REQUIRED, "the test reader module (reader_test)"),
+    "runner.model_save_path": (_text, REQUIRED, "where the trainer writes checkpoints"),
+    "runner.infer_load_path": (_text, REQUIRED, "where meta-inference reads checkpoints"),
+    "runner.infer_output_path": (_text, None, "where results go (default <infer_load_path>/results)"),
+    "runner.use_gpu": (_boolean, False, "run on a GPU when Paddle has CUDA"),
+    "runner.seed": (_integer(0), REQUIRED, "the seed of everything"),
+    "runner.thread_num": (_integer(1), 2, "CPU threads of Paddle"),
+    "runner.train_batch_size": (_integer(1), REQUIRED, "rows of each support and each query batch"),
+    "runner.infer_batch_size": (_integer(1), REQUIRED, "rows of each fine-tuning batch"),
+    "runner.epochs": (_integer(1), REQUIRED, "meta-training epochs"),
+    "runner.print_interval": (_integer(1), 10, "meta-steps between progress updates"),
+    "runner.infer_start_epoch": (_integer(0), 0, "first checkpoint epoch meta-inference tests"),
+    "runner.infer_end_epoch": (_integer(1), REQUIRED, "meta-inference tests epochs [start, end)"),
+    "runner.infer_train_epoch": (_integer(0), REQUIRED, "fine-tuning passes over a test campaign's seeds"),
+    "hyper_parameters.max_idxs": (_max_idxs, "schema", "vocabulary maxima, or schema"),
+    "hyper_parameters.embed_dim": (_integer(1), REQUIRED, "embedding width"),
+    "hyper_parameters.embedding_init": (_choice("normal", "xavier_uniform"), "normal",
+                                        "start of the tables: N(0, 1) as the official code, or xavier_uniform"),
+    "hyper_parameters.mlp_dims": (_widths, REQUIRED, "widths of the expert MLP layers"),
+    "hyper_parameters.num_expert": (_integer(1), REQUIRED, "experts"),
+    "hyper_parameters.num_output": (_integer(1), REQUIRED, "critics"),
+    "hyper_parameters.task_count": (_integer(1), REQUIRED, "campaigns per meta-batch"),
+    "hyper_parameters.sample_method": (_choice("normal", "sqrt", "unit"), "normal",
+                                       "campaign draw: in proportion to rows, to their square root, or uniform"),
+    "hyper_parameters.meta_order": (_choice(1, 2), 2, "2: exact second-order MAML; 1: first order"),
+    "hyper_parameters.local_lr": (_positive_number, REQUIRED, "the inner SGD step"),
+    "hyper_parameters.local_test_learning_rate": (_positive_number, REQUIRED, "Adam of fine-tuning"),
+    "hyper_parameters.optimizer.class": (_choice("adam"), "adam", "the outer and fine-tuning optimiser"),
+    "hyper_parameters.optimizer.learning_rate": (_positive_number, REQUIRED, "the outer Adam step"),
+}
+# Each section and sub-section is a mapping of the keys declared under it.
+_SECTION_KEYS = {section for key in KEYS for section in
+                 (".".join(key.split(".")[:i]) for i in range(1, key.count(".") + 1))}
+PATH_KEYS = ("train_data_dir", "test_data_dir", "model_save_path", "infer_load_path", "infer_output_path",
+             "train_reader_path", "infer_reader_path")
+TOOL_KEYS = {
+    "train": ("train_data_dir", "train_reader_path", "model_save_path", "use_gpu", "seed", "thread_num",
+              "train_batch_size", "epochs", "print_interval"),
+    "infer": ("test_data_dir", "infer_reader_path", "infer_load_path", "infer_output_path", "use_gpu", "seed",
+              "thread_num", "infer_batch_size", "infer_start_epoch", "infer_end_epoch", "infer_train_epoch"),
+}
+
+
+# ---------------------------------------------------------------- loading
 def parse_value(text):
     """A command-line value typed as YAML: 3 -> int, 1e-3 -> float, False -> bool, [1, 2] -> list."""
     try:
@@ -69,36 +137,73 @@ def parse_value(text):
 
 
 def load_config(path, overrides=()):
-    """Read a YAML config, resolve its paths and apply `key=value` overrides (dotted keys).
+    """Read a YAML config (and its bases), apply `key=value` overrides (dotted keys), check every value.
 
     Adds config_abs_dir (the config's folder, PaddleRec's name) and config_path.
-    `hyper_parameters.max_idxs: schema` is replaced by the vocabulary maxima of
-    the schema.json of runner.train_data_dir (or test_data_dir when there is
-    no train_data_dir), for data whose vocabulary is not known in advance.
     """
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: no such config file; pass the YAML of a model folder with -m")
-    try:
-        with open(path) as f:
-            config = yaml.load(f, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
-    for section in ("runner", "hyper_parameters"):
-        if not isinstance(config, dict) or not isinstance(config.get(section), dict):
-            raise ConfigError(f"{path}: needs a '{section}:' section (a mapping of keys to values)")
-    config_dir = os.path.dirname(os.path.abspath(path))
-    _resolve_paths(config["runner"], config_dir)
+    config = _read(os.path.abspath(path), ())
     for item in overrides:
         apply_override(config, item, path)
-    config["config_abs_dir"] = config_dir
+    config["config_abs_dir"] = os.path.dirname(os.path.abspath(path))
     config["config_path"] = os.path.abspath(path)
-    if config["hyper_parameters"].get("max_idxs") == "schema":
-        data_dir = config["runner"].get("train_data_dir") or config["runner"].get("test_data_dir")
-        if not isinstance(data_dir, str):
-            raise ConfigError(f"{path}: hyper_parameters.max_idxs is 'schema' but runner has no train_data_dir "
-                              "or test_data_dir to read schema.json from")
-        config["hyper_parameters"]["max_idxs"] = max_idxs_list(read_schema(data_dir))
+    for key, (check, _, what) in KEYS.items():
+        value = get(config, key)
+        if value is not None:
+            need = check(value)
+            if need:
+                raise ConfigError(f"{config['config_path']}: {key} must be {need}, got {value!r} ({what}); "
+                                  f"fix the YAML or pass -o {key}=...")
     return config
+
+
+def _read(path, seen):
+    """One YAML file with its base merged under it; paths resolved against the file that wrote them."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such config file; pass the YAML of a model folder with -m"
+                          + (f" (the base of {seen[-1]})" if seen else ""))
+    if path in seen:
+        raise ConfigError(f"{path}: a base cycle ({' -> '.join(seen + (path,))}); remove one base:")
+    try:
+        with open(path) as f:
+            data = yaml.load(f, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: needs the sections runner: and hyper_parameters: (mappings of keys to values)")
+    unknown = sorted(set(data) - set(SECTIONS) - {"base"}, key=str)
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r}{_hint(unknown[0], SECTIONS + ('base',))}; "
+                          "a config has the sections runner and hyper_parameters (and optionally base)")
+    folder = os.path.dirname(path)
+    for section in SECTIONS:
+        data.setdefault(section, {})
+        _check_keys(data[section], section, path)
+    _resolve_paths(data["runner"], folder)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be the path of another config, got {base!r}")
+    merged = _read(os.path.normpath(os.path.join(folder, base)), seen + (path,))
+    return _merge(merged, data)
+
+
+def _check_keys(node, prefix, path):
+    """Every key under `prefix` is declared; every section is a mapping."""
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path}: {prefix} must be a section (a mapping of keys to values), got {node!r}")
+    for key, value in node.items():
+        dotted = f"{prefix}.{key}"
+        if dotted in _SECTION_KEYS:
+            _check_keys(value, dotted, path)
+        elif dotted not in KEYS:
+            raise ConfigError(f"{path}: unknown key {dotted!r}{_hint(dotted, KEYS)}; "
+                              "the keys a config may hold are listed in tools/utils/config.py (KEYS)")
+
+
+def _hint(key, known):
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _resolve_paths(runner, base):
@@ -107,78 +212,77 @@ def _resolve_paths(runner, base):
             runner[key] = os.path.normpath(os.path.join(base, os.path.expanduser(runner[key])))
 
 
+def _merge(base, over):
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def get(config, key, default=None):
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
 def apply_override(config, item, path="config"):
-    """Set one `section.key=value` in place; the key must exist unless it is an optional one."""
+    """Set one declared `section.key=value` in place."""
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"-o {item!r}: expected key=value, e.g. -o runner.epochs=2")
-    parts = key.split(".")
+    if key not in KEYS:
+        what = "a section, not a value" if key in _SECTION_KEYS else "no such key"
+        raise ConfigError(f"-o {key}: {what}{_hint(key, KEYS)}; the keys are listed in tools/utils/config.py")
+    *sections, last = key.split(".")
     node = config
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        if part not in node and not (last and tuple(parts) in OPTIONAL_KEYS):
-            close = difflib.get_close_matches(part, [str(k) for k in node], n=1)
-            hint = f"; did you mean {'.'.join(parts[:depth] + close)}?" if close else ""
-            raise ConfigError(f"-o {key}: {path} has no key {'.'.join(parts[:depth + 1])!r}{hint}")
-        if last:
-            node[part] = parse_value(text)
-        elif not isinstance(node[part], dict):
-            raise ConfigError(f"-o {key}: {'.'.join(parts[:depth + 1])} in {path} is a value, not a section")
-        else:
-            node = node[part]
-    if len(parts) == 2 and parts[0] == "runner" and parts[1] in PATH_KEYS and isinstance(node[parts[1]], str):
-        node[parts[1]] = os.path.abspath(os.path.expanduser(node[parts[1]]))
+    for part in sections:
+        node = node.setdefault(part, {})
+    node[last] = parse_value(text)
+    if sections == ["runner"] and last in PATH_KEYS and isinstance(node[last], str):
+        node[last] = os.path.abspath(os.path.expanduser(node[last]))
 
 
-def check_runner(config, names):
-    """Check that the runner keys a tool reads are present and well typed."""
+# ---------------------------------------------------------------- what a tool needs
+def validate(config, tool, model):
+    """Check that everything `tool` ("train" or "infer") and `model` (its HYPER_PARAMETERS) read is there.
+
+    Fills in declared defaults; the values themselves were checked on load.
+    """
+    needed = [f"runner.{k}" for k in TOOL_KEYS[tool]] + \
+        [f"hyper_parameters.{k}" for k in getattr(model, "HYPER_PARAMETERS", ())]
+    for key in needed:
+        if get(config, key) is None:
+            _, default, what = KEYS[key]
+            if default is REQUIRED:
+                raise ConfigError(f"{config['config_path']}: {key} is missing ({what}); this model and tool need "
+                                  f"it: add it to the YAML or pass -o {key}=...")
+            if default is not None:
+                *sections, last = key.split(".")
+                node = config
+                for part in sections:
+                    node = node.setdefault(part, {})
+                node[last] = default
     runner = config["runner"]
-    for name in names:
-        kind, low = RUNNER_KEYS[name]
-        value = runner.get(name)
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if ok and low is not None and value < low:
-            ok = False
-        if not ok:
-            need = {str: "a path or name", bool: "True or False"}.get(kind, f"an integer >= {low}")
-            raise ConfigError(f"{config['config_path']}: runner.{name} must be {need}, got {value!r}; "
-                              f"fix the YAML or pass -o runner.{name}=...")
-    if "infer_end_epoch" in names and runner["infer_end_epoch"] <= runner["infer_start_epoch"]:
+    if tool == "infer" and runner["infer_end_epoch"] <= runner["infer_start_epoch"]:
         raise ConfigError(f"{config['config_path']}: runner.infer_end_epoch ({runner['infer_end_epoch']}) must be "
                           f"above infer_start_epoch ({runner['infer_start_epoch']}); the range is [start, end)")
+    return config
 
 
-def hyper_int(config, name, low=1):
-    """hyper_parameters.<name> as an integer >= low, or a ConfigError naming the key."""
-    value = config["hyper_parameters"].get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{config['config_path']}: hyper_parameters.{name} must be an integer >= {low}, "
-                          f"got {value!r}")
-    return value
+def attach_schema(config, schema, source):
+    """Take the data's field layout and vocabulary from `schema` (a schema.json dict read from `source`).
 
-
-def check_max_idxs(config, schema, split_dir):
-    """The config's vocabulary maxima must equal those of the data's schema.json (the tables depend on them)."""
+    hyper_parameters.max_idxs 'schema' (or absent) becomes the schema's maxima; explicit lists must equal them,
+    since the embedding tables have one row per id of the data.
+    """
     want = max_idxs_list(schema)
-    got = config["hyper_parameters"].get("max_idxs")
-    if got != want:
-        raise ConfigError(f"{config['config_path']}: hyper_parameters.max_idxs is {got} but "
-                          f"{os.path.join(split_dir, SCHEMA_FILE)} has {want}; the embedding tables need one "
-                          "row per id of the data: copy the schema's max_idxs into the config")
-
-
-def load_module(config, name):
-    """Import `<name>.py` from the config's folder, or from a path relative to it (model folders share readers)."""
-    path = os.path.normpath(os.path.join(config["config_abs_dir"], name if name.endswith(".py") else name + ".py"))
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: not found; {config['config_path']} expects this module "
-                          "next to it (check runner.train_reader_path / infer_reader_path)")
-    folder = os.path.dirname(path)  # a relative name may point out of the config's folder (../../reader_train)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # lets reader_test import reader_train
-    stem = os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[stem] = module
-    spec.loader.exec_module(module)
-    return module
+    got = config["hyper_parameters"].get("max_idxs", "schema")
+    if got != "schema" and got != want:
+        raise ConfigError(f"{config['config_path']}: hyper_parameters.max_idxs is {got} but {source} has {want}; "
+                          "the embedding tables need one row per id of the data: set max_idxs: schema")
+    config["hyper_parameters"]["max_idxs"] = want
+    config["data_schema"] = schema
+    return config

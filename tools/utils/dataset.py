@@ -22,29 +22,14 @@ import zipfile
 import numpy as np
 
 from . import schema as S
+from .errors import DataError
+from .files import atomic_write, write_json
 
 SCHEMA_FILE = "schema.json"
 FORMAT_VERSION = 1
 
 
-class DataError(ValueError):
-    """A data file that does not follow the format; the message says how to fix it."""
-
-
 # ---------------------------------------------------------------- writing
-def atomic_write(path, write):
-    """Call write(file_object) on a temporary file, then move it over `path`."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
 
 def save_stage(path, arrays, compress=True):
     """Write a dict of arrays as a byte-reproducible .npz (deflated unless compress=False)."""
@@ -74,18 +59,20 @@ def make_schema(max_idxs):
         "dynamic_fields": list(S.DYNAMIC_FIELDS),
         "dynamic_widths": list(S.DYNAMIC_WIDTHS),
         "ad_fields": list(S.AD_FIELDS),
-        "max_idxs": {k: [int(v) for v in max_idxs[k]] for k in ("static", "dynamic", "ad")},
+        "max_idxs": {k: [int(v) for v in max_idxs[k]] for k in S.GROUPS},
     }
 
 
 def write_schema(split_dir, max_idxs):
-    text = json.dumps(make_schema(max_idxs), indent=1) + "\n"
-    atomic_write(os.path.join(split_dir, SCHEMA_FILE), lambda f: f.write(text.encode()))
+    write_json(os.path.join(split_dir, SCHEMA_FILE), make_schema(max_idxs))
 
 
 # ---------------------------------------------------------------- reading
 def read_schema(split_dir):
     """Read and check `schema.json` of a split folder; returns the schema dict."""
+    if not os.path.isdir(split_dir):
+        raise DataError(f"{split_dir}: no such data folder; make one with tools/preprocess.py, "
+                        "tools/import_pickle.py or tools/make_synthetic.py (see readme.md)")
     path = os.path.join(split_dir, SCHEMA_FILE)
     if not os.path.isfile(path):
         raise DataError(f"{path}: no schema file; every data folder needs the schema.json "
@@ -104,7 +91,7 @@ def read_schema(split_dir):
             raise DataError(f"{path}: field {key!r} is {sch.get(key)!r}, this code expects "
                             f"{expected[key]!r}; the data was made for another field layout")
     mx = sch.get("max_idxs")
-    for group, fields in (("static", S.STATIC_FIELDS), ("dynamic", S.DYNAMIC_FIELDS), ("ad", S.AD_FIELDS)):
+    for group, fields in S.GROUP_FIELDS.items():
         vals = None if not isinstance(mx, dict) else mx.get(group)
         if not (isinstance(vals, list) and len(vals) == len(fields)
                 and all(isinstance(v, int) and v >= 0 for v in vals)):
@@ -115,7 +102,15 @@ def read_schema(split_dir):
 
 def max_idxs_list(sch):
     """max_idxs as the model config writes them: [static, dynamic, ad]."""
-    return [sch["max_idxs"]["static"], sch["max_idxs"]["dynamic"], sch["max_idxs"]["ad"]]
+    return [sch["max_idxs"][group] for group in S.GROUPS]
+
+
+def require_vocabulary(sch, expected, source, expected_source):
+    """The data's vocabulary maxima must be the model's: its tables have one row per id."""
+    if max_idxs_list(sch) != max_idxs_list(expected):
+        raise DataError(f"{os.path.join(source, SCHEMA_FILE)}: vocabulary maxima {max_idxs_list(sch)} differ from "
+                        f"{expected_source}'s {max_idxs_list(expected)}; the data must be encoded with the "
+                        "vocabulary the model was trained on (preprocess them together)")
 
 
 def load_stage(path, sch):
@@ -213,9 +208,6 @@ def stage_path(split_dir, stage):
 
 def load_split(split_dir, stages=(1, 2)):
     """Read a split folder: {"schema": dict, "stage1": arrays, "stage2": arrays or None}."""
-    if not os.path.isdir(split_dir):
-        raise DataError(f"{split_dir}: no such data folder; make one with tools/preprocess.py, "
-                        "tools/import_pickle.py or tools/make_synthetic.py (see readme.md)")
     sch = read_schema(split_dir)
     out = {"schema": sch}
     for k in (1, 2):
@@ -240,3 +232,23 @@ def load_oracle(stage_file, n_rows):
         raise DataError(f"{path}: expected {n_rows} probabilities in [0, 1], got shape {p.shape}; "
                         "regenerate the data with tools/make_synthetic.py and tools/preprocess.py")
     return p
+
+
+# ---------------------------------------------------------------- rows by campaign
+class CampaignIndex:
+    """The rows of a stage grouped by campaign: rows_of(i) is a slice, no scan of the table."""
+
+    def __init__(self, aid):
+        self.order = np.argsort(aid, kind="stable")  # stable: a campaign's rows keep file order
+        self.aids, self.starts, self.counts = np.unique(aid[self.order], return_index=True, return_counts=True)
+
+    def __len__(self):
+        return len(self.aids)
+
+    def rows_of(self, i):
+        return self.order[self.starts[i]:self.starts[i] + self.counts[i]]
+
+
+def take(arrays, rows):
+    """The given rows of every array of a stage, as a batch dict."""
+    return {name: a[rows] for name, a in arrays.items()}

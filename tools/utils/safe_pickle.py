@@ -113,7 +113,7 @@ def import_pandas():
     try:
         return importlib.import_module("pandas")
     except ImportError as e:
-        raise ImportError("reading the published .pkl files needs pandas, which is not installed: "
+        raise D.DataError("reading the published .pkl files needs pandas, which is not installed: "
                           "pip install pandas (or pip install -r requirements-dev.txt)") from e
 
 
@@ -206,7 +206,7 @@ def field_maxima(arrays):
 
 
 def _check_under_tencent(path, maxima):
-    for group, fields in (("static", S.STATIC_FIELDS), ("dynamic", S.DYNAMIC_FIELDS), ("ad", S.AD_FIELDS)):
+    for group, fields in S.GROUP_FIELDS.items():
         for field, value, top in zip(fields, maxima[group], S.TENCENT_MAX_IDXS[group]):
             if value > top:
                 raise D.DataError(f"{path}: field {field!r} holds id {value}, above {top}, its maximum in the "
@@ -284,7 +284,7 @@ def import_pickles(jobs, out_dir, max_idxs="data", bar=None):
         maxima = S.TENCENT_MAX_IDXS
     else:
         found = earlier + [s["maxima"] for s in summaries.values()]
-        maxima = {group: np.max([m[group] for m in found], axis=0).tolist() for group in ("static", "dynamic", "ad")}
+        maxima = {group: np.max([m[group] for m in found], axis=0).tolist() for group in S.GROUPS}
     for split_dir in split_dirs:
         _say(bar, f"checking {split_dir}")
         D.write_schema(split_dir, maxima)

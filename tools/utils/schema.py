@@ -1,4 +1,4 @@
-"""The fields of the Tencent Look-alike data as the model sees them.
+"""The fields of the Tencent Look-alike data in our on-disk format (net.py reads them from schema.json).
 
 Field order is part of the on-disk format: column j of `static` is
 STATIC_FIELDS[j], the 50 columns of `dynamic` are the 7 lists of
@@ -13,6 +13,9 @@ DYNAMIC_FIELDS = ("interest1", "interest2", "interest3",
 DYNAMIC_WIDTHS = (10, 10, 10, 5, 5, 5, 5)
 AD_FIELDS = ("advertiserId", "campaignId", "creativeSize",
              "adCategoryId", "productId", "productType")
+# The id arrays of a stage, in embedding-table order, and their fields.
+GROUPS = ("static", "dynamic", "ad")
+GROUP_FIELDS = dict(zip(GROUPS, (STATIC_FIELDS, DYNAMIC_FIELDS, AD_FIELDS)))
 
 # Vocabulary maxima (largest label-encoded id) of the processed Tencent data,
 # from the reference notes; a table has max + 1 rows.
@@ -37,6 +40,3 @@ ARRAYS = {
     "ad": (np.int32, (len(AD_FIELDS),), True),
     "uid": (np.int64, (), False),
 }
-
-# Which field names label the columns of each id array.
-COLUMN_FIELDS = {"static": STATIC_FIELDS, "ad": AD_FIELDS}

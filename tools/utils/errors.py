@@ -1,0 +1,25 @@
+"""The one kind of error a user can fix: every command line prints it as one line, `error: <message>`, and exits 2.
+
+Each subclass names where the problem is (its message names the file, the
+key or field, and the fix); tools/utils/cli.py does the printing.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message says where it is and what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config that cannot be used."""
+
+
+class DataError(UserError, ValueError):
+    """A data file that does not follow the format."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that is missing, corrupt or from another run."""
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (the loss diverged, nothing is learned)."""

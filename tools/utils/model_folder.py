@@ -1,0 +1,51 @@
+"""Loading a model folder's modules: its dygraph_model.py and the readers its config names.
+
+Inside this project a module is imported by its ordinary name (net.py at the
+top is `net`, models/mmoe/dygraph_model.py is `models.mmoe.dygraph_model`),
+so a file is one module however it is reached. A folder outside the project
+(a model of the user's own) is imported as a package of its own, named after
+its path: its modules import each other relatively (`from . import net`) and
+the project's modules by name.
+"""
+import hashlib
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+from .errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_module(path, config_path):
+    """The module of the file `path` (.py may be left out); config_path names who asked for it in errors."""
+    path = os.path.normpath(path if path.endswith(".py") else path + ".py")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: not found; {config_path} expects this module "
+                          "(check runner.train_reader_path / infer_reader_path, or the model folder)")
+    folder, stem = os.path.split(path)
+    inside = os.path.relpath(folder, ROOT)
+    parts = [] if inside == "." else inside.split(os.sep)
+    if parts and parts[0] != ".." and all(p.isidentifier() for p in parts + [stem[:-3]]):
+        return importlib.import_module(".".join(parts + [stem[:-3]]))
+    if not parts:
+        return importlib.import_module(stem[:-3])
+    return importlib.import_module(f"{_folder_package(folder)}.{stem[:-3]}")
+
+
+def _folder_package(folder):
+    """A package whose __path__ is `folder`, registered once under a name made from the path."""
+    name = "model_folder_" + hashlib.sha1(folder.encode()).hexdigest()[:12]
+    if name not in sys.modules:
+        package = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, None, is_package=True))
+        package.__path__ = [folder]
+        sys.modules[name] = package
+    return name
+
+
+def model_module(config):
+    """The config folder's dygraph_model module, after Paddle's environment is set (tools/utils/paddle_env)."""
+    from . import paddle_env  # noqa: F401  (before any model module imports paddle)
+    return load_module(os.path.join(config["config_abs_dir"], "dygraph_model.py"), config["config_path"])
