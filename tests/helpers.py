@@ -9,6 +9,7 @@ from tools.utils import schema as S
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_IDXS = {"static": [3, 2, 9, 5, 7, 2, 1], "dynamic": [12, 8, 6, 30, 20, 10, 10], "ad": [4, 5, 3, 3, 3, 2]}
 MAX_IDXS_LIST = [MAX_IDXS[group] for group in S.GROUPS]
+TINY_HP = dict(embed_dim=4, mlp_dims=[5, 6], num_expert=3, num_output=2)  # a MetaHeacNet small enough to check
 
 
 def schema(max_idxs=MAX_IDXS):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import make_stage
 from tools.utils import dataset as D
 from tools.utils import schema as S
 
@@ -19,25 +20,11 @@ MAXIMA = {"static": [3, 2, 20, 5, 7, 2, 1], "dynamic": [30, 20, 12, 400, 300, 50
 
 
 def make_arrays(seed=0, with_uid=False):
-    """A valid stage with ids drawn up to each field's maximum (the maxima themselves included)."""
-    rng = np.random.default_rng(seed)
-
-    def ids(maxima, widths):
-        cols = [rng.integers(0, top + 1, size=(ROWS, w)) for top, w in zip(maxima, widths)]
-        for col, top in zip(cols, maxima):
-            col[0, 0] = top
-        return np.concatenate(cols, axis=1).astype(np.int32)
-
-    arrays = {
-        "label": rng.integers(0, 2, ROWS).astype(np.int8),
-        "aid": rng.integers(0, 5, ROWS).astype(np.int32),
-        "static": ids(MAXIMA["static"], [1] * 7),
-        "dynamic": ids(MAXIMA["dynamic"], S.DYNAMIC_WIDTHS),
-        "lengths": np.stack([rng.integers(0, w + 1, ROWS) for w in S.DYNAMIC_WIDTHS], axis=1).astype(np.int32),
-        "ad": ids(MAXIMA["ad"], [1] * 6),
-    }
-    if with_uid:
-        arrays["uid"] = rng.integers(0, 2**40, ROWS)
+    """A valid stage of ROWS rows over 5 campaigns, every field's largest id in row 0."""
+    arrays = make_stage(np.random.default_rng(seed), {a: ROWS // 5 for a in range(5)}, max_idxs=MAXIMA,
+                        hit_maxima=True)
+    if not with_uid:
+        del arrays["uid"]
     return arrays
 
 

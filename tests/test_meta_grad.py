@@ -4,8 +4,7 @@ import pytest
 from sklearn.metrics import log_loss
 
 import dygraph_model as dm
-from helpers import MAX_IDXS_LIST, layout, random_batch, schema
-from test_net import TINY_HP
+from helpers import MAX_IDXS_LIST, TINY_HP, layout, random_batch, schema
 from tools.utils import schema as S
 from tools.utils.paddle_env import paddle
 

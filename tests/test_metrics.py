@@ -5,14 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from helpers import pairwise_auc
 from tools.utils import metrics
-
-
-def pairwise_auc(labels, scores):
-    """P(score of a positive > score of a negative) + half the ties, over all pairs."""
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    diff = pos[:, None] - neg[None, :]
-    return ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
 
 
 def top_hits_by_hand(labels, scores, percent):

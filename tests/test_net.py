@@ -3,12 +3,9 @@ import numpy as np
 import pytest
 
 import net as net_module
-from helpers import MAX_IDXS, layout, random_batch
+from helpers import MAX_IDXS, TINY_HP, layout, random_batch
 from tools.utils import schema as S
 from tools.utils.paddle_env import paddle
-
-TINY_HP = dict(embed_dim=4, mlp_dims=[5, 6], num_expert=3, num_output=2)
-
 
 def to_feeds(batch):
     return {k: paddle.to_tensor(batch[k].astype(np.int64)) for k in ("static", "dynamic", "lengths", "ad")}

@@ -514,3 +514,12 @@ def test_fine_tuning_reshuffles_the_seeds_every_pass_into_consecutive_batches(pa
         assert len({tuple(p) for p in passes}) == 3                   # a new order every pass
         runs.append(passes)
     assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+
+
+def test_importing_paddle_before_paddle_env_is_named_and_the_tools_never_do():
+    def stderr_of(code):
+        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stderr
+    assert "paddle was imported before tools.utils.paddle_env" in stderr_of("import paddle\nimport tools.utils.paddle_env")
+    loads = ("from tools.utils import model_folder\nmodel_folder.model_module({'config_abs_dir': '.', "
+             "'config_path': 'x'})")
+    assert stderr_of(loads) == ""  # the model module imports paddle, after the environment is set

@@ -29,14 +29,13 @@ import sys
 import warnings
 
 import numpy as np
-from tqdm import tqdm
-
 from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import metrics, model_folder
 from tools.utils.errors import TrainingError
 from tools.utils.files import plain, write_json, write_text
+from tools.utils.progress import progress
 
 SPLIT_FOLDERS = {"hot": ("test_hot",), "cold": ("test_cold",), "both": ("test_hot", "test_cold")}
 SCORE_ROWS = 4096  # rows per scoring call; scores do not depend on it (eval mode, no batch statistics)
@@ -72,7 +71,7 @@ def evaluate(model, net, params, dataset, batches, config, label):
     from tools.utils import paddle_env
     seed = config["runner"]["seed"]
     campaigns, all_labels, all_scores = [], [], []
-    for aid, seeds, candidates in tqdm(dataset, total=len(dataset), desc=label, unit="campaign", mininterval=0.5):
+    for aid, seeds, candidates in progress(dataset, total=len(dataset), desc=label, unit="campaign"):
         net.set_state_dict(params)
         paddle_env.seed_all(paddle_env.derived_seed(seed, aid % 2**32))
         fine_tune(model, net, seeds, config, batches, np.random.default_rng([seed, aid % 2**32]))

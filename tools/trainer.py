@@ -14,13 +14,12 @@ import math
 import sys
 import time
 
-from tqdm import tqdm
-
 from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import dataset as D
 from tools.utils import model_folder
+from tools.utils.progress import progress
 from tools.utils.errors import TrainingError
 
 
@@ -34,7 +33,7 @@ def run_epoch(model, net, optimizer, dataset, config, epoch):
     totals = dict.fromkeys(names, 0.0)
     net.train()
     step, samples, start = 0, 0, time.perf_counter()
-    bar = tqdm(dataset, total=len(dataset), desc=f"epoch {epoch}", unit="step", mininterval=0.5)
+    bar = progress(dataset, total=len(dataset), desc=f"epoch {epoch}", unit="step")
     for step, meta_batch in enumerate(bar, 1):
         loss, values = model.train_forward(net, meta_batch, config)
         if not math.isfinite(float(loss)):

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def load_module(path, config_path):
     """The module of the file `path` (.py may be left out); config_path names who asked for it in errors."""
-    path = os.path.normpath(path if path.endswith(".py") else path + ".py")
+    path = os.path.abspath(path if path.endswith(".py") else path + ".py")
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: not found; {config_path} expects this module "
                           "(check runner.train_reader_path / infer_reader_path, or the model folder)")
