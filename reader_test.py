@@ -26,8 +26,9 @@ class RecDataset:
     def __init__(self, config, data_dir):
         split = load_split(data_dir)
         require_vocabulary(split["schema"], config["data_schema"], data_dir, "the model")
-        if split["stage2"] is None:
-            raise DataError(f"{data_dir}: no *_stage2.npz; a test folder needs candidates (stage 2) to score")
+        if split["stage2"] is None or len(split["stage2"]["label"]) == 0:
+            raise DataError(f"{data_dir}: no candidates to score (no *_stage2.npz, or one with 0 rows); a test folder "
+                            "needs stage-2 rows (test1_truth.csv of the raw data)")
         self.stage1, self.stage2 = split["stage1"], split["stage2"]
         self.index1, self.index2 = CampaignIndex(self.stage1["aid"]), CampaignIndex(self.stage2["aid"])
         self.skipped = [(int(aid), "no stage-2 rows (candidates) to score")

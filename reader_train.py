@@ -18,6 +18,9 @@ O(batch): a slice of the grouped row numbers and k distinct draws from it
 (Generator.choice without replacement: 0.016 ms for 1,024 of 10^8).
 One epoch is ceil(stage-1 rows / train_batch_size) meta-batches; epoch e
 draws from a generator seeded with (seed, e), so a resumed run repeats it.
+state() is the position in the epoch (meta-batches drawn and the generator's
+state): set_epoch(e, state) continues the same stream from there, so a run
+resumed from a step checkpoint draws exactly what it would have drawn.
 """
 import math
 
@@ -50,19 +53,29 @@ class RecDataset:
                             if len(self.index) else f"{data_dir}: the stage-1 data has no rows to train on")
         self.task_weights = SAMPLE_METHODS[hp["sample_method"]](self.index.counts.astype(np.float64))
         self.seed = runner["seed"]
-        self.epoch = 0
+        self.set_epoch(0)
 
     def __len__(self):
         return math.ceil(len(self.table["label"]) / self.batch_size)
 
-    def set_epoch(self, epoch):
-        """Draw the meta-batches of this epoch next (iterating also advances the epoch by one)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch, state=None):
+        """Draw the meta-batches of `epoch` next: from its start, or after `state` (a state() of that epoch)."""
+        self.epoch, self.step = epoch, 0
+        self.rng = np.random.default_rng([self.seed, epoch])
+        if state is not None:
+            self.step = state["step"]
+            self.rng.bit_generator.state = state["generator"]
+
+    def state(self):
+        """The position in the epoch: {"step": meta-batches drawn, "generator": the generator's state} (JSON-able)."""
+        return {"step": self.step, "generator": self.rng.bit_generator.state}
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
-        return (self.draw_meta_batch(rng) for _ in range(len(self)))
+        """The epoch's remaining meta-batches; afterwards the next epoch is set."""
+        while self.step < len(self):
+            self.step += 1
+            yield self.draw_meta_batch(self.rng)
+        self.set_epoch(self.epoch + 1)
 
     def draw_tasks(self, rng):
         """Positions (into index.aids) of task_count distinct campaigns, drawn by weight.

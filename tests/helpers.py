@@ -1,5 +1,9 @@
 """Test data and independent reference computations shared by the test modules."""
 import os
+import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 
@@ -92,3 +96,37 @@ def bce(p, label):
     """Mean binary cross-entropy in NumPy, p clipped at 1e-12 as the model's loss does."""
     p = np.asarray(p, dtype=np.float64)
     return float(-np.mean(label * np.log(np.maximum(p, 1e-12)) + (1 - label) * np.log(np.maximum(1 - p, 1e-12))))
+
+
+def fake_model_folder(folder):
+    """A model folder outside the project: tests/fake_model (a logistic regression following the model contract),
+    copies of the real readers, and tiny train / test_hot / test_cold data. Returns the folder (a Path)."""
+    shutil.copytree(os.path.join(ROOT, "tests", "fake_model"), folder, dirs_exist_ok=True)
+    for reader in ("reader_train.py", "reader_test.py"):
+        shutil.copy(os.path.join(ROOT, reader), folder / reader)
+    write_split(folder / "data" / "train", {1: 120, 2: 80, 3: 60, 4: 30, 5: 10}, seed=1)
+    write_split(folder / "data" / "test_hot", {11: 60, 12: 40, 13: 20, 19: 10}, {11: 200, 12: 150, 13: 100}, seed=2)
+    cold = write_split(folder / "data" / "test_cold", {21: 10, 22: 5}, {21: 80, 22: 6}, seed=3)
+    stage2 = D.load_split(cold)["stage2"]
+    stage2["label"][stage2["aid"] == 22] = 0  # a campaign without positive candidates
+    D.save_stage(os.path.join(cold, "test_stage2.npz"), stage2)
+    return folder
+
+
+def run(tool, model_dir, *args, env=None, **popen):
+    """Run tools/<tool> on model_dir's config.yaml from another working directory; the CompletedProcess."""
+    command = [sys.executable, os.path.join(ROOT, "tools", tool), "-m", str(model_dir / "config.yaml"), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=str(model_dir.parent), timeout=300,
+                          env={**os.environ, **(env or {})}, **popen)
+
+
+def assert_one_line_error(proc, *fragments):
+    """Exit code 2 and the error as one line, `error: ...`, holding every fragment, after at most some progress
+    lines (tools/utils/progress.py off a terminal); no traceback."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    *before, line = proc.stderr.strip().splitlines() or [""]
+    assert line.startswith("error: "), proc.stderr
+    assert all(re.match(r"^[^:]+: \d+(/\d+)? \S+", b) and "error" not in b for b in before), proc.stderr
+    for fragment in fragments:
+        assert fragment in line, line

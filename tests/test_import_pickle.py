@@ -80,8 +80,9 @@ def test_tencent_maxima_mode_and_a_later_stage2(frame, tmp_path):
     with pytest.raises(D.DataError, match="a stage-2 file alone does not make a data folder"):
         safe_pickle.import_pickles([(SAMPLE, "test_cold", 2)], str(tmp_path), max_idxs="tencent")
     assert not os.path.exists(tmp_path / "test_cold")
-    for stage in (1, 2):
-        safe_pickle.import_pickles([(SAMPLE, "test_cold", stage)], str(tmp_path), max_idxs="tencent")
+    for stage in (1, 2):  # stage 2 joins the folder holding stage 1: --force, which keeps stage 1
+        safe_pickle.import_pickles([(SAMPLE, "test_cold", stage)], str(tmp_path), max_idxs="tencent",
+                                   force=stage == 2)
     split = D.load_split(str(tmp_path / "test_cold"))
     assert split["schema"]["max_idxs"] == S.TENCENT_MAX_IDXS
     assert_matches_frame(split["stage1"], frame)
@@ -121,11 +122,27 @@ def test_later_stage2_keeps_the_maxima_of_stage1(frame, tmp_path):
     path = str(tmp_path / "seeds.pkl")
     seeds.to_pickle(path)
     safe_pickle.import_pickles([(path, "test_hot", 1)], str(tmp_path / "out"))
-    safe_pickle.import_pickles([(SAMPLE, "test_hot", 2)], str(tmp_path / "out"))
+    with pytest.raises(D.DataError, match="not empty; choose another --out, or pass --force"):
+        safe_pickle.import_pickles([(SAMPLE, "test_hot", 2)], str(tmp_path / "out"))
+    safe_pickle.import_pickles([(SAMPLE, "test_hot", 2)], str(tmp_path / "out"), force=True)
     split = D.load_split(str(tmp_path / "out" / "test_hot"))
     assert split["schema"]["max_idxs"] == frame_maxima(seeds)
     assert_matches_frame(split["stage1"], seeds)
     assert_matches_frame(split["stage2"], frame)
+
+
+def test_force_keeps_other_files_and_refuses_inputs_it_would_delete(frame, tmp_path):
+    out = tmp_path / "out"
+    safe_pickle.import_pickles([(SAMPLE, "test_hot", 1)], str(out))
+    (out / "notes.txt").write_text("mine")
+    inner = out / "test_hot" / "copy.pkl"  # replacing test_hot would delete it
+    shutil.copy(SAMPLE, inner)
+    with pytest.raises(D.DataError, match=r"copy.pkl: lies inside .*test_hot, which this import replaces"):
+        safe_pickle.import_pickles([(str(inner), "test_hot", 1)], str(out), force=True)
+    assert inner.exists()
+    safe_pickle.import_pickles([(SAMPLE, "test_hot", 1), (SAMPLE, "test_cold", 1)], str(out), force=True)
+    assert sorted(os.listdir(out)) == ["notes.txt", "test_cold", "test_hot"]  # no staging folder left
+    assert sorted(os.listdir(out / "test_hot")) == ["schema.json", "test_stage1.npz"]  # replaced whole
 
 
 # ---------------------------------------------------------------- pickles that try to run code
@@ -257,7 +274,8 @@ def test_not_a_dataframe_and_truncated(tmp_path):
     assert "holds a list, not a pandas DataFrame" in import_error(str(path), tmp_path)
     if os.path.isfile(SAMPLE):
         path.write_bytes(Path(SAMPLE).read_bytes()[:200_000])
-        assert "not a readable pandas pickle" in import_error(str(path), tmp_path)
+        message = import_error(str(path), tmp_path)
+        assert "not a readable pickle, it is truncated" in message and "download the file again" in message
 
 
 def test_missing_pandas_says_how_to_install(monkeypatch):
@@ -282,10 +300,10 @@ def test_cli_imports_a_folder_with_shared_maxima(frame, tmp_path):
     train.to_pickle(pkl_dir / "train_stage1.pkl")
     (pkl_dir / "notes.pkl").write_bytes(b"ignored: not a split name")
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, CLI, "--pkl-dir", str(pkl_dir), "--out", str(out)],
+    run = subprocess.run([sys.executable, CLI, "--pkl-dir", str(pkl_dir), "--out", str(out), "--quiet"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stderr == ""  # no progress bar off a terminal, no warnings
+    assert run.stderr == ""  # no progress with --quiet, no warnings
     assert f"{out / 'train' / 'train_stage1.npz'}: 586 rows, 5 campaigns, 586 positives" in run.stdout
     hot, trained = D.load_split(str(out / "test_hot")), D.load_split(str(out / "train"))
     assert_matches_frame(hot["stage1"], frame)

@@ -434,9 +434,14 @@ def test_refuses_to_overwrite_unless_forced(tmp_path):
     with pytest.raises(DataError, match=r"not empty; choose another --out, or pass --force"):
         run(raw_dir, out)
     assert os.listdir(out) == ["keep.txt"]
-    run(raw_dir, out, force=True)
-    assert sorted(os.listdir(out)) == ["test_cold", "test_hot", "train"]
+    run(raw_dir, out, force=True)  # --force replaces the split folders only
+    assert sorted(os.listdir(out)) == ["keep.txt", "test_cold", "test_hot", "train"]
+    assert (out / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["out", "raw"]
+    (out / "train" / "stale.txt").write_text("old split")  # an old split folder is replaced whole
+    run(raw_dir, out, force=True, seed=5)
+    assert not (out / "train" / "stale.txt").exists()
+    assert sorted(os.listdir(out)) == ["keep.txt", "test_cold", "test_hot", "train"]
     (tmp_path / "empty").mkdir()
     run(raw_dir, tmp_path / "empty")  # an empty folder is fine
     (tmp_path / "file").write_text("x")

@@ -125,5 +125,5 @@ def test_batches_cut_consecutive_rows():
 
 def test_test_folder_without_candidates_is_a_data_error(tmp_path):
     folder = write_split(tmp_path, {1: 5})
-    with pytest.raises(D.DataError, match=r"no \*_stage2.npz"):
+    with pytest.raises(D.DataError, match=r"no candidates to score \(no \*_stage2.npz"):
         reader_test.RecDataset(reader_config(), folder)

@@ -7,7 +7,6 @@ it proves they are generic over model folders.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -15,11 +14,12 @@ import warnings
 import numpy as np
 import pytest
 
-from helpers import MAX_IDXS, MAX_IDXS_LIST, ROOT, pairwise_auc, write_split
+from helpers import MAX_IDXS, ROOT, assert_one_line_error, fake_model_folder, pairwise_auc, run, write_split
 from tools.utils import checkpoint as ckpt
 from tools.utils import config as cfg
 from tools.utils import dataset as D
 from tools.utils import model_folder
+from tools.utils.run_folder import RunFolder
 
 
 # ---------------------------------------------------------------- config
@@ -168,10 +168,14 @@ IDENTITY = {"hyper_parameters": {"task_count": 3, "embed_dim": 8}, "seed": 1}
 def test_checkpoint_round_trip_and_resume_refusal(paddle, tmp_path):
     save_dir = str(tmp_path / "ckpt")
     net, opt = trained_net(paddle, 1)
-    for epoch in (0, 1):
-        ckpt.save(save_dir, epoch, net, opt, {"identity": IDENTITY})
-    os.makedirs(os.path.join(save_dir, "2"))  # an interrupted save: no marker
-    assert ckpt.prepare(save_dir, IDENTITY) == [0, 1]
+    with RunFolder(save_dir, IDENTITY) as folder:
+        for epoch in (0, 1):
+            folder.save_epoch(epoch, net, opt, {})
+        folder.save_step(2, 5, net, opt, {"reader": {"step": 5}})
+        os.makedirs(os.path.join(save_dir, "3"))  # an interrupted save: no marker
+        assert folder.resume_point() == ([0, 1], os.path.join(save_dir, "epoch2-step5"))
+    with np.load(os.path.join(save_dir, "1", ckpt.PARAMS_FILE), allow_pickle=False) as archive:
+        assert sorted(archive.files) == ["bias", "weight"]  # plain arrays by structured name
 
     fresh, fresh_opt = trained_net(paddle, 2)
     assert not same_state(state(fresh), state(net))
@@ -181,180 +185,92 @@ def test_checkpoint_round_trip_and_resume_refusal(paddle, tmp_path):
     assert same_state(optimizer_state(fresh_opt, fresh), optimizer_state(opt, net))
 
     other = {**IDENTITY, "hyper_parameters": {"task_count": 5, "embed_dim": 8}}
-    with pytest.raises(ckpt.CheckpointError, match=r"hyper_parameters.task_count was 3, now 5.*--overwrite"):
-        ckpt.prepare(save_dir, other)
-    assert ckpt.complete_epochs(save_dir) == [0, 1]  # refused: nothing deleted
-    assert ckpt.prepare(save_dir, other, overwrite=True) == []
-    assert ckpt.complete_epochs(save_dir) == []
+    with RunFolder(save_dir, other) as folder:
+        with pytest.raises(ckpt.CheckpointError, match=r"hyper_parameters.task_count was 3, now 5.*--overwrite"):
+            folder.resume_point()
+        assert ckpt.finished(save_dir) == ([0, 1], [(2, 5)])  # refused: nothing deleted
+        assert not os.path.exists(os.path.join(save_dir, "3"))  # the unfinished folder is gone
+        folder.delete_checkpoints()
+        assert ckpt.finished(save_dir) == ([], [])
 
 
-def test_an_untrained_optimizer_saves_and_resumes_without_a_warning(paddle, tmp_path):
-    """One-stage models save Adam before any step: an empty state, which Paddle warns about."""
-    paddle.seed(1)
-    net = paddle.nn.Linear(4, 3)
-    opt = paddle.optimizer.Adam(0.1, parameters=net.parameters())
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        path = ckpt.save(str(tmp_path), 0, net, opt, {"identity": IDENTITY})
-    assert [str(w.message) for w in caught] == []
-    fresh = paddle.nn.Linear(4, 3)
-    fresh_opt = paddle.optimizer.Adam(0.1, parameters=fresh.parameters())
-    ckpt.resume(path, fresh, fresh_opt)
-    assert same_state(state(fresh), state(net))
+def test_step_checkpoints_keep_the_last_two_and_go_with_their_epoch(paddle, tmp_path):
+    net, opt = trained_net(paddle, 1)
+    with RunFolder(str(tmp_path), IDENTITY) as folder:
+        for step in (10, 20, 30):
+            folder.save_step(0, step, net, opt, {})
+        assert ckpt.finished(str(tmp_path))[1] == [(0, 20), (0, 30)]
+        folder.save_epoch(0, net, opt, {})
+        assert ckpt.finished(str(tmp_path)) == ([0], [])
+
+
+def test_one_trainer_per_folder_and_leftovers_of_killed_writes_are_removed(paddle, tmp_path):
+    net, opt = trained_net(paddle, 1)
+    with RunFolder(str(tmp_path), IDENTITY) as folder:
+        folder.save_epoch(0, net, opt, {})
+        with pytest.raises(ckpt.CheckpointError, match=rf"another trainer is writing this folder \(pid {os.getpid()}"):
+            RunFolder(str(tmp_path), IDENTITY).__enter__()
+    (tmp_path / "0" / "params.npz.tmp4242").write_bytes(b"x" * 100)  # a write killed before its rename
+    (tmp_path / "1").mkdir()                                          # a save killed before its marker
+    (tmp_path / "1" / "params.npz").write_bytes(b"half")
+    (tmp_path / "results").mkdir()                                    # not ours: kept
+    with RunFolder(str(tmp_path), IDENTITY):
+        assert sorted(os.listdir(tmp_path)) == [".lock", "0", "results"]
+        assert ".tmp" not in " ".join(os.listdir(tmp_path / "0"))
 
 
 def test_interrupted_save_leaves_no_finished_checkpoint_and_no_temp_files(paddle, tmp_path, monkeypatch):
-    save_dir = str(tmp_path)
     net, opt = trained_net(paddle, 1)
-    ckpt.save(save_dir, 0, net, opt, {})
-    real = ckpt._paddle_bytes
+    path = str(tmp_path / "0")
+    ckpt.save(path, net, opt, {})
+    real = ckpt._npz_bytes
 
-    def crash_on_optimizer(obj):
-        if "weight" not in obj:  # the optimizer's state dict, written after the model's
+    def crash_on_optimizer(arrays):
+        if "weight" not in arrays:  # the optimizer's state, written after the parameters
             raise KeyboardInterrupt("killed while saving")
-        return real(obj)
+        return real(arrays)
 
-    monkeypatch.setattr(ckpt, "_paddle_bytes", crash_on_optimizer)
+    monkeypatch.setattr(ckpt, "_npz_bytes", crash_on_optimizer)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save(save_dir, 0, net, opt, {})
-    assert ckpt.complete_epochs(save_dir) == []
-    assert not [f for f in os.listdir(os.path.join(save_dir, "0")) if ".tmp" in f]
+        ckpt.save(path, net, opt, {})
+    assert not ckpt.is_finished(path)
+    assert not [f for f in os.listdir(path) if ".tmp" in f]
 
 
-def test_corrupt_or_mismatched_checkpoints_are_refused(paddle, tmp_path):
+def test_corrupt_mismatched_or_pickled_checkpoints_are_refused(paddle, tmp_path):
     net, opt = trained_net(paddle, 1)
-    path = ckpt.save(str(tmp_path), 0, net, opt, {})
-    params = ckpt.load_file(path, ckpt.MODEL_FILE)
+    path = ckpt.save(str(tmp_path / "0"), net, opt, {})
+    params = ckpt.load_arrays(path, ckpt.PARAMS_FILE)
     with pytest.raises(ckpt.CheckpointError, match=r"x: does not fit this network \(wrong shapes "
                                                    r"\['bias \[3\] vs \[5\]', 'weight \[4, 3\] vs \[4, 5\]'\]\)"):
         ckpt.restore_params(paddle.nn.Linear(4, 5), params, "x")
     with pytest.raises(ckpt.CheckpointError, match=r"\(unexpected \['bias'\]\)"):
         ckpt.restore_params(paddle.nn.Linear(4, 3, bias_attr=False), params, "x")
-    model_file = os.path.join(path, ckpt.MODEL_FILE)
+    model_file = os.path.join(path, ckpt.PARAMS_FILE)
     data = bytearray(open(model_file, "rb").read())
-    data[-5] ^= 1  # a flipped bit inside tensor data, which paddle.load reads silently
+    data[-200] ^= 1  # a flipped bit inside the file
     open(model_file, "wb").write(bytes(data))
-    with pytest.raises(ckpt.CheckpointError, match=r"rec.pdparams: checksum differs"):
-        ckpt.load_file(path, ckpt.MODEL_FILE)
+    with pytest.raises(ckpt.CheckpointError, match=r"params.npz: checksum differs"):
+        ckpt.load_arrays(path, ckpt.PARAMS_FILE)
     with pytest.raises(ckpt.CheckpointError, match=r"/3: no finished checkpoint .*make it with `train me`"):
         ckpt.require(str(tmp_path), 3, "train me")
+    legacy = tmp_path / "legacy"  # the earlier versions' format: pickles, refused unless trusted
+    legacy.mkdir()
+    paddle.save(net.state_dict(), str(legacy / "rec.pdparams"))
+    import hashlib
+    sha = hashlib.sha256((legacy / "rec.pdparams").read_bytes()).hexdigest()
+    (legacy / "meta.json").write_text(json.dumps({"sha256": {"rec.pdparams": sha}}))
+    with pytest.raises(ckpt.CheckpointError, match=r"rec.pdparams: a checkpoint of an earlier version, pickled .*"
+                                                   r"--trust-pickled-checkpoints"):
+        ckpt.load_arrays(str(legacy), ckpt.PARAMS_FILE)
+    trusted = ckpt.load_arrays(str(legacy), ckpt.PARAMS_FILE, trust_pickle=True)
+    assert same_state(trusted, state(net))
 
 
 # ---------------------------------------------------------------- the command lines on a fake model folder
-FAKE_MODEL = '''\
-"""Logistic regression over the static and ad ids, following the model contract (a test double)."""
-import numpy as np
-import paddle
-
-
-class LogisticNet(paddle.nn.Layer):
-    def __init__(self, max_idxs):
-        super().__init__()
-        sizes = [m + 1 for m in max_idxs[0] + max_idxs[2]]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        self.weight = self.create_parameter([sum(sizes), 1],
-                                            default_initializer=paddle.nn.initializer.Normal(0, 0.1))
-        self.bias = self.create_parameter([1], is_bias=True)
-
-    def forward(self, ids):
-        ids = ids + paddle.to_tensor(self.offsets)
-        logit = paddle.gather(self.weight, ids.flatten()).reshape(ids.shape).sum(axis=1) + self.bias
-        return paddle.nn.functional.sigmoid(logit)
-
-
-class DygraphModel:
-    def create_model(self, config):
-        return LogisticNet(config["hyper_parameters"]["max_idxs"])
-
-    def create_feeds(self, batch):
-        ids = np.concatenate([batch["static"], batch["ad"]], axis=1).astype(np.int64)
-        return {"ids": paddle.to_tensor(ids), "label": paddle.to_tensor(batch["label"].astype(np.float32))}
-
-    def create_loss(self, pred, label):
-        pred = paddle.clip(pred, 1e-7, 1 - 1e-7)
-        return -(label * paddle.log(pred) + (1 - label) * paddle.log(1 - pred)).mean()
-
-    def create_optimizer(self, net, config, learning_rate=None):
-        lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
-        return paddle.optimizer.Adam(learning_rate=lr, parameters=net.parameters())
-
-    def create_metrics(self):
-        return ["loss"]
-
-    def _loss(self, net, batch):
-        feeds = self.create_feeds(batch)
-        return self.create_loss(net(feeds["ids"]), feeds["label"])
-
-    def train_forward(self, net, meta_batch, config):
-        loss = paddle.add_n([self._loss(net, q) for _, q in meta_batch]) / len(meta_batch)
-        return loss, {"loss": float(loss)}
-
-    def infer_train_forward(self, net, batch, config):
-        loss = self._loss(net, batch)
-        return loss, {"loss": float(loss)}
-
-    def infer_forward(self, net, batch, config):
-        with paddle.no_grad():
-            return net(self.create_feeds(batch)["ids"]).numpy()
-'''
-
-FAKE_CONFIG = f"""\
-runner:
-  train_data_dir: data/train
-  train_reader_path: reader_train
-  test_data_dir: data/test_hot
-  infer_reader_path: reader_test
-  use_gpu: False
-  train_batch_size: 16
-  infer_batch_size: 16
-  epochs: 2
-  print_interval: 5
-  model_save_path: out
-  infer_load_path: out
-  infer_start_epoch: 0
-  infer_end_epoch: 2
-  infer_train_epoch: 2
-  seed: 2021
-  thread_num: 1
-hyper_parameters:
-  max_idxs: {MAX_IDXS_LIST}
-  task_count: 3
-  sample_method: normal
-  local_test_learning_rate: 0.5
-  optimizer: {{class: adam, learning_rate: 0.05}}
-"""
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A model folder with a fake model, the real readers, a config and tiny train / hot / cold data."""
-    folder = tmp_path_factory.mktemp("fake_model")
-    (folder / "dygraph_model.py").write_text(FAKE_MODEL)
-    (folder / "config.yaml").write_text(FAKE_CONFIG)
-    for reader in ("reader_train.py", "reader_test.py"):
-        shutil.copy(os.path.join(ROOT, reader), folder / reader)
-    write_split(folder / "data" / "train", {1: 120, 2: 80, 3: 60, 4: 30, 5: 10}, seed=1)
-    write_split(folder / "data" / "test_hot", {11: 60, 12: 40, 13: 20, 19: 10}, {11: 200, 12: 150, 13: 100}, seed=2)
-    cold = write_split(folder / "data" / "test_cold", {21: 10, 22: 5}, {21: 80, 22: 6}, seed=3)
-    stage2 = D.load_split(cold)["stage2"]
-    stage2["label"][stage2["aid"] == 22] = 0  # a campaign without positive candidates
-    D.save_stage(os.path.join(cold, "test_stage2.npz"), stage2)
-    return folder
-
-
-def run(tool, model_dir, *args):
-    """Run a tool from another working directory; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), "-m", str(model_dir / "config.yaml"),
-                           *args], capture_output=True, text=True, cwd=str(model_dir.parent), timeout=300)
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    line = proc.stderr.strip()
-    assert line.startswith("error: ") and "\n" not in line, line
-    for fragment in fragments:
-        assert fragment in line, line
+    return fake_model_folder(tmp_path_factory.mktemp("fake_model"))
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +283,7 @@ def trained(model_dir):
 
 def test_trainer_saves_each_epoch_and_resumes_exactly(paddle, model_dir, trained):
     out = str(model_dir / "out")
-    assert ckpt.complete_epochs(out) == [0, 1]
+    assert ckpt.finished(out) == ([0, 1], [])
     assert "epoch 1: loss" in trained.stdout and "samples" in trained.stdout
     meta = ckpt.read_meta(os.path.join(out, "1"))
     assert meta["stats"]["meta_batches"] == 19  # ceil(300 rows / 16)
@@ -380,9 +296,8 @@ def test_trainer_saves_each_epoch_and_resumes_exactly(paddle, model_dir, trained
     first = run("trainer.py", model_dir, "-o", "runner.epochs=1", f"runner.model_save_path={split}")
     resumed = run("trainer.py", model_dir, "-o", f"runner.model_save_path={split}")
     assert first.returncode == 0 and resumed.returncode == 0, first.stderr + resumed.stderr
-    assert f"resuming after epoch 0 from {split}/0" in resumed.stdout
-    params = {path: ckpt.load_file(path, ckpt.MODEL_FILE) for path in (f"{out}/0", f"{out}/1", f"{split}/1")}
-    params = {p: {k: np.array(v) for k, v in d.items()} for p, d in params.items()}
+    assert f"resuming from {split}/0" in resumed.stdout
+    params = {path: ckpt.load_arrays(path, ckpt.PARAMS_FILE) for path in (f"{out}/0", f"{out}/1", f"{split}/1")}
     assert same_state(params[f"{out}/1"], params[f"{split}/1"])
     assert not same_state(params[f"{out}/0"], params[f"{out}/1"])
 
@@ -392,10 +307,10 @@ def test_trainer_saves_each_epoch_and_resumes_exactly(paddle, model_dir, trained
 
 def test_trainer_refuses_another_runs_checkpoints_and_bad_data(model_dir, trained):
     out = model_dir / "out"
-    before = (out / "1" / ckpt.MODEL_FILE).read_bytes()
+    before = (out / "1" / ckpt.PARAMS_FILE).read_bytes()
     refused = run("trainer.py", model_dir, "-o", "hyper_parameters.task_count=2")
     assert_one_line_error(refused, "hyper_parameters.task_count was 3, now 2", "--overwrite")
-    assert (out / "1" / ckpt.MODEL_FILE).read_bytes() == before
+    assert (out / "1" / ckpt.PARAMS_FILE).read_bytes() == before
     missing = run("trainer.py", model_dir, "-o", "runner.train_data_dir=nowhere", "runner.model_save_path=o2")
     assert_one_line_error(missing, "nowhere: no such data folder")
     bad_config = run("trainer.py", model_dir, "-o", "runner.train_batch_size=0")
@@ -422,7 +337,7 @@ def test_infer_meta_without_fine_tuning_scores_the_checkpoint(paddle, model_dir,
     assert [(r["split"], r["epoch"]) for r in runs] == [("test_hot", 0), ("test_cold", 0),
                                                          ("test_hot", 1), ("test_cold", 1)]
     for r in runs:
-        params = {k: np.array(v) for k, v in ckpt.load_file(r["checkpoint"], ckpt.MODEL_FILE).items()}
+        params = ckpt.load_arrays(r["checkpoint"], ckpt.PARAMS_FILE)
         stage2 = D.load_split(r["data_dir"])["stage2"]
         defined = []
         for c in r["campaigns"]:

@@ -27,7 +27,7 @@ import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
+from tools.utils.progress import progress
 
 from tools.utils.paddle_env import paddle, set_threads
 from tools.utils import model_folder
@@ -81,7 +81,7 @@ def meta_batch(rng, config, orders):
 def median_seconds(step, inputs, warmup, desc):
     """Median wall time of step(x) over inputs, after `warmup` untimed calls."""
     times = []
-    for i, x in enumerate(tqdm(inputs, desc=desc, leave=False)):
+    for i, x in enumerate(progress(inputs, total=len(inputs), desc=desc, leave=False)):
         start = time.perf_counter()
         step(x)
         if i >= warmup:

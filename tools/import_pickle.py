@@ -13,6 +13,13 @@ the imported files. --max-idxs tencent uses the maxima of the full processed
 Tencent data instead: use it when importing a subset (a sample, or only the
 test files), which may lack the largest ids, so that the tables match the
 full vocabulary and a model trained on the full data can read it.
+
+A non-empty OUT is refused unless --force, which replaces the split folders
+written (OUT/train, ...) and leaves everything else in OUT alone; a stage not
+imported now is kept from the folder replaced, so a stage 2 can be added to a
+folder holding its stage 1 (--pkl FILE --split test_hot --stage 2 --force).
+The folders are built beside the old ones and swapped in only when every file
+was converted and checked: a failed import changes nothing.
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -22,6 +29,7 @@ import os
 import sys
 
 from tools.utils import cli, safe_pickle
+from tools.utils.progress import progress
 
 
 def parse_args(argv):
@@ -32,7 +40,12 @@ def parse_args(argv):
     ap.add_argument("--split", choices=safe_pickle.SPLITS, help="split of the --pkl file")
     ap.add_argument("--stage", type=int, choices=(1, 2), help="stage of the --pkl file (1 seeds, 2 candidates)")
     ap.add_argument("--out", default=os.path.join("data", "tencent"),
-                    help="output folder, gets one subfolder per split (default: data/tencent)")
+                    help="output folder, gets one subfolder per split (default: data/tencent); "
+                         "refused when not empty, unless --force")
+    ap.add_argument("--force", action="store_true",
+                    help="write into a non-empty --out, replacing the split folders imported "
+                         "(nothing else in it is touched)")
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
     ap.add_argument("--max-idxs", choices=("data", "tencent"), default="data",
                     help="vocabulary maxima: the largest ids of these files, or the full Tencent data's")
     args = ap.parse_args(argv)
@@ -45,11 +58,11 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    from tqdm import tqdm
     jobs = safe_pickle.find_pickles(args.pkl_dir) if args.pkl_dir else [(args.pkl, args.split, args.stage)]
     total = sum(os.path.getsize(path) for path, _, _ in jobs if os.path.isfile(path))
-    with tqdm(total=total, unit="B", unit_scale=True, leave=False, disable=None) as bar:
-        summaries = safe_pickle.import_pickles(jobs, args.out, args.max_idxs, bar=bar)
+    with progress(disable=args.quiet, total=total, desc="importing", unit="B", unit_scale=True,
+                           leave=False) as bar:
+        summaries = safe_pickle.import_pickles(jobs, args.out, args.max_idxs, bar=bar, force=args.force)
     for path, s in summaries.items():
         print(f"{path}: {s['rows']} rows, {s['campaigns']} campaigns, {s['positives']} positives")
     source = "the full Tencent data" if args.max_idxs == "tencent" else "the imported files"

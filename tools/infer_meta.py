@@ -32,6 +32,7 @@ import numpy as np
 from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
+from tools.utils import dataset as D
 from tools.utils import metrics, model_folder
 from tools.utils.errors import TrainingError
 from tools.utils.files import plain, write_json, write_text
@@ -115,28 +116,36 @@ def write_results(out_dir, tag, runs):
     return json_path, csv_path
 
 
-def checkpoints(config, trainer_command):
-    """{epoch: folder} of the finished checkpoints to test; the model's data facts taken from the first."""
+def checkpoints(config, trainer_command, trust_pickle=False):
+    """{epoch: folder} of the finished checkpoints to test; the model's data facts taken from the first.
+
+    A checkpoint of an earlier version (trusted pickles) does not hold them: they come from the training data.
+    """
     runner = config["runner"]
     load_dir, epochs = runner["infer_load_path"], range(runner["infer_start_epoch"], runner["infer_end_epoch"])
     make = f"{trainer_command} -m {config['config_path']} -o runner.epochs={epochs[-1] + 1}"
     if os.path.normpath(load_dir) != os.path.normpath(runner.get("model_save_path", load_dir)):
         make += f" runner.model_save_path={load_dir}"
     paths = {epoch: ckpt.require(load_dir, epoch, make) for epoch in epochs}
-    meta = ckpt.read_meta(paths[epochs[0]])
-    cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", paths[epochs[0]]), paths[epochs[0]])
-    config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", paths[epochs[0]])
+    first = paths[epochs[0]]
+    meta = ckpt.read_meta(first)
+    if trust_pickle and "data_schema" not in meta:
+        train = D.load_split(runner["train_data_dir"], stages=(1,))
+        meta = {"data_schema": train["schema"], "train_campaigns": np.unique(train["stage1"]["aid"]).tolist()}
+        first = runner["train_data_dir"]
+    cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", first), first)
+    config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", first)
     return paths
 
 
-def infer(config, split=None, trainer_command="python tools/trainer.py"):
+def infer(config, split=None, trainer_command="python tools/trainer.py", trust_pickle=False):
     runner = config["runner"]
     model = model_folder.model_module(config).DygraphModel()
     cfg.validate(config, "infer", model)
     if runner["infer_train_epoch"] == 0:
         print("note: fine-tuning is off (runner.infer_train_epoch 0): every campaign is scored by the "
               "checkpoint's weights as they are")
-    paths = checkpoints(config, trainer_command)
+    paths = checkpoints(config, trainer_command, trust_pickle)
     reader = model_folder.load_module(runner["infer_reader_path"], config["config_path"])
     datasets = {d: reader.RecDataset(config, d) for d in split_dirs(runner["test_data_dir"], split)}
     for data_dir, dataset in datasets.items():
@@ -150,8 +159,8 @@ def infer(config, split=None, trainer_command="python tools/trainer.py"):
     net = model.create_model(config)
     runs = []
     for epoch, path in paths.items():
-        params = ckpt.load_file(path, ckpt.MODEL_FILE)
-        ckpt.restore_params(net, params, os.path.join(path, ckpt.MODEL_FILE))
+        params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
+        ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
         for data_dir, dataset in datasets.items():
             name = os.path.basename(os.path.normpath(data_dir))
             campaigns, overall = evaluate(model, net, params, dataset, reader.batches, config, f"{name} epoch {epoch}")
@@ -173,9 +182,11 @@ def main(argv=None):
     parser = cli.argument_parser("Fine-tune meta-trained weights on each test campaign and score its candidates.")
     parser.add_argument("--split", choices=sorted(SPLIT_FOLDERS),
                         help="test_hot / test_cold next to runner.test_data_dir (default: test_data_dir itself)")
+    parser.add_argument("--trust-pickled-checkpoints", action="store_true",
+                        help="read checkpoints of an earlier version (pickled; only ones you made)")
     args = parser.parse_args(argv)
     trainer = os.path.relpath(os.path.join(model_folder.ROOT, "tools", "trainer.py"))
-    infer(cfg.load_config(args.config_yaml, args.opt), args.split, f"python {trainer}")
+    infer(cfg.load_config(args.config_yaml, args.opt), args.split, f"python {trainer}", args.trust_pickled_checkpoints)
 
 
 if __name__ == "__main__":

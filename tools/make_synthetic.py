@@ -55,6 +55,7 @@ def parse_args(argv):
     ap.add_argument("--cold-min", type=int, help="expected positives of the smallest campaign")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="processes writing userFeature.data (default: up to 2)")
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
     return ap.parse_args(argv)
 
 
@@ -85,7 +86,7 @@ def main(argv=None):
     try:
         cfg = synthetic.resolve_scale(args.scale, **{k: getattr(args, k) for k in SETTINGS})
         start = time.time()
-        truth = synthetic.generate(args.out, **cfg, seed=args.seed, jobs=args.jobs, progress=sys.stderr.isatty())
+        truth = synthetic.generate(args.out, **cfg, seed=args.seed, jobs=args.jobs, progress=not args.quiet)
     except ValueError as e:  # settings the generator cannot meet
         raise UserError(str(e)) from e
     print(summary(args.out, truth, cfg["hot_cut"], time.time() - start))

@@ -10,6 +10,11 @@ OUT/test_hot/test_stage{1,2}.npz, OUT/test_cold/test_stage{1,2}.npz and a
 schema.json in each folder (+ *_oracle.npy beside each stage file when
 oracle.csv exists). How ids are encoded and campaigns split: see
 tools/utils/raw.py.
+
+OUT must not hold DIR (nor lie inside it). A non-empty OUT is refused unless
+--force, which replaces OUT/train, OUT/test_hot and OUT/test_cold and leaves
+every other file and folder of OUT alone. The new folders are built beside
+them and swapped in only when all were written: a failed run changes nothing.
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -26,7 +31,8 @@ from tools.utils.raw import SPLITS, preprocess
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raw", required=True, help="folder with the raw competition files")
-    ap.add_argument("--out", required=True, help="output folder (refused when not empty, unless --force)")
+    ap.add_argument("--out", required=True,
+                    help="output folder (refused when not empty, unless --force); must not hold --raw")
     ap.add_argument("--seed", type=int, default=2021, help="seed of the train/test campaign split (2021)")
     ap.add_argument("--hot-threshold", type=int, default=2000,
                     help="a test campaign is hot when its positives over both stages are > this, "
@@ -36,7 +42,9 @@ def parse_args(argv):
     ap.add_argument("--skip-bad-lines", action="store_true",
                     help="skip malformed userFeature.data lines and drop rows whose user has no line, "
                          "instead of stopping at the first one")
-    ap.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ap.add_argument("--force", action="store_true",
+                    help="write into a non-empty --out, replacing its train, test_hot and test_cold folders "
+                         "(nothing else in it is touched)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                     help="processes parsing userFeature.data (default: up to 2)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -61,9 +69,12 @@ def format_summary(summary, out_dir):
     rate = summary.lines / max(summary.user_seconds, 1e-9)
     lines.append(f"userFeature.data: {summary.lines} lines read in {summary.user_seconds:.1f} s "
                  f"({rate:,.0f} lines/s)")
-    if summary.bad_lines or summary.dropped_rows:
-        lines.append(f"skipped {summary.bad_lines} bad lines (first: {summary.first_bad}); "
-                     f"dropped {summary.dropped_rows} rows whose user has no line")
+    if summary.bad_lines:
+        lines.append(f"skipped {summary.bad_lines} bad line{'s' * (summary.bad_lines != 1)} of userFeature.data "
+                     f"(the first: {summary.first_bad})")
+    if summary.dropped_rows:
+        lines.append(f"dropped {summary.dropped_rows} labelled row{'s' * (summary.dropped_rows != 1)} whose user "
+                     "has no good line in userFeature.data")
     oracle = " with oracle probabilities" if summary.oracle else ""
     lines.append(f"wrote {out_dir}{oracle} in {summary.seconds:.1f} s")
     return "\n".join(lines)

@@ -1,30 +1,34 @@
-"""Trainer checkpoints: one folder per finished epoch, written atomically.
+"""Trainer checkpoints: a folder per finished epoch or saved meta-step, written atomically, read without pickle.
 
-    <model_save_path>/<epoch>/
-        rec.pdparams      the network's state dict (paddle.save)
-        rec.pdopt         the optimizer's state dict
-        meta.json         epoch, seed, run identity, sha256 of both files, parameter names
-        checkpoint.done   written last; a folder without it is an interrupted save and is ignored
+    <model_save_path>/<name>/          name: the epoch ("0", "1", ...) or "epoch<E>-step<S>"
+        params.npz        the network's parameters, by structured name (net.state_dict() keys)
+        optimizer.npz     the optimizer's state (Adam's moments and powers), by parameter name + suffix
+        meta.json         name, epoch, step, run identity, data schema, training campaigns, sha256 of both
+        checkpoint.done   written last; a folder without it is an interrupted save and is never read
 
-Every file goes to a temporary name in the same folder, is fsynced and renamed
+Both arrays files are plain .npz archives read with allow_pickle=False: a
+checkpoint, like a data file, can never run code. Checkpoints written by the
+earlier versions (rec.pdparams / rec.pdopt, pickles read by paddle.load) are
+refused unless the caller says they are trusted. Every file goes to a
+temporary name in the same folder, is fsynced and renamed
 (files.atomic_write), so a crash leaves the old file or the new one, never a
-torn one. The sha256 in meta.json catches corruption that paddle.load would
-read silently (a flipped byte inside tensor data).
+torn one; the sha256 in meta.json catches corruption inside a file.
 """
 import hashlib
 import io
 import json
 import os
-import shutil
-import warnings
+
+import numpy as np
 
 from .errors import CheckpointError
-from .files import atomic_write
+from .files import atomic_write, write_json
 
-MODEL_FILE = "rec.pdparams"
-OPT_FILE = "rec.pdopt"
+PARAMS_FILE = "params.npz"
+OPT_FILE = "optimizer.npz"
 META_FILE = "meta.json"
 DONE_FILE = "checkpoint.done"
+PICKLED = {PARAMS_FILE: "rec.pdparams", OPT_FILE: "rec.pdopt"}  # the earlier versions' files
 
 
 def run_identity(config):
@@ -33,22 +37,35 @@ def run_identity(config):
     return {
         "hyper_parameters": config["hyper_parameters"],
         "train_data_dir": os.path.relpath(runner["train_data_dir"], config["config_abs_dir"]),
-        "train_reader_path": runner["train_reader_path"],
+        "train_reader_path": os.path.relpath(runner["train_reader_path"], config["config_abs_dir"]),
         "train_batch_size": runner["train_batch_size"],
         "seed": runner["seed"],
     }
 
 
-def epoch_dir(save_dir, epoch):
-    return os.path.join(save_dir, str(epoch))
+def step_name(epoch, step):
+    return f"epoch{epoch}-step{step}"
 
 
-def complete_epochs(save_dir):
-    """Epochs with a finished checkpoint in save_dir, ascending."""
-    if not os.path.isdir(save_dir):
-        return []
-    return sorted(int(name) for name in os.listdir(save_dir)
-                  if name.isdigit() and os.path.isfile(os.path.join(save_dir, name, DONE_FILE)))
+def is_finished(path):
+    return os.path.isfile(os.path.join(path, DONE_FILE))
+
+
+def finished(save_dir):
+    """(epochs, steps): the finished epoch checkpoints [epoch, ...] and step checkpoints [(epoch, step), ...],
+    both ascending."""
+    epochs, steps = [], []
+    names = os.listdir(save_dir) if os.path.isdir(save_dir) else []
+    for name in names:
+        if not is_finished(os.path.join(save_dir, name)):
+            continue
+        if name.isdigit():
+            epochs.append(int(name))
+        elif name.startswith("epoch") and "-step" in name:
+            epoch, _, step = name[len("epoch"):].partition("-step")
+            if epoch.isdigit() and step.isdigit():
+                steps.append((int(epoch), int(step)))
+    return sorted(epochs), sorted(steps)
 
 
 def read_meta(path):
@@ -68,41 +85,42 @@ def meta_field(meta, key, path):
     return meta[key]
 
 
-def _differences(saved, now, prefix=""):
+def differences(saved, now, prefix=""):
+    """'key was X, now Y' for every difference between two run identities."""
     if isinstance(saved, dict) and isinstance(now, dict):
         return [d for k in sorted(set(saved) | set(now), key=str)
-                for d in _differences(saved.get(k), now.get(k), f"{prefix}{k}.")]
+                for d in differences(saved.get(k), now.get(k), f"{prefix}{k}.")]
     return [] if saved == now else [f"{prefix[:-1]} was {saved!r}, now {now!r}"]
 
 
-def prepare(save_dir, identity, overwrite=False):
-    """The finished epochs a run with this identity can resume from.
+def _owner(key, names):
+    """The parameter name a state key belongs to: the longest name that key starts with, then "_"."""
+    owners = [name for name in names if key.startswith(name + "_")]
+    return max(owners, key=len) if owners else None
 
-    Refuses checkpoints of another run unless overwrite, which deletes them.
+
+# ---------------------------------------------------------------- writing
+def _structured_optimizer_state(optimizer, net):
+    """The optimizer's state keyed by structured parameter names.
+
+    Paddle keys it by internal parameter names ("linear_0.w_0" + "_moment1_0"),
+    which come from a process-wide counter: the same network built after
+    another one gets other names. Structured names do not depend on that.
     """
-    epochs = complete_epochs(save_dir)
-    if overwrite:
-        for epoch in epochs:
-            shutil.rmtree(epoch_dir(save_dir, epoch))
-        return []
-    for epoch in epochs:
-        diffs = _differences(read_meta(epoch_dir(save_dir, epoch)).get("identity"), identity)
-        if diffs:
-            raise CheckpointError(
-                f"{epoch_dir(save_dir, epoch)}: a checkpoint of another run ({'; '.join(diffs)}); "
-                "resuming needs the same hyper_parameters, train data, reader, batch size and seed. "
-                "Use another runner.model_save_path (-o runner.model_save_path=...) or pass --overwrite "
-                "to delete the old checkpoints")
-    return epochs
+    internal = {p.name: key for key, p in net.named_parameters()}
+    state = {}
+    for key, value in optimizer.state_dict().items():
+        owner = _owner(key, internal)
+        if owner is None or not hasattr(value, "numpy"):
+            raise CheckpointError(f"optimizer state {key!r} belongs to no parameter of the network; "
+                                  "only optimizers over the network's own parameters can be saved")
+        state[internal[owner] + key[len(owner):]] = value.numpy()
+    return state
 
 
-def _paddle_bytes(obj):
-    from .paddle_env import paddle
+def _npz_bytes(arrays):
     buf = io.BytesIO()
-    with warnings.catch_warnings():
-        # A one-stage model saves its optimizer before any step: an empty state, saved and loaded fine.
-        warnings.filterwarnings("ignore", message="The input state dict is empty")
-        paddle.save(obj, buf)
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
@@ -111,44 +129,58 @@ def _write(path, data):
     return hashlib.sha256(data).hexdigest()
 
 
-def save(save_dir, epoch, net, optimizer, meta):
-    """Write the checkpoint of `epoch`; meta (a JSON-able dict) is stored with the checksums."""
-    path = epoch_dir(save_dir, epoch)
+def save(path, net, optimizer, meta):
+    """Write a checkpoint folder; meta (a JSON-able dict) is stored with the checksums. Returns path."""
     os.makedirs(path, exist_ok=True)
-    if os.path.exists(os.path.join(path, DONE_FILE)):
+    if is_finished(path):
         os.remove(os.path.join(path, DONE_FILE))  # the folder is incomplete until the new marker lands
-    sha = {MODEL_FILE: _write(os.path.join(path, MODEL_FILE), _paddle_bytes(net.state_dict())),
-           OPT_FILE: _write(os.path.join(path, OPT_FILE), _paddle_bytes(optimizer.state_dict()))}
-    names = {key: p.name for key, p in net.named_parameters()}
-    _write(os.path.join(path, META_FILE), (json.dumps({**meta, "epoch": epoch, "sha256": sha, "param_names": names},
-                                                      indent=1) + "\n").encode())
+    params = {key: value.numpy() for key, value in net.state_dict().items()}
+    sha = {PARAMS_FILE: _write(os.path.join(path, PARAMS_FILE), _npz_bytes(params)),
+           OPT_FILE: _write(os.path.join(path, OPT_FILE), _npz_bytes(_structured_optimizer_state(optimizer, net)))}
+    write_json(os.path.join(path, META_FILE), {**meta, "sha256": sha})
     _write(os.path.join(path, DONE_FILE), b"")
     return path
 
 
+# ---------------------------------------------------------------- reading
 def require(save_dir, epoch, how_to_make):
-    """The folder of a finished checkpoint, or a CheckpointError naming it and the command that makes it."""
-    path = epoch_dir(save_dir, epoch)
-    if not os.path.isfile(os.path.join(path, DONE_FILE)):
+    """The folder of a finished epoch checkpoint, or a CheckpointError naming it and the command that makes it."""
+    path = os.path.join(save_dir, str(epoch))
+    if not is_finished(path):
         raise CheckpointError(f"{path}: no finished checkpoint of epoch {epoch} (no {DONE_FILE}); "
                               f"make it with `{how_to_make}`")
     return path
 
 
-def load_file(path, name):
-    """paddle.load of one checkpoint file after checking it against the sha256 in meta.json."""
-    from .paddle_env import paddle
+def load_arrays(path, name, trust_pickle=False):
+    """The arrays of one checkpoint file ({name: np.ndarray}), checked against the sha256 in meta.json.
+
+    A folder of the earlier pickled format is read (with paddle.load) only when trust_pickle is set.
+    """
     file_path = os.path.join(path, name)
+    if not os.path.isfile(file_path) and os.path.isfile(os.path.join(path, PICKLED[name])):
+        if not trust_pickle:
+            raise CheckpointError(f"{os.path.join(path, PICKLED[name])}: a checkpoint of an earlier version, "
+                                  "pickled (reading it can run code); retrain, or if you made it yourself pass "
+                                  "--trust-pickled-checkpoints")
+        name, file_path = PICKLED[name], os.path.join(path, PICKLED[name])
     want = read_meta(path).get("sha256", {}).get(name)
     try:
         with open(file_path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise CheckpointError(f"{file_path}: unreadable ({e}); retrain this epoch") from e
+        raise CheckpointError(f"{file_path}: unreadable ({e}); retrain this checkpoint") from e
     if hashlib.sha256(data).hexdigest() != want:
         raise CheckpointError(f"{file_path}: checksum differs from {META_FILE}; the file is corrupt, "
-                              f"delete {path} and retrain that epoch")
-    return paddle.load(io.BytesIO(data))
+                              f"delete {path} and retrain it")
+    if name in PICKLED.values():
+        from .paddle_env import paddle
+        return {k: np.asarray(v) for k, v in paddle.load(io.BytesIO(data)).items()}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except ValueError as e:
+        raise CheckpointError(f"{file_path}: not a checkpoint archive of arrays ({e}); retrain it") from e
 
 
 def restore_params(net, params, source):
@@ -165,25 +197,20 @@ def restore_params(net, params, source):
     net.set_state_dict(params)
 
 
-def _renamed_optimizer_state(opt_state, saved_names, net):
-    """Optimizer state keyed by this process's parameter names.
-
-    Paddle keys optimizer state by internal parameter names ("linear_0.w_0" +
-    "_moment1_0"), which come from a process-wide counter: the same network
-    built after another one gets other names. meta.json maps structured names
-    to the saved internal ones, so the keys can be moved over.
-    """
-    now = {saved_names[key]: p.name for key, p in net.named_parameters() if key in saved_names}
-    renamed = {}
-    for key, value in opt_state.items():
-        old = next((o for o in now if key.startswith(o + "_")), None)
-        renamed[now[old] + key[len(old):] if old else key] = value
-    return renamed
-
-
-def resume(path, net, optimizer):
+def resume(path, net, optimizer, trust_pickle=False):
     """Load a checkpoint folder into net and optimizer; returns its meta dict."""
     meta = read_meta(path)
-    restore_params(net, load_file(path, MODEL_FILE), os.path.join(path, MODEL_FILE))
-    optimizer.set_state_dict(_renamed_optimizer_state(load_file(path, OPT_FILE), meta["param_names"], net))
+    restore_params(net, load_arrays(path, PARAMS_FILE, trust_pickle), os.path.join(path, PARAMS_FILE))
+    saved = load_arrays(path, OPT_FILE, trust_pickle)
+    if "param_names" in meta:  # the pickled format kept Paddle's internal names and this map
+        structured = {internal: key for key, internal in meta["param_names"].items()}
+        saved = {structured[o] + k[len(o):] if o else k: v for k, v in saved.items() for o in [_owner(k, structured)]}
+    internal = {key: p.name for key, p in net.named_parameters()}
+    state = {}
+    for key, value in saved.items():
+        owner = _owner(key, internal)
+        if owner is None:
+            raise CheckpointError(f"{os.path.join(path, OPT_FILE)}: state {key!r} of no parameter of this network")
+        state[internal[owner] + key[len(owner):]] = value
+    optimizer.set_state_dict(state)
     return meta

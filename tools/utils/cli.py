@@ -1,12 +1,17 @@
 """What every command line shares: PaddleRec's -m CONFIG / -o KEY=VALUE options and one way to end.
 
-run(main) calls main(argv) and turns a UserError into one line on stderr,
-`error: <message>`, and exit code 2; Ctrl-C into `interrupted` and 130.
+run(main) calls main(argv) and ends in one line on stderr whatever happens
+that the user can act on: a UserError becomes `error: <message>` and exit
+code 2; SIGTERM (what schedulers send) and Ctrl-C become a line saying so
+and 128 + the signal (143, 130), instead of Paddle's C++ stack dump. A tool
+that can keep its work (the trainer saves a step checkpoint) handles the
+signals itself while it runs and raises Stopped with its own message.
 """
 import argparse
+import signal
 import sys
 
-from .errors import UserError
+from .errors import Stopped, UserError
 
 
 def argument_parser(description):
@@ -18,13 +23,23 @@ def argument_parser(description):
     return parser
 
 
+def _stop(signum, frame):
+    raise Stopped(f"stopped by {signal.Signals(signum).name}", 128 + signum)
+
+
 def run(main, argv=None):
-    """main(argv)'s exit code (None counts as 0), with user errors as one line each."""
+    """main(argv)'s exit code (None counts as 0), with user errors and stop signals as one line each."""
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         return main(argv) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(e, file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

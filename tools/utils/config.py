@@ -94,7 +94,8 @@ KEYS = {
     "runner.train_batch_size": (_integer(1), REQUIRED, "rows of each support and each query batch"),
     "runner.infer_batch_size": (_integer(1), REQUIRED, "rows of each fine-tuning batch"),
     "runner.epochs": (_integer(1), REQUIRED, "meta-training epochs"),
-    "runner.print_interval": (_integer(1), 10, "meta-steps between progress updates"),
+    "runner.print_interval": (_integer(1), 10, "meta-steps between progress updates and no-learning checks"),
+    "runner.save_steps": (_integer(0), 0, "meta-steps between step checkpoints (0: at the end of epochs only)"),
     "runner.infer_start_epoch": (_integer(0), 0, "first checkpoint epoch meta-inference tests"),
     "runner.infer_end_epoch": (_integer(1), REQUIRED, "meta-inference tests epochs [start, end)"),
     "runner.infer_train_epoch": (_integer(0), REQUIRED, "fine-tuning passes over a test campaign's seeds"),
@@ -121,7 +122,7 @@ PATH_KEYS = ("train_data_dir", "test_data_dir", "model_save_path", "infer_load_p
              "train_reader_path", "infer_reader_path")
 TOOL_KEYS = {
     "train": ("train_data_dir", "train_reader_path", "model_save_path", "use_gpu", "seed", "thread_num",
-              "train_batch_size", "epochs", "print_interval"),
+              "train_batch_size", "epochs", "print_interval", "save_steps"),
     "infer": ("test_data_dir", "infer_reader_path", "infer_load_path", "infer_output_path", "use_gpu", "seed",
               "thread_num", "infer_batch_size", "infer_start_epoch", "infer_end_epoch", "infer_train_epoch"),
 }

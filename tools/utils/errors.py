@@ -23,3 +23,14 @@ class CheckpointError(UserError, RuntimeError):
 
 class TrainingError(UserError, RuntimeError):
     """Training cannot go on (the loss diverged, nothing is learned)."""
+
+
+class Stopped(Exception):
+    """The run was stopped by a signal (SIGTERM from a scheduler, Ctrl-C) after keeping what it had.
+
+    The command lines print the message as one line and exit with exit_code (128 + the signal's number).
+    """
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,6 +1,7 @@
 """Writing files so that a crash never leaves a torn one: a temporary file in the same folder, fsync, rename."""
 import json
 import os
+import shutil
 
 
 def atomic_write(path, write):
@@ -36,3 +37,63 @@ def plain(value):
     if isinstance(value, (float, np.floating)):
         return None if value != value else float(value)
     return value.item() if isinstance(value, np.generic) else value
+
+
+# ---------------------------------------------------------------- replacing whole folders
+def inside(path, folder):
+    """path is folder or lies inside it (both resolved: symbolic links, '..', relative paths)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def staging_folder(out_dir, prefix):
+    """A fresh staging folder inside out_dir (created, as out_dir if needed); returns (path, out_dir created)."""
+    created = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    staging = os.path.join(out_dir, f"{prefix}{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.mkdir(staging)
+    return staging, created
+
+
+def drop_staging(staging, out_dir, created):
+    """Remove the staging folder after a failure, and out_dir when this run created it (and it is empty)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    if created:
+        try:
+            os.rmdir(out_dir)
+        except OSError:
+            pass
+
+
+def replace_folders(staging, out_dir, names):
+    """Move staging/<name> to out_dir/<name> for every name, replacing what is there; all or nothing.
+
+    The folders replaced go into staging first and are deleted (with staging)
+    only once every new one is in place; a failure puts them back.
+    """
+    old = os.path.join(staging, ".replaced")
+    os.mkdir(old)
+    moved, placed = [], []
+    try:
+        for name in names:
+            target = os.path.join(out_dir, name)
+            if os.path.lexists(target):
+                os.rename(target, os.path.join(old, name))
+                moved.append(name)
+            os.rename(os.path.join(staging, name), target)
+            placed.append(name)
+    except BaseException:
+        for name in reversed(placed):
+            _try_rename(os.path.join(out_dir, name), os.path.join(staging, name))
+        for name in reversed(moved):
+            _try_rename(os.path.join(old, name), os.path.join(out_dir, name))
+        raise
+    shutil.rmtree(staging, ignore_errors=True)  # the swap is done: a leftover must not fail the run
+
+
+def _try_rename(src, dst):
+    try:
+        os.rename(src, dst)
+    except OSError:
+        pass

@@ -10,19 +10,22 @@ import time
 from tqdm import tqdm
 
 
-def progress(iterable=None, total=None, desc="", unit="it", every=30.0, **tqdm_options):
-    """A tqdm bar (update, set_postfix, close, iteration) or, off a terminal, a PlainProgress."""
+def progress(iterable=None, total=None, desc="", unit="it", every=30.0, disable=False, **tqdm_options):
+    """A tqdm bar (update, set_postfix, close, iteration) or, off a terminal, a PlainProgress; nothing at all
+    when disable (a --quiet run)."""
+    if disable:
+        return SilentProgress(iterable)
     if sys.stderr.isatty():
         return tqdm(iterable, total=total, desc=desc, unit=unit, mininterval=0.5, **tqdm_options)
-    return PlainProgress(iterable, total, desc, unit, every)
+    return PlainProgress(iterable, total, desc, unit, every, tqdm_options.get("initial", 0))
 
 
 class PlainProgress:
     """The part of tqdm's interface the tools use, printing `desc: n/total unit (p%), postfix` lines."""
 
-    def __init__(self, iterable, total, desc, unit, every):
+    def __init__(self, iterable, total, desc, unit, every, initial=0):
         self.iterable, self.total, self.desc, self.unit, self.every = iterable, total, desc, unit, every
-        self.n, self.postfix = 0, ""
+        self.n, self.postfix = initial, ""
         self.start = self.last = time.perf_counter()
 
     def __iter__(self):
@@ -61,3 +64,31 @@ class PlainProgress:
         seconds = time.perf_counter() - (self.start or time.perf_counter())
         tail = f", {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {done} {self.unit}{share}, {seconds:.0f} s{tail}", file=sys.stderr, flush=True)
+
+
+class SilentProgress:
+    """The same interface, showing nothing."""
+
+    def __init__(self, iterable=None):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def set_description(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass

@@ -18,25 +18,33 @@ Split:
   hot_threshold, cold otherwise (at most hot_threshold positives, as the
   official preprocessing does).
 - Rows keep their file order within each stage; `aid` stays the raw aid.
+- Every test campaign split needs candidates: test1_truth.csv must have rows,
+  and each non-empty test split some of them.
+Output: only the split folders are written. They are built in a hidden
+staging folder inside out_dir and swapped in at the end (replace_folders), so
+a failed run leaves out_dir as it was, and --force replaces train, test_hot
+and test_cold but no other file or folder of out_dir. The raw folder may not
+lie inside out_dir, nor out_dir inside it.
 """
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from . import dataset
 from . import schema as S
 from .dataset import DataError
 from .raw_csv import read_ads, read_oracle, read_rows
+from .files import drop_staging, inside, replace_folders, staging_folder
+from .progress import progress as progress_bar
 from .raw_users import WORKER_STATE, fork_map, read_users
 
 AD_FILE, USER_FILE, SEED_FILE, CANDIDATE_FILE, ORACLE_FILE = (
     "adFeature.csv", "userFeature.data", "train.csv", "test1_truth.csv", "oracle.csv")
 SPLITS = (("train", "train"), ("test_hot", "test"), ("test_cold", "test"))  # folder, file prefix
 DENSE_LIMIT = 1 << 26  # raw values below this are encoded through a lookup table (no sort)
+STAGING = ".preprocess.tmp"   # + pid: the staging folder inside out_dir
 
 
 @dataclass
@@ -56,9 +64,10 @@ def preprocess(raw_dir, out_dir, seed=2021, hot_threshold=2000, train_fraction=0
                skip_bad_lines=False, force=False, workers=2, progress=True):
     """Read the raw files in raw_dir and write out_dir/{train,test_hot,test_cold}; returns a Summary.
 
-    Nothing is left half-written: the folders are built in a temporary folder
-    beside out_dir and moved into place at the end. A non-empty out_dir is
-    refused unless force.
+    Nothing is left half-written and nothing else is touched: the split folders
+    are built in a staging folder inside out_dir and swapped in at the end. A
+    non-empty out_dir is refused unless force, which replaces only the three
+    split folders.
     """
     started = time.time()
     if not 0 < train_fraction < 1:
@@ -70,30 +79,40 @@ def preprocess(raw_dir, out_dir, seed=2021, hot_threshold=2000, train_fraction=0
         if not os.path.isfile(path):
             raise DataError(f"{path}: not found; --raw must be the folder holding {AD_FILE}, {USER_FILE}, "
                             f"{SEED_FILE} and {CANDIDATE_FILE} ({ORACLE_FILE} optional)")
+    check_apart(raw_dir, "--raw", out_dir)
     check_out_dir(out_dir, force)
     summary = Summary()
-    ad_aids, ad_raw, stages = read_labelled(paths)
-    oracle_file = os.path.join(raw_dir, ORACLE_FILE)
-    if os.path.isfile(oracle_file):
-        for stage, prob in zip(stages, read_oracle(oracle_file, stages)):
-            stage["oracle"] = prob
-        summary.oracle = True
+    try:
+        ad_aids, ad_raw, stages = read_labelled(paths)
+        oracle_file = os.path.join(raw_dir, ORACLE_FILE)
+        if os.path.isfile(oracle_file):
+            for stage, prob in zip(stages, read_oracle(oracle_file, stages)):
+                stage["oracle"] = prob
+            summary.oracle = True
 
-    uids = np.unique(np.concatenate([s["uid"] for s in stages]))
-    user_started = time.time()
-    users = read_users(paths[USER_FILE], uids, workers, skip_bad_lines, progress)
-    summary.user_seconds = time.time() - user_started
+        uids = np.unique(np.concatenate([s["uid"] for s in stages]))
+        user_started = time.time()
+        users = read_users(paths[USER_FILE], uids, workers, skip_bad_lines, progress)
+        summary.user_seconds = time.time() - user_started
+    except OSError as e:  # a raw file that cannot be read (permissions, a disk error)
+        raise DataError(f"{e.filename or raw_dir}: cannot be read ({e.strerror or e}); check the file and "
+                        "its permissions") from e
     summary.lines, summary.bad_lines, summary.first_bad = users.lines, users.bad_lines, users.first_bad
     for i, name in enumerate((SEED_FILE, CANDIDATE_FILE)):
         stages[i]["user"] = np.searchsorted(uids, stages[i]["uid"])
         stages[i], dropped = drop_missing_users(paths[name], stages[i], users.found, paths[USER_FILE],
                                                 skip_bad_lines)
         summary.dropped_rows += dropped
+        if not len(stages[i]["aid"]):
+            raise DataError(f"{paths[name]}: no rows left once the rows whose user has no good line in "
+                            f"{paths[USER_FILE]} are dropped; fix those lines (rerun without --skip-bad-lines "
+                            "to see the first)")
 
     campaigns = np.unique(np.concatenate([s["aid"] for s in stages]))
     ads = ad_raw[np.searchsorted(ad_aids, campaigns)]  # the ads of the campaigns with rows
     summary.max_idxs = encode_tables(users, ads)
     split_aids = split_campaigns(stages, campaigns, seed, train_fraction, hot_threshold)
+    check_candidates(paths[CANDIDATE_FILE], stages[1], split_aids)
     summary.splits = write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, summary.max_idxs,
                                   workers, progress)
     summary.seconds = time.time() - started
@@ -106,6 +125,9 @@ def read_labelled(paths):
     stages = [read_rows(paths[SEED_FILE], "required"), read_rows(paths[CANDIDATE_FILE], "optional")]
     if not len(stages[0]["aid"]):
         raise DataError(f"{paths[SEED_FILE]}: no rows; the seeds of every campaign are needed")
+    if not len(stages[1]["aid"]):
+        raise DataError(f"{paths[CANDIDATE_FILE]}: no rows; a test split needs candidates to score: the file "
+                        "must hold the aid,uid,label rows of the campaigns' candidates")
     for stage, name in zip(stages, (SEED_FILE, CANDIDATE_FILE)):
         check_known_aids(paths[name], stage, ad_aids, paths[AD_FILE])
     return ad_aids, ad_raw, stages
@@ -119,11 +141,48 @@ def encode_tables(users, ads):
             "ad": [encode_ids(ads[:, j]) for j in range(len(S.AD_FIELDS))]}
 
 
-def check_out_dir(out_dir, force):
+def check_candidates(path, candidates, split_aids):
+    """Refuse a test split with campaigns but no stage-2 rows: its campaigns could not be scored."""
+    for folder, _ in SPLITS[1:]:
+        aids = split_aids[folder]
+        if len(aids) and not np.isin(candidates["aid"], aids).any():
+            shown = ", ".join(map(str, aids[:5])) + (", ..." if len(aids) > 5 else "")
+            raise DataError(f"{path}: no rows for the {len(aids)} campaigns of {folder} (aids {shown}); a test "
+                            "split needs candidates to score: add their rows, or split the campaigns "
+                            "differently (--seed, --train-fraction, --hot-threshold)")
+
+
+def check_apart(source, option, out_dir):
+    """Refuse an input folder (--raw, --pkl-dir) inside --out, or --out inside (or equal to) it."""
+    if os.path.realpath(source) == os.path.realpath(out_dir):
+        raise DataError(f"{option} {source} and --out {out_dir} are the same folder; write the data folders "
+                        "outside the folder of the input files (e.g. a sibling folder)")
+    if inside(source, out_dir):
+        raise DataError(f"{option} {source} lies inside --out {out_dir}; keep the input files out of the "
+                        "output folder: choose an --out that does not hold them (e.g. a sibling folder)")
+    if inside(out_dir, source):
+        raise DataError(f"--out {out_dir} lies inside {option} {source}; write the data folders outside "
+                        "the folder of the input files (e.g. a sibling folder)")
+
+
+def check_out_dir(out_dir, force, replaced=tuple(folder for folder, _ in SPLITS), staging=None):
+    """Refuse a non-empty out_dir unless force, and with force anything but folders where `replaced` go.
+
+    staging: our own staging folder inside out_dir, not counted.
+    """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataError(f"{out_dir}: exists and is not a folder; choose another --out")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
-        raise DataError(f"{out_dir}: not empty; choose another --out, or pass --force to replace it")
+    if not os.path.isdir(out_dir):
+        return
+    entries = [e for e in os.listdir(out_dir) if staging is None or e != os.path.basename(staging)]
+    if entries and not force:
+        raise DataError(f"{out_dir}: not empty; choose another --out, or pass --force to replace its "
+                        f"{', '.join(replaced)} folders (nothing else in it is touched)")
+    for name in replaced:
+        target = os.path.join(out_dir, name)
+        if os.path.lexists(target) and not (os.path.isdir(target) or os.path.islink(target)):
+            raise DataError(f"{target}: a file where the {name} data folder goes; move it away or choose "
+                            "another --out")
 
 
 def check_known_aids(path, stage, ad_aids, ad_path):
@@ -181,13 +240,16 @@ def split_campaigns(stages, campaigns, seed, train_fraction, hot_threshold):
 
 
 def write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, max_idxs, workers, progress):
-    """Write every split folder into a temporary folder, then move it to out_dir.
+    """Write every split folder into a staging folder inside out_dir, then swap them in.
 
     Stage files are written by `workers` forked processes, largest first:
     deflating them is the slowest step after parsing. Returns the counts per split.
     """
-    out_dir = os.path.normpath(out_dir)
-    tmp = f"{out_dir}.tmp{os.getpid()}"
+    try:
+        tmp, created = staging_folder(out_dir, STAGING)
+    except OSError as e:
+        raise DataError(f"{out_dir}: cannot create the output folder ({e.strerror}); check the path and "
+                        "its permissions") from e
     counts, jobs = {}, []
     for folder, prefix in SPLITS:
         counts[folder] = dict(campaigns=len(split_aids[folder]), positives=0)
@@ -199,25 +261,24 @@ def write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, max_
                 jobs.append((os.path.join(tmp, folder, f"{prefix}_stage{k + 1}.npz"), k, rows))
     jobs.sort(key=lambda job: -len(job[2]))
     state = dict(stages=stages, users=users, campaigns=campaigns, ads=ads)
-    shutil.rmtree(tmp, ignore_errors=True)
+    done = False
     try:
         for folder, _ in SPLITS:
             os.makedirs(os.path.join(tmp, folder))
             dataset.write_schema(os.path.join(tmp, folder), max_idxs)
-        with tqdm(total=sum(len(job[2]) for job in jobs), unit=" rows", desc="writing", disable=not progress,
-                  leave=False) as bar, fork_map(write_stage_file, jobs, workers, state) as written:
+        with progress_bar(disable=not progress, total=sum(len(job[2]) for job in jobs), unit=" rows", desc="writing",
+                               leave=False) as bar, fork_map(write_stage_file, jobs, workers, state) as written:
             for n_rows in written:
                 bar.update(n_rows)
-        check_out_dir(out_dir, force)
-        if os.path.isdir(out_dir):
-            old = f"{out_dir}.old{os.getpid()}"
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out_dir)
+        check_out_dir(out_dir, force, staging=tmp)  # nothing appeared meanwhile
+        replace_folders(tmp, out_dir, [folder for folder, _ in SPLITS])
+        done = True
+    except OSError as e:
+        raise DataError(f"{e.filename or out_dir}: cannot write the data folders ({e.strerror or e}); "
+                        f"check free space and permissions; {out_dir} is unchanged") from e
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            drop_staging(tmp, out_dir, created)
     return counts
 
 

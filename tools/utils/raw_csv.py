@@ -7,6 +7,8 @@ separators in the right places; no empty cell) and one np.fromstring call
 parses every number. Anything else goes to a line-by-line parser, which is the
 reference: it accepts everything the fast path accepts, and it names the first
 bad line and what is wrong with it. Blank lines are errors, except at the end.
+Line breaks are \n or \r\n; a file with only \r (old Mac) is refused, and
+file content quoted in a message is cut to a short excerpt of one line.
 """
 import re
 
@@ -22,6 +24,18 @@ ROW_COLUMNS = ("aid", "uid", "label")
 ORACLE_COLUMNS = ("aid", "uid", "prob")
 AD_ID_COLUMN = "aid"
 AD_VALUE_MAX = 2 ** 31 - 1  # ad ids and aids are stored as int32
+EXCERPT_CHARS = 60
+BOM = b"\xef\xbb\xbf"
+
+
+def excerpt(data, limit=EXCERPT_CHARS):
+    """File content for a message: repr of its first line, cut to `limit` characters ("..." and the length
+    when cut), so a message stays one short line whatever the file holds."""
+    text = data.decode(errors="replace") if isinstance(data, (bytes, bytearray, memoryview)) else str(data)
+    first = text.split("\n", 1)[0].split("\r", 1)[0]
+    if len(first) <= limit and len(first) == len(text):
+        return repr(first)
+    return f"{first[:limit]!r}... ({len(text):,} characters)"
 
 
 def read_table(path, columns=None, header="required", float_last=False, fill_empty=False):
@@ -38,6 +52,9 @@ def read_table(path, columns=None, header="required", float_last=False, fill_emp
         text = f.read()
     if b"\r" in text:
         text = text.replace(b"\r\n", b"\n")
+        if b"\n" not in text:
+            raise DataError(f"{path}: no line breaks found (CR-only line endings?); convert the file to \\n "
+                            "line endings (e.g. tr '\\r' '\\n' < old > new)")
     first_end = text.find(b"\n")
     if first_end < 0:
         first_end = len(text)
@@ -46,8 +63,9 @@ def read_table(path, columns=None, header="required", float_last=False, fill_emp
     if first == ",".join(names).encode():
         body_start, first_line = first_end + 1, 2
     elif header == "required":
-        raise DataError(f"{path} line 1: header is {first.decode(errors='replace')!r}, expected "
-                        f"{','.join(names)!r}; the file must start with its column names")
+        bom = " (it starts with a UTF-8 byte-order mark: save the file without one)" if first.startswith(BOM) else ""
+        raise DataError(f"{path} line 1: header is {excerpt(first)}, expected "
+                        f"{','.join(names)!r}; the file must start with its column names{bom}")
     else:
         body_start, first_line = 0, 1
     body_end = len(text)
@@ -116,6 +134,9 @@ def line_problem(line, names, float_last):
     """What is wrong with one CSV line, "" when nothing."""
     if not line.strip():
         return "empty line; remove blank lines"
+    if b"\r" in line:
+        return ("holds a carriage return (\\r) inside the line (mixed or CR-only line endings?); "
+                "convert the file to \\n line endings")
     cells = line.split(b",")
     if len(cells) != len(names):
         return (f"has {len(cells)} fields, expected {len(names)} ({','.join(names)}); "
@@ -124,7 +145,7 @@ def line_problem(line, names, float_last):
         is_float = float_last and j == len(names) - 1
         if not re.fullmatch(FLOAT if is_float else INT, cell):
             kind = "a number" if is_float else "an integer"
-            return f"{name} is {cell.decode(errors='replace')!r}, expected {kind}; fix the line"
+            return f"{name} is {excerpt(cell)}, expected {kind}; fix the line"
         if not is_float and abs(int(cell)) >= ID_LIMIT:
             return f"{name} is {int(cell)}, too large; ids must be below 2^53"
     return ""

@@ -13,21 +13,25 @@ so no per-user Python object ever exists. Groups the model does not use
 (marriageStatus, ct, os, appIdAction...) are skipped without being checked.
 
 A line is bad when it has no uid group, a used group twice, a used group
-without values, a single-valued group with several values, or a value that is
-not an integer in range. Every line is checked, labelled user or not.
+without values, a single-valued group with several values, a value that is
+not an integer in range, or a carriage return inside it; and the last line is
+bad when the file does not end with a line break (a file cut mid-line: the
+last user's groups may be missing). Every line is checked, labelled user or not.
 """
 import mmap
 import multiprocessing
 import os
 import re
+import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from . import schema as S
 from .dataset import DataError
+from .progress import progress as progress_bar
+from .raw_csv import excerpt
 
 SLOTS = ("uid",) + S.STATIC_FIELDS + S.DYNAMIC_FIELDS
 SLOT_OF = {name.encode(): i for i, name in enumerate(SLOTS)}
@@ -37,6 +41,11 @@ UID_RANGE = (0, 2 ** 53 - 1)      # same bound as the ids of the CSV files
 BLOCK_BYTES = 16 << 20
 INT_TOKEN = re.compile(rb"-?[0-9]+")
 CLEAN_BYTES = b"0123456789 \n"
+HEAD_BYTES = 1 << 16  # a file whose first 64 KB hold no line break is refused before parsing
+TRUNCATED = ("the last line does not end with a line break: the file looks cut off mid-line (an interrupted "
+             "download or copy?), so this user's line may be incomplete")
+CARRIAGE_RETURN = ("holds a carriage return (\\r) inside the line (mixed or CR-only line endings?); "
+                   "convert the file to \\n line endings")
 
 
 @dataclass
@@ -53,14 +62,15 @@ class UserTable:
 def read_users(path, uids, workers=2, skip_bad_lines=False, progress=True):
     """Parse userFeature.data for the users `uids` (sorted, unique int64, at least one)."""
     n = len(uids)
+    check_line_breaks(path)
     static = shared_array((n, N_STATIC), np.int32, -1)
     dynamic = shared_array((n, S.DYNAMIC_WIDTH), np.int32, -1)
     lengths = shared_array((n, len(S.DYNAMIC_FIELDS)), np.int8, 0)
     ranges = block_ranges(path, BLOCK_BYTES)
-    state = dict(path=path, uids=uids, tables=(static, dynamic, lengths))
+    state = dict(path=path, uids=uids, tables=(static, dynamic, lengths), size=os.path.getsize(path))
     lines, users, user_lines, bad_lines, first_bad = 0, [], [], 0, ""
-    with tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="userFeature.data",
-              disable=not progress, leave=False) as bar, fork_map(parse_range, ranges, workers, state) as results:
+    with progress_bar(disable=not progress, total=state["size"], unit="B", unit_scale=True, desc="userFeature.data",
+                           leave=False) as bar, fork_map(parse_range, ranges, workers, state) as results:
         for (start, end), (n_lines, block_users, block_lines, problems) in zip(ranges, results):
             if problems:
                 i, message = problems[0]
@@ -80,6 +90,15 @@ def read_users(path, uids, workers=2, skip_bad_lines=False, progress=True):
         bad_lines += int(np.isin(users, repeated).sum())
         first_bad = first_bad or f"{path}: uid {uids[repeated[0]]} appears on several lines"
     return UserTable(static, dynamic, lengths, found, lines, bad_lines, first_bad)
+
+
+def check_line_breaks(path):
+    """Refuse a file whose start holds no line break but carriage returns: one "line" of gigabytes otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(HEAD_BYTES)
+    if b"\r" in head and b"\n" not in head:
+        raise DataError(f"{path}: no line breaks found (CR-only line endings?) in its first {len(head):,} bytes; "
+                        "convert the file to \\n line endings (e.g. tr '\\r' '\\n' < old > new)")
 
 
 def single_lines(path, uids, users, user_lines, skip_bad_lines):
@@ -120,6 +139,14 @@ def block_ranges(path, block_bytes):
 WORKER_STATE = {}
 
 
+def quiet_worker_signals():
+    """Pool workers die quietly: default SIGTERM (the parent terminates the pool with it, and the CLI's
+    handler, inherited through fork, would print a traceback per worker) and no Ctrl-C (the parent
+    handles it and ends the pool)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextmanager
 def fork_map(func, items, workers, state):
     """Iterator over func(item) for the items, in order: in this process when
@@ -132,7 +159,7 @@ def fork_map(func, items, workers, state):
         if workers <= 1 or len(items) < 2:
             yield map(func, items)
         else:
-            pool = multiprocessing.get_context("fork").Pool(min(workers, len(items)))
+            pool = multiprocessing.get_context("fork").Pool(min(workers, len(items)), quiet_worker_signals)
             yield pool.imap(func, items)
     finally:
         if pool is not None:
@@ -146,12 +173,14 @@ def parse_range(byte_range):
     with open(WORKER_STATE["path"], "rb") as f:
         f.seek(start)
         data = f.read(end - start)
-    return parse_block(data, WORKER_STATE["uids"], *WORKER_STATE["tables"])
+    truncated = end == WORKER_STATE["size"] and not data.endswith(b"\n")
+    return parse_block(data, WORKER_STATE["uids"], *WORKER_STATE["tables"], truncated=truncated)
 
 
-def parse_block(data, uids, static, dynamic, lengths):
+def parse_block(data, uids, static, dynamic, lengths, truncated=False):
     """Parse whole lines and write the users found in `uids` into the tables.
 
+    truncated: data ends the file without a line break, so its last line is bad.
     Returns (lines, user index of each good labelled line, that line's index in
     the block, problems: sorted [(line index, message)] of the bad lines).
     """
@@ -178,6 +207,12 @@ def parse_block(data, uids, static, dynamic, lengths):
     for i in np.flatnonzero(no_uid):
         if lines[i].strip():
             problems.setdefault(int(i), "no 'uid' group; every line starts with 'uid <id>'")
+    if truncated and lines:
+        problems[len(lines) - 1] = TRUNCATED
+    if b"\r" in data:
+        for i, line in enumerate(lines):
+            if b"\r" in line:
+                problems[i] = CARRIAGE_RETURN
 
     uid_of_line = np.full(len(lines), -1, np.int64)
     uid_of_line[uid_at[uid_counts == 1]] = uid_values
@@ -251,8 +286,7 @@ def token_problem(tokens, name, low, high, single):
         return f"group '{name}' has {len(tokens)} values, expected 1"
     for token in tokens:
         if not INT_TOKEN.fullmatch(token) or not low <= int(token) <= high:
-            return (f"group '{name}' has value '{token.decode(errors='replace')}', "
-                    f"expected integers from {low} to {high}")
+            return f"group '{name}' has value {excerpt(token)}, expected integers from {low} to {high}"
     return ""
 
 

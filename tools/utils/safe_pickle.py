@@ -10,16 +10,25 @@ or removed (`pandas.core.indexes.numeric.Int64Index`, `numpy.core.*`).
 the classes and functions a numeric DataFrame is built from, under their
 current names, and refuses every other global before anything runs.
 pandas is needed by this module only, and imported when a file is read.
+
+`import_pickles` writes nothing in place: the split folders are built in a
+staging folder inside the output folder, checked, and swapped in only when
+every file was converted (tools/utils/files.py: replace_folders); a non-empty
+output folder is refused unless force, which replaces only the split folders
+written.
 """
 import importlib
 import os
 import pickle
 import re
+import shutil
 
 import numpy as np
 
 from . import dataset as D
 from . import schema as S
+from .files import drop_staging, inside, replace_folders, staging_folder
+from .raw import check_out_dir
 
 # Global named in a pickle -> where it lives now. Everything here only builds
 # values (arrays, dtypes, indexes, the frame itself); nothing calls back into
@@ -66,6 +75,7 @@ LENGTH_SUFFIX = "_length"
 COLUMNS = ("label", "aid", *S.STATIC_FIELDS, *S.DYNAMIC_FIELDS,
            *(f + LENGTH_SUFFIX for f in S.DYNAMIC_FIELDS), *S.AD_FIELDS)
 OPTIONAL_COLUMNS = ("uid",)
+STAGING = ".import_pickle.tmp"   # + pid: the staging folder inside the output folder
 
 
 class UnsafePickleError(D.DataError):
@@ -117,6 +127,46 @@ def import_pandas():
                           "pip install pandas (or pip install -r requirements-dev.txt)") from e
 
 
+def _reason(e, limit=120):
+    """An exception as a short one-line text for a message."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text[:limit] + "..." if len(text) > limit or len(lines) > 1 else text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _size(n_bytes):
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} bytes"
+
+
+def _memory():
+    """'N GB of memory, M GB of it available' of this machine, as far as it tells."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "the memory of this machine"
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{_size(total)} of memory" + (f", {_size(available)} of it available" if available is not None else "")
+
+
+def out_of_memory(path, step, error):
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    return D.DataError(f"{path}: out of memory while {step} it (the file is {_size(size)}; {_reason(error)}; "
+                       f"this machine has {_memory()}); a DataFrame pickle takes several times its file size in "
+                       "memory while it is converted: close other programs, or import on a machine with more "
+                       "memory")
+
+
 def read_dataframe(path, progress=None):
     """Unpickle a pandas DataFrame through the allowlist; `progress(nbytes)` is told of each read."""
     pd = import_pandas()
@@ -127,11 +177,25 @@ def read_dataframe(path, progress=None):
             frame = _DataFrameUnpickler(_CountingReader(f, progress) if progress else f, path).load()
     except D.DataError:
         raise
-    except Exception as e:  # any failure while decoding untrusted bytes is a bad file
-        raise D.DataError(f"{path}: not a readable pandas pickle ({type(e).__name__}: {e}); "
-                          "download the file again") from e
+    except MemoryError as e:
+        raise out_of_memory(path, "unpickling", e) from e
+    except OSError as e:  # permissions, a disk error
+        raise D.DataError(f"{path}: cannot be read ({e.strerror or e}); check the file and its permissions") from e
+    except (EOFError, pickle.UnpicklingError) as e:  # cut short, or not pickle bytes
+        raise D.DataError(f"{path}: not a readable pickle, it is truncated or not a pickle at all "
+                          f"({_reason(e)}); download the file again") from e
+    except Exception as e:  # the objects it names do not rebuild a DataFrame here
+        raise D.DataError(f"{path}: its objects do not rebuild a pandas DataFrame with this pandas "
+                          f"{pd.__version__} ({_reason(e)}); it is not a DataFrame pickle of the expected shape, "
+                          "or was written by a pandas version this one cannot read: pickle the DataFrame "
+                          "again with pandas 1.x or 2.x (DataFrame.to_pickle)") from e
     if not isinstance(frame, pd.DataFrame):
         raise D.DataError(f"{path}: holds a {type(frame).__name__}, not a pandas DataFrame")
+    try:  # a DataFrame made by a constructor trick (e.g. __new__ without its data) has no columns or rows
+        len(frame.index), list(frame.columns)
+    except Exception as e:
+        raise D.DataError(f"{path}: holds a DataFrame object without its data ({_reason(e)}); it is not a "
+                          "pickled DataFrame of the published files") from e
     return frame
 
 
@@ -139,6 +203,9 @@ def read_dataframe(path, progress=None):
 def dataframe_arrays(frame, path):
     """Our stage arrays from a DataFrame with the published columns (row order kept, index dropped)."""
     columns = list(frame.columns)
+    if not len(frame):
+        raise D.DataError(f"{path}: holds an empty DataFrame ({len(columns)} columns, no rows); a data file "
+                          "needs rows: pass the published file, not an empty one")
     missing = [c for c in COLUMNS if c not in columns]
     unexpected = [c for c in columns if c not in COLUMNS + OPTIONAL_COLUMNS]
     duplicated = sorted({c for c in columns if columns.count(c) > 1}, key=str)
@@ -157,7 +224,30 @@ def dataframe_arrays(frame, path):
     }
     if "uid" in columns:
         arrays["uid"] = _int_column(frame, "uid", path, np.int64)
+    _check_published_encoding(arrays, path)
     return arrays
+
+
+def _check_published_encoding(arrays, path):
+    """Labels 0/1 and ids >= 0, with a hint for a pickle (dataset.validate_stage's speaks of schema.json)."""
+    bad = ~np.isin(arrays["label"], (0, 1))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise D.DataError(f"{path}: column 'label' row {i} is {arrays['label'][i]}; the published files hold "
+                          "labels 0 and 1: map the other values (-1 for a non-click) to 0 before pickling")
+    for group, fields, spans in (
+            ("static", S.STATIC_FIELDS, [(j, j + 1) for j in range(len(S.STATIC_FIELDS))]),
+            ("dynamic", S.DYNAMIC_FIELDS, list(zip(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:]))),
+            ("ad", S.AD_FIELDS, [(j, j + 1) for j in range(len(S.AD_FIELDS))])):
+        for field, (lo, hi) in zip(fields, spans):
+            negative = (arrays[group][:, lo:hi] < 0).any(axis=1)
+            if negative.any():
+                i = int(np.argmax(negative))
+                value = int(arrays[group][i, lo:hi].min())
+                raise D.DataError(f"{path}: column {field!r} row {i} holds id {value}; the published files are "
+                                  "label-encoded with ids from 0 (0 for a missing value and list padding): "
+                                  "encode the raw values that way, or make the data from the raw files with "
+                                  "tools/preprocess.py")
 
 
 def _int_columns(frame, names, path):
@@ -235,19 +325,22 @@ def stage_output(out_dir, split, stage):
 
 def _say(bar, text):
     if bar is not None:
-        bar.set_description_str(text)
+        bar.set_description(text)
 
 
 def convert_pickle(pkl_path, npz_path, tencent_maxima=False, bar=None):
     """Read, check and save one pickle; returns {rows, campaigns, positives, maxima}.
 
-    bar: a tqdm bar (or None) counting the bytes read; its description names the step.
+    bar: a progress bar (tools.utils.progress, or None) counting the bytes read; its description names the step.
     """
     name = os.path.basename(pkl_path)
     _say(bar, f"reading {name}")
     frame = read_dataframe(pkl_path, bar.update if bar is not None else None)
     _say(bar, f"converting {name}")
-    arrays = dataframe_arrays(frame, pkl_path)
+    try:
+        arrays = dataframe_arrays(frame, pkl_path)
+    except MemoryError as e:
+        raise out_of_memory(pkl_path, "converting", e) from e
     del frame  # the object columns take about 4 KB a row
     maxima = field_maxima(arrays)
     if tencent_maxima:
@@ -261,35 +354,101 @@ def convert_pickle(pkl_path, npz_path, tencent_maxima=False, bar=None):
             "positives": int(arrays["label"].sum()), "maxima": maxima}
 
 
-def import_pickles(jobs, out_dir, max_idxs="data", bar=None):
+def import_pickles(jobs, out_dir, max_idxs="data", bar=None, force=False):
     """Convert [(pkl_path, split, stage)] into OUT/<split>/ folders with one shared schema.json.
 
+    All or nothing: every split folder written is built anew in a staging
+    folder inside out_dir, checked (dataset.load_split) and swapped in only
+    when every file was converted. A non-empty out_dir is refused unless
+    force, which replaces the split folders written and touches nothing else;
+    a stage not imported now is carried over from the folder it replaces (so
+    a stage 2 can be added to a folder that has its stage 1), checked against
+    the new schema.json.
+
     max_idxs="data" sizes the vocabulary by the largest id over the files
-    imported here and the schema.json already in the folders written to (so a
-    stage 2 imported after its stage 1 keeps stage 1 valid); "tencent" uses
-    schema.TENCENT_MAX_IDXS, the maxima of the full processed data, so that a
-    model built from a subset still has the table sizes of the full
-    vocabulary. bar: as for convert_pickle. Returns {npz_path: summary}.
+    imported here and the schema.json of the carried-over stages (so they stay
+    valid); "tencent" uses schema.TENCENT_MAX_IDXS, the maxima of the full
+    processed data, so that a model built from a subset still has the table
+    sizes of the full vocabulary. bar: as for convert_pickle. Returns
+    {npz_path: summary} with the final paths.
     """
     if max_idxs not in ("data", "tencent"):
         raise ValueError(f"max_idxs must be 'data' or 'tencent', got {max_idxs!r}")
     _check_jobs(jobs, out_dir)
-    split_dirs = sorted({os.path.join(out_dir, split) for _, split, _ in jobs})
-    earlier = [D.read_schema(d)["max_idxs"] for d in split_dirs if os.path.isfile(os.path.join(d, D.SCHEMA_FILE))]
+    splits = sorted({split for _, split, _ in jobs})
+    check_out_dir(out_dir, force, splits)
+    _check_inputs_outside(jobs, out_dir, splits)
+    try:
+        staging, created = staging_folder(out_dir, STAGING)
+    except OSError as e:
+        raise D.DataError(f"{out_dir}: cannot create the output folder ({e.strerror}); check the path and "
+                          "its permissions") from e
+    done = False
+    try:
+        summaries = _build(jobs, out_dir, staging, splits, max_idxs, bar)
+        check_out_dir(out_dir, force, splits, staging=staging)  # nothing appeared meanwhile
+        replace_folders(staging, out_dir, splits)
+        done = True
+    except OSError as e:
+        raise D.DataError(f"{e.filename or out_dir}: cannot write the data folders ({e.strerror or e}); "
+                          f"check free space and permissions; {out_dir} is unchanged") from e
+    finally:
+        if not done:
+            drop_staging(staging, out_dir, created)
+    return summaries
+
+
+def _build(jobs, out_dir, staging, splits, max_idxs, bar):
+    """Write the split folders into staging; returns {final npz path: summary}."""
+    carried, earlier = _carry_over(jobs, out_dir, staging, splits)
     summaries = {}
     for pkl, split, stage in jobs:
-        npz = stage_output(out_dir, split, stage)
-        summaries[npz] = convert_pickle(pkl, npz, max_idxs == "tencent", bar)
+        summaries[stage_output(out_dir, split, stage)] = convert_pickle(
+            pkl, stage_output(staging, split, stage), max_idxs == "tencent", bar)
     if max_idxs == "tencent":
         maxima = S.TENCENT_MAX_IDXS
     else:
         found = earlier + [s["maxima"] for s in summaries.values()]
         maxima = {group: np.max([m[group] for m in found], axis=0).tolist() for group in S.GROUPS}
-    for split_dir in split_dirs:
-        _say(bar, f"checking {split_dir}")
-        D.write_schema(split_dir, maxima)
-        D.load_split(split_dir)  # the written folder must read back cleanly
+    for path in carried:  # errors name the file in out_dir, not its staged copy
+        D.load_stage(path, D.make_schema(maxima))
+    for split in splits:
+        _say(bar, f"checking {os.path.join(out_dir, split)}")
+        D.write_schema(os.path.join(staging, split), maxima)
+        D.load_split(os.path.join(staging, split))  # the written folder must read back cleanly
     return summaries
+
+
+def _carry_over(jobs, out_dir, staging, splits):
+    """Copy into staging the stage files (and oracles) of the splits written whose stage is not imported now.
+
+    Returns (the original paths copied, the max_idxs of their schema.json files).
+    """
+    imported = {(split, stage) for _, split, stage in jobs}
+    carried, earlier = [], []
+    for split in splits:
+        os.makedirs(os.path.join(staging, split))
+        old_dir = os.path.join(out_dir, split)
+        keep = [D.stage_path(old_dir, k) for k in (1, 2) if (split, k) not in imported]
+        keep = [path for path in keep if path]
+        if keep:
+            earlier.append(D.read_schema(old_dir)["max_idxs"])
+        for path in keep:
+            shutil.copy2(path, os.path.join(staging, split, os.path.basename(path)))
+            oracle = D.oracle_path(path)
+            if os.path.isfile(oracle):
+                shutil.copy2(oracle, os.path.join(staging, split, os.path.basename(oracle)))
+            carried.append(path)
+    return carried, earlier
+
+
+def _check_inputs_outside(jobs, out_dir, splits):
+    """Refuse an input pickle inside a split folder about to be replaced: it would be deleted with it."""
+    for pkl, _, _ in jobs:
+        for split in splits:
+            if os.path.exists(os.path.join(out_dir, split)) and inside(pkl, os.path.join(out_dir, split)):
+                raise D.DataError(f"{pkl}: lies inside {os.path.join(out_dir, split)}, which this import "
+                                  "replaces; move the .pkl files out of the output folder first")
 
 
 def _check_jobs(jobs, out_dir):
@@ -302,4 +461,4 @@ def _check_jobs(jobs, out_dir):
         split_dir = os.path.join(out_dir, split)
         if stage == 2 and (split, 1) not in pairs and not (os.path.isdir(split_dir) and D.stage_path(split_dir, 1)):
             raise D.DataError(f"{pkl}: a stage-2 file alone does not make a data folder; import the stage-1 "
-                              f"file of {split} with it (or into an --out that already has it)")
+                              f"file of {split} with it (or, with --force, into an --out that already has it)")

@@ -27,13 +27,15 @@ Same arguments give byte-identical files on the same NumPy.
 """
 import multiprocessing
 import os
+import shutil
 from collections import namedtuple
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from tools.utils.raw_text import PROB_DIGITS, user_lines, write_csv
+from tools.utils.progress import progress as progress_bar
+from tools.utils.raw_users import quiet_worker_signals
 
 LATENT_DIM = 8
 USER_CHUNK = 100_000         # users per chunk of userFeature.data; each chunk has its own seed
@@ -400,8 +402,12 @@ def generate(out_dir, users, campaigns, train_rows, test_rows, hot_cut, cold_min
              progress=False):
     """Write the five raw files into out_dir; returns the Truth behind them.
 
+    The files are written into a staging folder inside out_dir and moved over
+    the old ones only when all five are complete (other files of out_dir are
+    left alone), so an interrupted run never leaves a cut-off file.
     jobs: processes formatting userFeature.data (the output does not depend on it).
-    progress: show a tqdm bar counting the lines written (labelled rows, then users).
+    progress: report the lines written (labelled rows, then users): tools.utils.progress (a bar on a
+    terminal, periodic lines in a log); nothing when False.
     """
     total = train_rows + test_rows
     streams = np.random.SeedSequence(seed).spawn(5)
@@ -411,28 +417,38 @@ def generate(out_dir, users, campaigns, train_rows, test_rows, hot_cut, cold_min
         raise ValueError(f"the largest campaign needs {rows.max()} distinct users but --users is {users}: "
                          "raise --users or lower the row counts")
     os.makedirs(out_dir, exist_ok=True)
-    with tqdm(total=total + users, unit="line", unit_scale=True, desc="raw files", disable=not progress,
-              leave=False) as bar:
-        ads, family = make_ads(rng_ads, campaigns)
-        weights = campaign_weights(rng_ads, family)
-        uids = rng_users.permutation(np.cumsum(rng_users.integers(1, 14, users)))
-        z = rng_users.standard_normal((users, LATENT_DIM), dtype=np.float32)
-        stages, bias = make_rows(rng_rows, z, weights, rate, rows, stage1_counts(rows, train_rows))
-        write_ads(os.path.join(out_dir, "adFeature.csv"), ads)
-        write_rows(out_dir, stages, ads["aid"], uids, bar.update)
-        tables = {f.name: field_tables(rng_tables, f) for f in USER_FIELDS}
-        house_taste = rng_tables.standard_normal(LATENT_DIM) / np.sqrt(LATENT_DIM)
-        chunk_seeds = streams[4].spawn((users + USER_CHUNK - 1) // USER_CHUNK)
-        write_users(os.path.join(out_dir, "userFeature.data"), (uids, z, tables, house_taste), chunk_seeds,
-                    jobs, bar.update)
+    staging = os.path.join(out_dir, f".make_synthetic.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.mkdir(staging)
+    try:
+        with progress_bar(disable=not progress, total=total + users, unit="line", unit_scale=True, desc="raw files",
+                               leave=False) as bar:
+            ads, family = make_ads(rng_ads, campaigns)
+            weights = campaign_weights(rng_ads, family)
+            uids = rng_users.permutation(np.cumsum(rng_users.integers(1, 14, users)))
+            z = rng_users.standard_normal((users, LATENT_DIM), dtype=np.float32)
+            stages, bias = make_rows(rng_rows, z, weights, rate, rows, stage1_counts(rows, train_rows))
+            write_ads(os.path.join(staging, "adFeature.csv"), ads)
+            write_rows(staging, stages, ads["aid"], uids, bar.update)
+            tables = {f.name: field_tables(rng_tables, f) for f in USER_FIELDS}
+            house_taste = rng_tables.standard_normal(LATENT_DIM) / np.sqrt(LATENT_DIM)
+            chunk_seeds = streams[4].spawn((users + USER_CHUNK - 1) // USER_CHUNK)
+            write_users(os.path.join(staging, "userFeature.data"), (uids, z, tables, house_taste), chunk_seeds,
+                        jobs, bar.update)
+        for name in FILES:
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return Truth(uids=uids, z=z, aids=ads["aid"], family=family, weights=weights, bias=bias, rows=stages)
 
 
 _WORKER = {}
 
 
-def _init_worker(context):
+def _init_worker(context, pool=False):
     _WORKER["context"] = context
+    if pool:
+        quiet_worker_signals()  # the parent ends the pool with SIGTERM: die quietly
 
 
 def _chunk_text(task):
@@ -448,7 +464,7 @@ def write_users(path, context, chunk_seeds, jobs, progress):
     tasks = list(enumerate(chunk_seeds))
     with open(path, "wb") as f:
         if jobs > 1 and len(tasks) > 1:
-            with multiprocessing.get_context("fork").Pool(jobs, _init_worker, (context,)) as pool:
+            with multiprocessing.get_context("fork").Pool(jobs, _init_worker, (context, True)) as pool:
                 results = pool.imap(_chunk_text, tasks)
                 write_chunks(f, results, progress)
         else:

@@ -1,0 +1,63 @@
+"""A test double of a model folder outside the project: logistic regression over the static and ad ids,
+following the model contract of dygraph_model.py.
+
+FAKE_STEP_SECONDS (environment) makes every meta-step sleep that long, so that a
+test can signal or kill a trainer in the middle of an epoch.
+"""
+import os
+import time
+
+import numpy as np
+import paddle
+
+
+class LogisticNet(paddle.nn.Layer):
+    def __init__(self, max_idxs):
+        super().__init__()
+        sizes = [m + 1 for m in max_idxs[0] + max_idxs[2]]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.weight = self.create_parameter([sum(sizes), 1],
+                                            default_initializer=paddle.nn.initializer.Normal(0, 0.1))
+        self.bias = self.create_parameter([1], is_bias=True)
+
+    def forward(self, ids):
+        ids = ids + paddle.to_tensor(self.offsets)
+        logit = paddle.gather(self.weight, ids.flatten()).reshape(ids.shape).sum(axis=1) + self.bias
+        return paddle.nn.functional.sigmoid(logit)
+
+
+class DygraphModel:
+    def create_model(self, config):
+        return LogisticNet(config["hyper_parameters"]["max_idxs"])
+
+    def create_feeds(self, batch):
+        ids = np.concatenate([batch["static"], batch["ad"]], axis=1).astype(np.int64)
+        return {"ids": paddle.to_tensor(ids), "label": paddle.to_tensor(batch["label"].astype(np.float32))}
+
+    def create_loss(self, pred, label):
+        pred = paddle.clip(pred, 1e-7, 1 - 1e-7)
+        return -(label * paddle.log(pred) + (1 - label) * paddle.log(1 - pred)).mean()
+
+    def create_optimizer(self, net, config, learning_rate=None):
+        lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
+        return paddle.optimizer.Adam(learning_rate=lr, parameters=net.parameters())
+
+    def create_metrics(self):
+        return ["loss"]
+
+    def _loss(self, net, batch):
+        feeds = self.create_feeds(batch)
+        return self.create_loss(net(feeds["ids"]), feeds["label"])
+
+    def train_forward(self, net, meta_batch, config):
+        time.sleep(float(os.environ.get("FAKE_STEP_SECONDS", 0)))
+        loss = paddle.add_n([self._loss(net, q) for _, q in meta_batch]) / len(meta_batch)
+        return loss, {"loss": float(loss)}
+
+    def infer_train_forward(self, net, batch, config):
+        loss = self._loss(net, batch)
+        return loss, {"loss": float(loss)}
+
+    def infer_forward(self, net, batch, config):
+        with paddle.no_grad():
+            return net(self.create_feeds(batch)["ids"]).numpy()

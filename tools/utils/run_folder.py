@@ -1,0 +1,108 @@
+"""The folder a training run writes (runner.model_save_path): one writer at a time, resumable, tidy.
+
+- One trainer per folder: `<folder>/.lock` is held with fcntl.flock for the
+  whole run; a second trainer is refused, naming the first one's pid. The
+  kernel releases the lock when its process dies however it dies, so a lock
+  left by a killed run (a stale pid in the file) never blocks the next one.
+- Under the lock, leftovers of killed writes are removed first: temporary
+  files (`*.tmp<pid>`) and checkpoint folders without their done marker.
+- Checkpoints of another run (another identity) are refused; --overwrite
+  deletes them, but only when training is about to start, after the config,
+  the data and the model have all been checked.
+- Step checkpoints (runner.save_steps) keep the last KEEP_STEPS; those of an
+  epoch go when the epoch's own checkpoint lands.
+"""
+import fcntl
+import os
+import re
+import shutil
+import socket
+
+from . import checkpoint as ckpt
+from .errors import CheckpointError
+
+KEEP_STEPS = 2
+LOCK_FILE = ".lock"
+_TEMP = re.compile(r"\.tmp\d+$")
+
+
+class RunFolder:
+    def __init__(self, path, identity):
+        self.path, self.identity = path, identity
+        self._lock = None
+
+    # -------------------------------------------------------------- one writer
+    def __enter__(self):
+        os.makedirs(self.path, exist_ok=True)
+        self._lock = open(os.path.join(self.path, LOCK_FILE), "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "unknown"
+            self._lock.close()
+            raise CheckpointError(f"{self.path}: another trainer is writing this folder ({holder}); wait for it "
+                                  "to finish, or give this run another runner.model_save_path") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self._lock.flush()
+        self._remove_leftovers()
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.close()  # closing releases the flock
+
+    def _remove_leftovers(self):
+        for name in os.listdir(self.path):
+            path = os.path.join(self.path, name)
+            if _TEMP.search(name):
+                os.remove(path)
+            elif os.path.isdir(path) and _is_checkpoint_name(name):
+                if not ckpt.is_finished(path):
+                    shutil.rmtree(path)
+                else:
+                    for inner in os.listdir(path):
+                        if _TEMP.search(inner):
+                            os.remove(os.path.join(path, inner))
+
+    # -------------------------------------------------------------- what is there
+    def resume_point(self):
+        """(finished epochs, the latest step checkpoint after them or None), refusing another run's checkpoints."""
+        epochs, steps = ckpt.finished(self.path)
+        for name in [str(e) for e in epochs] + [ckpt.step_name(e, s) for e, s in steps]:
+            diffs = ckpt.differences(ckpt.read_meta(os.path.join(self.path, name)).get("identity"), self.identity)
+            if diffs:
+                raise CheckpointError(
+                    f"{os.path.join(self.path, name)}: a checkpoint of another run ({'; '.join(diffs)}); "
+                    "resuming needs the same hyper_parameters, train data, reader, batch size and seed. "
+                    "Use another runner.model_save_path (-o runner.model_save_path=...) or pass --overwrite "
+                    "to replace the old checkpoints")
+        last = epochs[-1] if epochs else -1
+        later = [(e, s) for e, s in steps if e == last + 1]
+        return epochs, (os.path.join(self.path, ckpt.step_name(*later[-1])) if later else None)
+
+    def delete_checkpoints(self):
+        for name in os.listdir(self.path):
+            if _is_checkpoint_name(name):
+                shutil.rmtree(os.path.join(self.path, name))
+
+    # -------------------------------------------------------------- writing
+    def save_epoch(self, epoch, net, optimizer, meta):
+        path = ckpt.save(os.path.join(self.path, str(epoch)), net, optimizer,
+                         {**meta, "identity": self.identity, "epoch": epoch})
+        for e, s in ckpt.finished(self.path)[1]:
+            if e <= epoch:
+                shutil.rmtree(os.path.join(self.path, ckpt.step_name(e, s)))
+        return path
+
+    def save_step(self, epoch, step, net, optimizer, meta):
+        path = ckpt.save(os.path.join(self.path, ckpt.step_name(epoch, step)), net, optimizer,
+                         {**meta, "identity": self.identity, "epoch": epoch, "step": step})
+        for e, s in ckpt.finished(self.path)[1][:-KEEP_STEPS]:
+            shutil.rmtree(os.path.join(self.path, ckpt.step_name(e, s)))
+        return path
+
+
+def _is_checkpoint_name(name):
+    return name.isdigit() or re.fullmatch(r"epoch\d+-step\d+", name) is not None

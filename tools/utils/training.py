@@ -1,0 +1,116 @@
+"""One epoch of meta-training, with the checks that keep a run from failing in silence.
+
+run_epoch drives the model's train_forward over the reader's meta-batches and:
+- stops on a loss that is not finite (the run diverged);
+- stops when a stretch of print_interval meta-steps changed no weight (every
+  gradient was zero, e.g. a sigmoid saturated by huge learning rates), instead
+  of saving an untrained model as trained;
+- checks that every weight is finite before any checkpoint is written, so a
+  checkpoint marked finished is always usable;
+- writes a step checkpoint every runner.save_steps meta-steps with the
+  reader's position, so a resumed run continues the same stream;
+- on SIGTERM or Ctrl-C finishes the current meta-step, writes a step
+  checkpoint and raises Stopped (exit code 128 + signal).
+"""
+import math
+import signal
+import time
+
+from .errors import Stopped, TrainingError
+from .progress import progress
+
+
+class StopRequests:
+    """While active, SIGTERM and SIGINT are recorded (self.signal) instead of ending the process."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self):
+        self.signal, self._previous = None, {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s in self.SIGNALS:
+            signal.signal(s, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def _weights(net):
+    from .paddle_env import paddle
+    with paddle.no_grad():
+        return [p.detach().clone() for p in net.parameters()]
+
+
+def _unchanged(net, snapshot):
+    from .paddle_env import paddle
+    return all(bool(paddle.equal_all(p, s)) for p, s in zip(net.parameters(), snapshot))
+
+
+def require_finite(net, what):
+    """A TrainingError naming the first parameter holding NaN or infinity."""
+    from .paddle_env import paddle
+    for name, p in net.named_parameters():
+        if not bool(paddle.isfinite(p).all()):
+            raise TrainingError(f"{what}: parameter {name} holds NaN or infinity; training diverged. Lower "
+                                "hyper_parameters.optimizer.learning_rate or local_lr; the finished "
+                                "checkpoints before it are kept")
+
+
+def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None):
+    """One pass over the reader (or the rest of one, from a step checkpoint's meta `resume`).
+
+    Returns the epoch's statistics {"meta_batches", "samples", "seconds", <metric>: mean}.
+    """
+    runner, hp = config["runner"], config["hyper_parameters"]
+    names = model.create_metrics()
+    dataset.set_epoch(epoch, resume and resume["reader"])
+    totals = dict(resume["totals"]) if resume else {"samples": 0, "seconds": 0.0, **dict.fromkeys(names, 0.0)}
+    net.train()
+    start, snapshot, checked = time.perf_counter() - totals["seconds"], _weights(net), dataset.step
+    bar = progress(dataset, total=len(dataset), desc=f"epoch {epoch}", unit="step", initial=dataset.step)
+
+    def save_step(step):
+        totals["seconds"] = time.perf_counter() - start
+        require_finite(net, f"epoch {epoch}, meta-step {step}")
+        return folder.save_step(epoch, step, net, optimizer, {"reader": dataset.state(), "totals": totals})
+
+    with StopRequests() as stop:
+        for meta_batch in bar:
+            step = dataset.step
+            loss, values = model.train_forward(net, meta_batch, config)
+            if not math.isfinite(float(loss)):
+                raise TrainingError(f"epoch {epoch}, meta-step {step}: the loss is {float(loss)}; training diverged. "
+                                    "Lower hyper_parameters.optimizer.learning_rate or local_lr; finished "
+                                    f"checkpoints stay in {folder.path}")
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            totals["samples"] += sum(len(support["label"]) + len(query["label"]) for support, query in meta_batch)
+            for name in names:
+                totals[name] += values[name]
+            if step % runner["print_interval"] == 0 or step == len(dataset):
+                bar.set_postfix({**{n: f"{totals[n] / step:.4f}" for n in names},
+                                 "samples/s": f"{totals['samples'] / (time.perf_counter() - start):.0f}"})
+                if _unchanged(net, snapshot):
+                    raise TrainingError(
+                        f"epoch {epoch}, meta-steps {checked + 1}-{step} changed no weight: every gradient was zero. "
+                        "The usual cause is a saturated sigmoid (probabilities exactly 0 or 1) from learning "
+                        f"rates far too large (optimizer.learning_rate {hp['optimizer']['learning_rate']}, "
+                        f"local_lr {hp.get('local_lr')}); lower them. Nothing of this epoch was saved")
+                snapshot, checked = _weights(net), step
+            if stop.signal is not None:
+                path = save_step(step)
+                raise Stopped(f"stopped by {signal.Signals(stop.signal).name} after epoch {epoch}, meta-step {step}: "
+                              f"saved {path}; rerun the same command to resume there", 128 + stop.signal)
+            if runner["save_steps"] and step % runner["save_steps"] == 0 and step < len(dataset):
+                save_step(step)
+    bar.close()
+    totals["seconds"] = time.perf_counter() - start
+    require_finite(net, f"epoch {epoch}")
+    steps = len(dataset)
+    return {"meta_batches": steps, "samples": totals["samples"], "seconds": totals["seconds"],
+            **{n: totals[n] / max(steps, 1) for n in names}}
