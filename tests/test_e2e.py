@@ -40,10 +40,13 @@ def runs(tmp_path_factory):
 
 
 def test_meta_training_beats_the_untrained_model_on_hot_and_cold(runs):
+    """Measured 2026-11-30 (seed 2021, tables N(0, 1)): trained 0.6573 hot / 0.6129 cold, untrained 0.5855 /
+    0.5412, a margin of 0.072 on both; with the xavier-uniform start the trained model reached 0.6426 / 0.6177.
+    The bar, 0.05, fails a meta-training that stopped learning; test_net checks the tables start N(0, 1)."""
     _, (_, _, trained), (_, _, untrained) = runs
     for split in ("test_hot", "test_cold"):
-        assert trained[split]["auc"] > untrained[split]["auc"] + 0.03, (split, trained[split], untrained[split])
-        assert trained[split]["auc"] > 0.58
+        assert trained[split]["auc"] > untrained[split]["auc"] + 0.05, (split, trained[split], untrained[split])
+        assert trained[split]["auc"] > 0.6
 
 
 def test_outputs_are_quiet_and_complete(runs):
