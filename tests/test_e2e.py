@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,3 +69,22 @@ def test_rerunning_the_trainer_resumes_instead_of_retraining(runs):
     out, _, _ = runs
     again = run_tool("trainer.py", "-o", f"runner.model_save_path={out / 'trained'}")
     assert "nothing to do" in again.stdout
+
+
+def test_the_checkpoint_carries_the_vocabulary_and_refuses_data_encoded_otherwise(runs, tmp_path):
+    import shutil
+    from tools.utils import checkpoint as ckpt
+    from tools.utils import dataset as D
+    from tools.utils import vocabulary
+    out, _, _ = runs
+    carried = ckpt.vocabulary(str(out / "trained" / "0"))
+    shipped = vocabulary.load(os.path.join(ROOT, "data", "train"))
+    assert carried.keys() == shipped.keys() and all(np.array_equal(carried[f], shipped[f]) for f in shipped)
+    other = tmp_path / "test_hot"  # the same maxima, other raw-id maps (as after preprocessing other raw files)
+    shutil.copytree(os.path.join(ROOT, "data", "test_hot"), other)
+    schema = D.read_schema(str(other))
+    D.write_schema(str(other), schema["max_idxs"], "0" * 64)
+    refused = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "infer_meta.py"), "-m", CONFIG, "-o",
+                              f"runner.infer_load_path={out / 'trained'}", f"runner.test_data_dir={other}"],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and "encoded with other raw-id maps" in refused.stderr, refused.stderr

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from tools.utils import dataset, raw, raw_csv, raw_users
+from tools.utils import dataset, raw, raw_csv, raw_users, vocabulary
 from tools.utils import schema as S
 from tools.utils.dataset import DataError
 
@@ -252,9 +252,15 @@ def test_encode_ids_ranks_values(dense_limit):
     block = rng.choice([-1, 0, 5, 17, 400, 2 ** 30], size=(300, 4)).astype(np.int32)
     present = np.unique(np.append(block, -1))
     expected = np.searchsorted(present, block)
-    top = raw.encode_ids(block, dense_limit)
+    raw_values = block.copy()
+    vocab = raw.encode_ids(block, dense_limit)
     np.testing.assert_array_equal(block, expected)
-    assert top == len(present) - 1
+    np.testing.assert_array_equal(vocab, present)  # the vocabulary: the sorted raw values, -1 first
+    ids, unknown = vocabulary.encode(raw_values, vocab)  # encoding again with it gives the same ids
+    np.testing.assert_array_equal(ids, expected)
+    assert unknown == 0
+    ids, unknown = vocabulary.encode([-1, 5, 6, 2 ** 30, 2 ** 31], vocab)  # unseen values: the missing id 0
+    assert list(ids) == [0, 2, 0, 5, 0] and unknown == 2
 
 
 CSV_BODIES = [  # (body, float last column)

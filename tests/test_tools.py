@@ -401,8 +401,8 @@ def test_infer_meta_names_a_missing_checkpoint_and_how_to_make_it(model_dir, tra
 
 def test_fine_tuning_reshuffles_the_seeds_every_pass_into_consecutive_batches(paddle):
     """As the official test_train: sample(frac=1) once per pass, then consecutive batches."""
-    from tools import infer_meta
     import reader_test
+    from tools.utils import campaign
 
     class Recording:  # the model hooks fine_tune calls, recording each batch's uids
         def __init__(self):
@@ -421,7 +421,7 @@ def test_fine_tuning_reshuffles_the_seeds_every_pass_into_consecutive_batches(pa
     runs = []
     for seed in (5, 5, 6):
         model = Recording()
-        infer_meta.fine_tune(model, paddle.nn.Linear(1, 1), seeds, config, reader_test.batches,
+        campaign.fine_tune(model, paddle.nn.Linear(1, 1), seeds, config, reader_test.batches,
                              np.random.default_rng(seed))
         assert [len(b) for b in model.batches] == [4, 4, 2] * 3
         passes = [np.concatenate(model.batches[i:i + 3]) for i in (0, 3, 6)]

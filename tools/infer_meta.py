@@ -6,8 +6,9 @@ per epoch, restored from memory per campaign), fine-tune with a fresh Adam at
 hyper_parameters.local_test_learning_rate for runner.infer_train_epoch passes
 over the campaign's seeds (shuffled anew for every pass, then cut into
 consecutive batches of infer_batch_size, as the official code does), then
-score its candidates. Everything random in a campaign is seeded with
-(seed, aid), so its result does not depend on the other campaigns. Prints a
+score its candidates (tools/utils/campaign.py). Everything random in a
+campaign is seeded with (seed, aid), so its result does not depend on the
+other campaigns. Prints a
 table (one row per split x epoch) and writes metrics_<splits>.json and .csv
 (per campaign and overall) to runner.infer_output_path (default
 <infer_load_path>/results).
@@ -33,13 +34,12 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import dataset as D
-from tools.utils import metrics, model_folder
+from tools.utils import campaign, metrics, model_folder
 from tools.utils.errors import TrainingError
 from tools.utils.files import plain, write_json, write_text
 from tools.utils.progress import progress
 
 SPLIT_FOLDERS = {"hot": ("test_hot",), "cold": ("test_cold",), "both": ("test_hot", "test_cold")}
-SCORE_ROWS = 4096  # rows per scoring call; scores do not depend on it (eval mode, no batch statistics)
 CSV_COLUMNS = ("split", "epoch", "campaign", "seeds", "rows", "positives", "auc", "gauc",
                "precision_at_5", "recall_at_5")
 
@@ -52,32 +52,12 @@ def split_dirs(test_data_dir, split=None):
     return [os.path.join(parent, name) for name in SPLIT_FOLDERS[split]]
 
 
-def fine_tune(model, net, seeds, config, batches, rng):
-    """runner.infer_train_epoch passes of a fresh Adam over the seeds, reshuffled by `rng` every pass."""
-    runner = config["runner"]
-    optimizer = model.create_optimizer(net, config,
-                                       learning_rate=config["hyper_parameters"]["local_test_learning_rate"])
-    net.train()
-    for _ in range(runner["infer_train_epoch"]):
-        order = rng.permutation(len(seeds["label"]))
-        for batch in batches({name: a[order] for name, a in seeds.items()}, runner["infer_batch_size"]):
-            loss, _ = model.infer_train_forward(net, batch, config)
-            loss.backward()
-            optimizer.step()
-            optimizer.clear_grad()
-
-
 def evaluate(model, net, params, dataset, batches, config, label):
     """Fine-tune and score every campaign of one split from `params`; returns (campaign dicts, overall dict)."""
-    from tools.utils import paddle_env
-    seed = config["runner"]["seed"]
     campaigns, all_labels, all_scores = [], [], []
     for aid, seeds, candidates in progress(dataset, total=len(dataset), desc=label, unit="campaign"):
-        net.set_state_dict(params)
-        paddle_env.seed_all(paddle_env.derived_seed(seed, aid % 2**32))
-        fine_tune(model, net, seeds, config, batches, np.random.default_rng([seed, aid % 2**32]))
-        net.eval()
-        scores = np.concatenate([model.infer_forward(net, b, config) for b in batches(candidates, SCORE_ROWS)])
+        campaign.adapt(model, net, params, seeds, config, aid, batches)
+        scores = campaign.score(model, net, candidates, config, batches)
         try:
             result = metrics.campaign_metrics(candidates["label"], scores)
         except ValueError as e:

@@ -21,7 +21,7 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import dataset as D
-from tools.utils import model_folder
+from tools.utils import model_folder, vocabulary
 from tools.utils.run_folder import RunFolder
 from tools.utils.training import require_finite, run_epoch
 
@@ -50,7 +50,9 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
     untrained = untrained or not getattr(model, "trains_across_campaigns", True)
     epochs = 1 if untrained else runner["epochs"]
     identity = {**ckpt.run_identity(config), **({"untrained": True} if untrained else {})}
-    with RunFolder(runner["model_save_path"], identity) as folder:
+    vocab = vocabulary.load(runner["train_data_dir"], required=False)
+    files = {vocabulary.VOCAB_FILE: vocabulary.to_bytes(vocab)} if vocab else {}
+    with RunFolder(runner["model_save_path"], identity, files) as folder:
         done, step_checkpoint = ([], None) if overwrite else folder.resume_point()
         start = done[-1] + 1 if done else 0
         if start >= epochs:

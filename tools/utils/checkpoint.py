@@ -129,14 +129,18 @@ def _write(path, data):
     return hashlib.sha256(data).hexdigest()
 
 
-def save(path, net, optimizer, meta):
-    """Write a checkpoint folder; meta (a JSON-able dict) is stored with the checksums. Returns path."""
+def save(path, net, optimizer, meta, files=None):
+    """Write a checkpoint folder; meta (a JSON-able dict) is stored with the checksums. Returns path.
+
+    files: {name: bytes} written beside the arrays (the data's vocabulary.npz), checksummed alike.
+    """
     os.makedirs(path, exist_ok=True)
     if is_finished(path):
         os.remove(os.path.join(path, DONE_FILE))  # the folder is incomplete until the new marker lands
     params = {key: value.numpy() for key, value in net.state_dict().items()}
     sha = {PARAMS_FILE: _write(os.path.join(path, PARAMS_FILE), _npz_bytes(params)),
-           OPT_FILE: _write(os.path.join(path, OPT_FILE), _npz_bytes(_structured_optimizer_state(optimizer, net)))}
+           OPT_FILE: _write(os.path.join(path, OPT_FILE), _npz_bytes(_structured_optimizer_state(optimizer, net))),
+           **{name: _write(os.path.join(path, name), data) for name, data in (files or {}).items()}}
     write_json(os.path.join(path, META_FILE), {**meta, "sha256": sha})
     _write(os.path.join(path, DONE_FILE), b"")
     return path
@@ -152,6 +156,29 @@ def require(save_dir, epoch, how_to_make):
     return path
 
 
+def read_file(path, name):
+    """The bytes of one checkpoint file, checked against the sha256 in meta.json."""
+    file_path = os.path.join(path, name)
+    want = read_meta(path).get("sha256", {}).get(name)
+    try:
+        with open(file_path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CheckpointError(f"{file_path}: unreadable ({e}); retrain this checkpoint") from e
+    if hashlib.sha256(data).hexdigest() != want:
+        raise CheckpointError(f"{file_path}: checksum differs from {META_FILE}; the file is corrupt, "
+                              f"delete {path} and retrain it")
+    return data
+
+
+def vocabulary(path):
+    """The raw-id maps the checkpoint's training data was encoded with, or None (data without them)."""
+    from . import vocabulary as V
+    if V.VOCAB_FILE not in read_meta(path).get("sha256", {}):
+        return None
+    return V.from_bytes(read_file(path, V.VOCAB_FILE), os.path.join(path, V.VOCAB_FILE))
+
+
 def load_arrays(path, name, trust_pickle=False):
     """The arrays of one checkpoint file ({name: np.ndarray}), checked against the sha256 in meta.json.
 
@@ -164,15 +191,7 @@ def load_arrays(path, name, trust_pickle=False):
                                   "pickled (reading it can run code); retrain, or if you made it yourself pass "
                                   "--trust-pickled-checkpoints")
         name, file_path = PICKLED[name], os.path.join(path, PICKLED[name])
-    want = read_meta(path).get("sha256", {}).get(name)
-    try:
-        with open(file_path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CheckpointError(f"{file_path}: unreadable ({e}); retrain this checkpoint") from e
-    if hashlib.sha256(data).hexdigest() != want:
-        raise CheckpointError(f"{file_path}: checksum differs from {META_FILE}; the file is corrupt, "
-                              f"delete {path} and retrain it")
+    data = read_file(path, name)
     if name in PICKLED.values():
         from .paddle_env import paddle
         return {k: np.asarray(v) for k, v in paddle.load(io.BytesIO(data)).items()}

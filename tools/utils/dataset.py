@@ -51,9 +51,10 @@ def save_stage(path, arrays, compress=True):
     atomic_write(path, write)
 
 
-def make_schema(max_idxs):
-    """The schema dict for vocabulary maxima {"static": [...], "dynamic": [...], "ad": [...]}."""
-    return {
+def make_schema(max_idxs, vocabulary_sha256=None):
+    """The schema dict for vocabulary maxima {"static": [...], "dynamic": [...], "ad": [...]}, with the digest of
+    the raw-id maps (tools/utils/vocabulary.py) when the data has them."""
+    schema = {
         "format_version": FORMAT_VERSION,
         "static_fields": list(S.STATIC_FIELDS),
         "dynamic_fields": list(S.DYNAMIC_FIELDS),
@@ -61,10 +62,13 @@ def make_schema(max_idxs):
         "ad_fields": list(S.AD_FIELDS),
         "max_idxs": {k: [int(v) for v in max_idxs[k]] for k in S.GROUPS},
     }
+    if vocabulary_sha256:
+        schema["vocabulary_sha256"] = vocabulary_sha256
+    return schema
 
 
-def write_schema(split_dir, max_idxs):
-    write_json(os.path.join(split_dir, SCHEMA_FILE), make_schema(max_idxs))
+def write_schema(split_dir, max_idxs, vocabulary_sha256=None):
+    write_json(os.path.join(split_dir, SCHEMA_FILE), make_schema(max_idxs, vocabulary_sha256))
 
 
 # ---------------------------------------------------------------- reading
@@ -106,11 +110,18 @@ def max_idxs_list(sch):
 
 
 def require_vocabulary(sch, expected, source, expected_source):
-    """The data's vocabulary maxima must be the model's: its tables have one row per id."""
+    """The data must be encoded as the model's data was: the same maxima (its tables have one row per id) and,
+    where both know it, the same raw-id maps (the same maxima can hide another encoding)."""
     if max_idxs_list(sch) != max_idxs_list(expected):
         raise DataError(f"{os.path.join(source, SCHEMA_FILE)}: vocabulary maxima {max_idxs_list(sch)} differ from "
                         f"{expected_source}'s {max_idxs_list(expected)}; the data must be encoded with the "
                         "vocabulary the model was trained on (preprocess them together)")
+    ours, theirs = sch.get("vocabulary_sha256"), expected.get("vocabulary_sha256")
+    if ours and theirs and ours != theirs:
+        raise DataError(f"{os.path.join(source, SCHEMA_FILE)}: encoded with other raw-id maps than {expected_source}'s "
+                        "(vocabulary_sha256 differs, although the maxima agree): the ids mean other users and ads. "
+                        "Preprocess the data together with the training data, or encode it with the checkpoint's "
+                        "vocabulary (tools/expand.py does)")
 
 
 def load_stage(path, sch):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import dataset
+from . import dataset, vocabulary
 from . import schema as S
 from .dataset import DataError
 from .raw_csv import read_ads, read_oracle, read_rows
@@ -110,11 +110,11 @@ def preprocess(raw_dir, out_dir, seed=2021, hot_threshold=2000, train_fraction=0
 
     campaigns = np.unique(np.concatenate([s["aid"] for s in stages]))
     ads = ad_raw[np.searchsorted(ad_aids, campaigns)]  # the ads of the campaigns with rows
-    summary.max_idxs = encode_tables(users, ads)
+    summary.max_idxs, vocab = encode_tables(users, ads)
     split_aids = split_campaigns(stages, campaigns, seed, train_fraction, hot_threshold)
     check_candidates(paths[CANDIDATE_FILE], stages[1], split_aids)
     summary.splits = write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, summary.max_idxs,
-                                  workers, progress)
+                                  vocab, workers, progress)
     summary.seconds = time.time() - started
     return summary
 
@@ -134,11 +134,15 @@ def read_labelled(paths):
 
 
 def encode_tables(users, ads):
-    """Label-encode the user tables and the ad rows in place; returns max_idxs for schema.json."""
-    return {"static": [encode_ids(users.static[:, j]) for j in range(len(S.STATIC_FIELDS))],
-            "dynamic": [encode_ids(users.dynamic[:, lo:hi])
-                        for lo, hi in zip(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:])],
-            "ad": [encode_ids(ads[:, j]) for j in range(len(S.AD_FIELDS))]}
+    """Label-encode the user tables and the ad rows in place; returns (max_idxs for schema.json,
+    the vocabulary {field: sorted raw values} for vocabulary.npz)."""
+    blocks = {"static": [users.static[:, j] for j in range(len(S.STATIC_FIELDS))],
+              "dynamic": [users.dynamic[:, lo:hi] for lo, hi in zip(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:])],
+              "ad": [ads[:, j] for j in range(len(S.AD_FIELDS))]}
+    vocab = {field: encode_ids(block) for group in S.GROUPS for field, block in zip(S.GROUP_FIELDS[group],
+                                                                                    blocks[group])}
+    max_idxs = {group: [len(vocab[field]) - 1 for field in S.GROUP_FIELDS[group]] for group in S.GROUPS}
+    return max_idxs, vocab
 
 
 def check_candidates(path, candidates, split_aids):
@@ -209,7 +213,7 @@ def drop_missing_users(path, stage, found, user_path, skip_bad_lines):
 
 def encode_ids(block, dense_limit=DENSE_LIMIT):
     """Replace the raw values of block (ints >= -1) in place by their rank in
-    sorted(set(block) | {-1}); returns the largest id.
+    sorted(set(block) | {-1}); returns that sorted array (the field's vocabulary).
 
     A lookup table indexed by value is O(n) (the Tencent values are below 10^6);
     np.unique (a sort) is the fallback for larger raw values.
@@ -221,10 +225,10 @@ def encode_ids(block, dense_limit=DENSE_LIMIT):
         present[block.ravel() + 1] = True
         rank = np.cumsum(present, dtype=np.int32) - 1
         block[...] = rank[block + 1]
-        return int(rank[-1])
+        return np.flatnonzero(present).astype(np.int64) - 1
     values, inverse = np.unique(np.append(block.ravel(), -1), return_inverse=True)
     block[...] = inverse[:-1].reshape(block.shape)
-    return len(values) - 1
+    return values.astype(np.int64)
 
 
 def split_campaigns(stages, campaigns, seed, train_fraction, hot_threshold):
@@ -239,7 +243,7 @@ def split_campaigns(stages, campaigns, seed, train_fraction, hot_threshold):
     return {"train": train, "test_hot": test[positives > hot_threshold], "test_cold": test[positives <= hot_threshold]}
 
 
-def write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, max_idxs, workers, progress):
+def write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, max_idxs, vocab, workers, progress):
     """Write every split folder into a staging folder inside out_dir, then swap them in.
 
     Stage files are written by `workers` forked processes, largest first:
@@ -265,7 +269,7 @@ def write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, max_
     try:
         for folder, _ in SPLITS:
             os.makedirs(os.path.join(tmp, folder))
-            dataset.write_schema(os.path.join(tmp, folder), max_idxs)
+            dataset.write_schema(os.path.join(tmp, folder), max_idxs, vocabulary.save(os.path.join(tmp, folder), vocab))
         with progress_bar(disable=not progress, total=sum(len(job[2]) for job in jobs), unit=" rows", desc="writing",
                                leave=False) as bar, fork_map(write_stage_file, jobs, workers, state) as written:
             for n_rows in written:

@@ -27,8 +27,11 @@ _TEMP = re.compile(r"\.tmp\d+$")
 
 
 class RunFolder:
-    def __init__(self, path, identity):
-        self.path, self.identity = path, identity
+    """path: the folder; identity: the run's (checkpoint.run_identity); files: {name: bytes} every checkpoint
+    of the run carries (the training data's vocabulary.npz)."""
+
+    def __init__(self, path, identity, files=None):
+        self.path, self.identity, self.files = path, identity, files or {}
         self._lock = None
 
     # -------------------------------------------------------------- one writer
@@ -90,7 +93,7 @@ class RunFolder:
     # -------------------------------------------------------------- writing
     def save_epoch(self, epoch, net, optimizer, meta):
         path = ckpt.save(os.path.join(self.path, str(epoch)), net, optimizer,
-                         {**meta, "identity": self.identity, "epoch": epoch})
+                         {**meta, "identity": self.identity, "epoch": epoch}, self.files)
         for e, s in ckpt.finished(self.path)[1]:
             if e <= epoch:
                 shutil.rmtree(os.path.join(self.path, ckpt.step_name(e, s)))
@@ -98,7 +101,7 @@ class RunFolder:
 
     def save_step(self, epoch, step, net, optimizer, meta):
         path = ckpt.save(os.path.join(self.path, ckpt.step_name(epoch, step)), net, optimizer,
-                         {**meta, "identity": self.identity, "epoch": epoch, "step": step})
+                         {**meta, "identity": self.identity, "epoch": epoch, "step": step}, self.files)
         for e, s in ckpt.finished(self.path)[1][:-KEEP_STEPS]:
             shutil.rmtree(os.path.join(self.path, ckpt.step_name(e, s)))
         return path
