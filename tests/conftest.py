@@ -7,7 +7,22 @@ any test module imports paddle, as the tools do.
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import tools.utils.paddle_env  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def sample_model(tmp_path_factory):
+    """`tools/trainer.py -m config.yaml` (the shipped sample, the defaults), once per test session:
+    (its model_save_path, the trainer's CompletedProcess)."""
+    import subprocess
+    out = tmp_path_factory.mktemp("sample_model") / "model"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "trainer.py"), "-m",
+                           os.path.join(ROOT, "config.yaml"), "-o", f"runner.model_save_path={out}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done

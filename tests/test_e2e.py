@@ -24,8 +24,7 @@ def run_tool(tool, *args):
     return done
 
 
-def train_and_test(out, *options):
-    train = run_tool("trainer.py", "-o", f"runner.model_save_path={out}", *options)
+def evaluate(out, train):
     infer = run_tool("infer_meta.py", "--split", "both", "-o", f"runner.infer_load_path={out}")
     with open(os.path.join(out, "results", "metrics_test_hot+test_cold.json")) as f:
         runs = json.load(f)
@@ -33,25 +32,26 @@ def train_and_test(out, *options):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(sample_model, tmp_path_factory):
+    """(folder, trained, untrained): each (the trainer's output, infer_meta's output, overall metrics per split)."""
+    trained_dir, trained = sample_model
     out = tmp_path_factory.mktemp("e2e")
-    trained = train_and_test(str(out / "trained"))
-    untrained = train_and_test(str(out / "untrained"), "--untrained")
-    return out, trained, untrained
+    untrained = run_tool("trainer.py", "-o", f"runner.model_save_path={out / 'untrained'}", "--untrained")
+    return out, evaluate(str(trained_dir), trained), evaluate(str(out / "untrained"), untrained), trained_dir
 
 
 def test_meta_training_beats_the_untrained_model_on_hot_and_cold(runs):
     """Measured 2026-11-30 (seed 2021, tables N(0, 1)): trained 0.6573 hot / 0.6129 cold, untrained 0.5855 /
     0.5412, a margin of 0.072 on both; with the xavier-uniform start the trained model reached 0.6426 / 0.6177.
     The bar, 0.05, fails a meta-training that stopped learning; test_net checks the tables start N(0, 1)."""
-    _, (_, _, trained), (_, _, untrained) = runs
+    _, (_, _, trained), (_, _, untrained), _ = runs
     for split in ("test_hot", "test_cold"):
         assert trained[split]["auc"] > untrained[split]["auc"] + 0.05, (split, trained[split], untrained[split])
         assert trained[split]["auc"] > 0.6
 
 
 def test_outputs_are_quiet_and_complete(runs):
-    out, (train, infer, overall), _ = runs
+    _, (train, infer, overall), _, out = runs
     assert "epoch 0: loss" in train.stdout
     lines = infer.stdout.splitlines()
     for split in ("test_hot", "test_cold"):  # the results table prints the JSON's numbers
@@ -59,15 +59,15 @@ def test_outputs_are_quiet_and_complete(runs):
         assert float(row[4]) == pytest.approx(overall[split]["auc"], abs=5e-5)
     for stream in (train.stderr, infer.stderr):  # glog lines start with I/W + date; no ccache warning
         assert "ccache" not in stream and not any(l[:1] in "IWE" and l[1:5].isdigit() for l in stream.splitlines())
-    with open(out / "trained" / "results" / "metrics_test_hot+test_cold.csv") as f:
+    with open(out / "results" / "metrics_test_hot+test_cold.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["split"] for r in rows if r["campaign"] == "overall"} == {"test_hot", "test_cold"}
     assert sum(r["split"] == "test_cold" and r["campaign"] != "overall" for r in rows) == overall["test_cold"]["campaigns"]
 
 
 def test_rerunning_the_trainer_resumes_instead_of_retraining(runs):
-    out, _, _ = runs
-    again = run_tool("trainer.py", "-o", f"runner.model_save_path={out / 'trained'}")
+    _, _, _, out = runs
+    again = run_tool("trainer.py", "-o", f"runner.model_save_path={out}")
     assert "nothing to do" in again.stdout
 
 
@@ -76,8 +76,8 @@ def test_the_checkpoint_carries_the_vocabulary_and_refuses_data_encoded_otherwis
     from tools.utils import checkpoint as ckpt
     from tools.utils import dataset as D
     from tools.utils import vocabulary
-    out, _, _ = runs
-    carried = ckpt.vocabulary(str(out / "trained" / "0"))
+    _, _, _, out = runs
+    carried = ckpt.vocabulary(str(out / "0"))
     shipped = vocabulary.load(os.path.join(ROOT, "data", "train"))
     assert carried.keys() == shipped.keys() and all(np.array_equal(carried[f], shipped[f]) for f in shipped)
     other = tmp_path / "test_hot"  # the same maxima, other raw-id maps (as after preprocessing other raw files)
@@ -85,6 +85,6 @@ def test_the_checkpoint_carries_the_vocabulary_and_refuses_data_encoded_otherwis
     schema = D.read_schema(str(other))
     D.write_schema(str(other), schema["max_idxs"], "0" * 64)
     refused = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "infer_meta.py"), "-m", CONFIG, "-o",
-                              f"runner.infer_load_path={out / 'trained'}", f"runner.test_data_dir={other}"],
+                              f"runner.infer_load_path={out}", f"runner.test_data_dir={other}"],
                              cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "encoded with other raw-id maps" in refused.stderr, refused.stderr

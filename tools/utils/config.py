@@ -125,6 +125,8 @@ TOOL_KEYS = {
               "train_batch_size", "epochs", "print_interval", "save_steps"),
     "infer": ("test_data_dir", "infer_reader_path", "infer_load_path", "infer_output_path", "use_gpu", "seed",
               "thread_num", "infer_batch_size", "infer_start_epoch", "infer_end_epoch", "infer_train_epoch"),
+    "expand": ("infer_reader_path", "infer_load_path", "use_gpu", "seed", "thread_num", "infer_batch_size",
+               "infer_start_epoch", "infer_end_epoch", "infer_train_epoch"),
 }
 
 
@@ -267,7 +269,7 @@ def validate(config, tool, model):
                     node = node.setdefault(part, {})
                 node[last] = default
     runner = config["runner"]
-    if tool == "infer" and runner["infer_end_epoch"] <= runner["infer_start_epoch"]:
+    if tool != "train" and runner["infer_end_epoch"] <= runner["infer_start_epoch"]:
         raise ConfigError(f"{config['config_path']}: runner.infer_end_epoch ({runner['infer_end_epoch']}) must be "
                           f"above infer_start_epoch ({runner['infer_start_epoch']}); the range is [start, end)")
     return config

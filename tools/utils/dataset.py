@@ -153,6 +153,53 @@ def load_stage(path, sch):
     return arrays
 
 
+def iter_stage(path, sch, rows=65536):
+    """A stage file in chunks of `rows` rows, each a dict of arrays validated as load_stage validates a file.
+
+    The members of the .npz are read side by side, one chunk at a time, so memory
+    does not grow with the file (a pool of millions of users).
+    """
+    try:
+        with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+            members = {name[:-4]: archive.open(name) for name in archive.namelist() if name.endswith(".npy")}
+            layout = {name: _npy_header(path, name, member) for name, member in members.items()}
+            counts = {shape[0] if shape else 0 for shape, _ in layout.values()}
+            if len(counts) > 1:
+                raise DataError(f"{path}: its arrays have different numbers of rows ({sorted(counts)}); "
+                                "regenerate the file")
+            n = counts.pop() if counts else 0
+            for start in range(0, n, rows):
+                k = min(rows, n - start)
+                chunk = {}
+                for name, (shape, dtype) in layout.items():
+                    width = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+                    data = members[name].read(k * width * dtype.itemsize)
+                    chunk[name] = np.frombuffer(data, dtype).reshape((k,) + tuple(shape[1:]))
+                validate_stage(path, chunk, sch)
+                yield chunk
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e}); regenerate it") from e
+
+
+def stage_rows(path):
+    """The rows of a stage file, from the header of its label array (nothing else is read)."""
+    try:
+        with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
+            shape, _ = _npy_header(path, "label", archive.open("label.npy"))
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as e:
+        raise DataError(f"{path}: not a readable stage file ({e}); regenerate it") from e
+    return shape[0]
+
+
+def _npy_header(path, name, member):
+    version = np.lib.format.read_magic(member)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(member)
+    if dtype.hasobject or fortran:
+        raise DataError(f"{path}: member {name!r} holds Python objects or is in Fortran order; regenerate the file")
+    return shape, dtype
+
+
 def validate_stage(path, arrays, sch):
     for name, (dtype, tail, required) in S.ARRAYS.items():
         if name not in arrays:

@@ -92,6 +92,37 @@ def read_users(path, uids, workers=2, skip_bad_lines=False, progress=True):
     return UserTable(static, dynamic, lengths, found, lines, bad_lines, first_bad)
 
 
+UID_GROUP = re.compile(rb"(?:^|\|)uid ([0-9]+)", re.MULTILINE)
+
+
+def iter_users(path, block_bytes=BLOCK_BYTES):
+    """Every user of userFeature.data, block by block: (uids [n], static [n, 7], dynamic [n, 50], lengths [n, 7])
+    raw values in file order, one block in memory at a time; a bad line or a uid repeated inside a block is a
+    DataError naming the line (repeats across blocks are the caller's to find)."""
+    check_line_breaks(path)
+    size, lines = os.path.getsize(path), 0
+    with open(path, "rb") as f:
+        for start, end in block_ranges(path, block_bytes):
+            f.seek(start)
+            data = f.read(end - start)
+            uids = np.unique(np.array(UID_GROUP.findall(data), dtype=np.int64))
+            static = np.full((len(uids), N_STATIC), -1, np.int32)
+            dynamic = np.full((len(uids), S.DYNAMIC_WIDTH), -1, np.int32)
+            lengths = np.zeros((len(uids), len(S.DYNAMIC_FIELDS)), np.int8)
+            n_lines, users, at, problems = parse_block(data, uids, static, dynamic, lengths,
+                                                       truncated=end == size and not data.endswith(b"\n"))
+            if problems:
+                i, message = problems[0]
+                raise DataError(f"{path} line {lines + i + 1}: {message}; fix the line")
+            if len(users) != len(uids) or len(np.unique(users)) != len(users):
+                seen = np.bincount(users, minlength=len(uids))
+                k = int(np.argmax(seen != 1))
+                raise DataError(f"{path}: uid {uids[k]} is on {seen[k]} lines near line {lines + 1}; a pool lists "
+                                "each user once")
+            yield uids[users], static[users], dynamic[users], lengths[users]  # users: in line order
+            lines += n_lines
+
+
 def check_line_breaks(path):
     """Refuse a file whose start holds no line break but carriage returns: one "line" of gigabytes otherwise."""
     with open(path, "rb") as f:

@@ -84,3 +84,52 @@ def encode(values, field_vocab):
     pos = np.minimum(pos, len(field_vocab) - 1)
     known = field_vocab[pos] == values
     return np.where(known, pos, 0).astype(np.int32), int((~known).sum())
+
+
+class UnknownIds:
+    """Per field, how many raw ids were looked up and how many were not in the vocabulary."""
+
+    def __init__(self):
+        self.seen, self.unknown = dict.fromkeys(FIELDS, 0), dict.fromkeys(FIELDS, 0)
+
+    def add(self, field, present, unknown):
+        self.seen[field] += int(present)
+        self.unknown[field] += int(unknown)
+
+    def report(self, what):
+        """One line: the fields with unknown ids and their share, e.g. 'pool: 3.2% of kw1 ids unknown, ...';
+        None when nothing was looked up (inputs already encoded)."""
+        if not any(self.seen.values()):
+            return None
+        shares = [f"{self.unknown[f] / self.seen[f]:.1%} of {f} ids ({self.unknown[f]})"
+                  for f in FIELDS if self.unknown[f]]
+        if not shares:
+            return f"{what}: every id is in the training vocabulary"
+        return f"{what}: not in the training vocabulary, so encoded as missing: " + ", ".join(shares)
+
+    def as_dict(self):
+        return {f: {"ids": self.seen[f], "unknown": self.unknown[f]} for f in FIELDS}
+
+
+def encode_users(static, dynamic, vocab, unknown):
+    """Encode raw user tables (static [N, 7], dynamic [N, 50]; -1 missing or padding) with the vocabulary."""
+    out_static = np.empty(static.shape, np.int32)
+    out_dynamic = np.empty(dynamic.shape, np.int32)
+    for j, field in enumerate(S.STATIC_FIELDS):
+        out_static[:, j], bad = encode(static[:, j], vocab[field])
+        unknown.add(field, (static[:, j] != -1).sum(), bad)
+    for j, field in enumerate(S.DYNAMIC_FIELDS):
+        lo, hi = S.DYNAMIC_OFFSETS[j], S.DYNAMIC_OFFSETS[j + 1]
+        out_dynamic[:, lo:hi], bad = encode(dynamic[:, lo:hi], vocab[field])
+        unknown.add(field, (dynamic[:, lo:hi] != -1).sum(), bad)
+    return out_static, out_dynamic
+
+
+def encode_ad(raw_row, vocab, unknown):
+    """Encode one raw ad row (its AD_FIELDS values) with the vocabulary."""
+    ids = np.empty(len(S.AD_FIELDS), np.int32)
+    for j, field in enumerate(S.AD_FIELDS):
+        encoded, bad = encode([raw_row[j]], vocab[field])
+        ids[j] = encoded[0]
+        unknown.add(field, raw_row[j] != -1, bad)
+    return ids

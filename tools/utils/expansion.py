@@ -1,0 +1,233 @@
+"""Expanding one campaign: its seeds in, the pool's users ranked by how much they resemble them out.
+
+The inputs, in either of two formats:
+- the campaign (a folder): a data-folder stage (schema.json, vocabulary.npz
+  and one *_stage1.npz holding the seed rows of one aid), or the raw format
+  (adFeature.csv with the campaign's row, train.csv with its aid,uid,label
+  seed rows, userFeature.data with the seeds' users);
+- the pool: a stage file (.npz with uid, beside its schema.json) or a raw
+  userFeature.data. Either is read in chunks: memory holds the model, one
+  chunk, the running top K and 12 bytes per pool user (its uid, to find
+  repeats, and its score).
+Raw inputs are encoded with the checkpoint's vocabulary; an id never seen in
+training becomes the missing id and is counted (a new advertiser or campaign
+is the normal case). Encoded inputs must carry the checkpoint's vocabulary
+(schema.json's digest).
+
+Seeds that are all positive get negatives from the pool (NEGATIVES_RULE).
+Fine-tuning is meta-inference's (tools/utils/campaign.py), and so is the
+seeding: everything random about the campaign is seeded with (seed, aid).
+"""
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import campaign as C
+from . import dataset as D
+from . import raw_csv, raw_users
+from . import schema as S
+from . import vocabulary as V
+from .errors import DataError
+from .progress import progress
+
+POOL_ROWS = 65536
+NEGATIVES_RULE = ("when the seeds hold no negatives, R x (number of seeds) users are drawn uniformly at random, "
+                  "without replacement, from the pool's users that are not seeds, and fine-tuned on as "
+                  "negatives (label 0); R is --negatives")
+
+
+@dataclass
+class Campaign:
+    aid: int
+    ad: np.ndarray                      # [6] encoded ad ids
+    seeds: dict                         # stage arrays of the seed rows, encoded
+    unknown: V.UnknownIds = field(default_factory=V.UnknownIds)
+
+
+# ---------------------------------------------------------------- the campaign
+def read_campaign(folder, schema, vocab):
+    """The campaign of `folder`, in either format (see the module docstring)."""
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: no such campaign folder; give a data-folder stage (schema.json + "
+                        "*_stage1.npz) or raw files (adFeature.csv, train.csv, userFeature.data)")
+    if os.path.isfile(os.path.join(folder, D.SCHEMA_FILE)):
+        return _encoded_campaign(folder, schema)
+    if os.path.isfile(os.path.join(folder, "adFeature.csv")):
+        return _raw_campaign(folder, vocab)
+    raise DataError(f"{folder}: neither schema.json (a data-folder stage) nor adFeature.csv (raw files); "
+                    "give one of the two formats")
+
+
+def _one_campaign(aids, source):
+    campaigns = np.unique(aids)
+    if len(campaigns) == 0:
+        raise DataError(f"{source}: no seed rows; a campaign needs seeds to expand from")
+    if len(campaigns) > 1:
+        raise DataError(f"{source}: rows of {len(campaigns)} campaigns ({', '.join(map(str, campaigns[:5]))}); "
+                        "give the seeds of one campaign")
+    return int(campaigns[0])
+
+
+def _check_seed_uids(uids, source):
+    values, counts = np.unique(uids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{source}: uid {values[np.argmax(counts > 1)]} is listed {counts.max()} times; "
+                        "list each seed once")
+
+
+def _encoded_campaign(folder, schema):
+    split = D.load_split(folder, stages=(1,))
+    D.require_vocabulary(split["schema"], schema, folder, "the checkpoint")
+    seeds = split["stage1"]
+    source = D.stage_path(folder, 1)
+    aid = _one_campaign(seeds["aid"], source)
+    if "uid" not in seeds:
+        raise DataError(f"{source}: no 'uid' array; seeds need their uids (to keep them out of the ranking)")
+    _check_seed_uids(seeds["uid"], source)
+    return Campaign(aid, seeds["ad"][0].astype(np.int32), seeds)
+
+
+def _raw_campaign(folder, vocab):
+    if vocab is None:
+        raise DataError(f"{folder}: raw seed files, but the checkpoint carries no vocabulary (its training data "
+                        "came without raw-id maps): preprocess the raw training files with tools/preprocess.py")
+    paths = {name: os.path.join(folder, name) for name in ("adFeature.csv", "train.csv", "userFeature.data")}
+    for path in paths.values():
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: not found; a raw campaign folder holds adFeature.csv (the campaign's row), "
+                            "train.csv (aid,uid,label: its seeds) and userFeature.data (the seeds' users)")
+    rows = raw_csv.read_rows(paths["train.csv"], "required")
+    aid = _one_campaign(rows["aid"], paths["train.csv"])
+    _check_seed_uids(rows["uid"], paths["train.csv"])
+    aids, ads = raw_csv.read_ads(paths["adFeature.csv"], S.AD_FIELDS)
+    at = np.searchsorted(aids, aid)
+    if at == len(aids) or aids[at] != aid:
+        raise DataError(f"{paths['adFeature.csv']}: no row for aid {aid} (the aid of train.csv's seeds); "
+                        "add the campaign's ad features")
+    result = Campaign(aid, np.zeros(len(S.AD_FIELDS), np.int32), {})
+    result.ad = V.encode_ad(ads[at], vocab, result.unknown)
+    uids = np.sort(rows["uid"])
+    users = raw_users.read_users(paths["userFeature.data"], uids, workers=1, progress=False)
+    if not users.found.all():
+        missing = uids[~users.found]
+        raise DataError(f"{paths['userFeature.data']}: no line for {len(missing)} of the {len(uids)} seeds "
+                        f"(uid {missing[0]}, ...); add their lines, or remove them from train.csv")
+    static, dynamic = V.encode_users(users.static, users.dynamic, vocab, result.unknown)
+    user = np.searchsorted(uids, rows["uid"])  # the seeds in train.csv's order, as preprocess keeps them
+    result.seeds = _rows(rows["uid"], static[user], dynamic[user], users.lengths[user].astype(np.int32), result.ad,
+                         aid, rows["label"])
+    return result
+
+
+def _rows(uids, static, dynamic, lengths, ad, aid, label):
+    return {"label": np.asarray(label, np.int8), "aid": np.full(len(uids), aid, np.int32), "static": static,
+            "dynamic": dynamic, "lengths": lengths, "ad": np.tile(np.asarray(ad, np.int32), (len(uids), 1)),
+            "uid": np.asarray(uids, np.int64)}
+
+
+# ---------------------------------------------------------------- the pool
+def pool_chunks(path, schema, vocab, unknown, rows=POOL_ROWS):
+    """The pool's users in file order, chunk by chunk: dicts of uid, static, dynamic, lengths (encoded)."""
+    if path.endswith(".npz"):
+        folder = os.path.dirname(os.path.abspath(path))
+        pool_schema = D.read_schema(folder)
+        D.require_vocabulary(pool_schema, schema, folder, "the checkpoint")
+        for chunk in D.iter_stage(path, pool_schema, rows):
+            if "uid" not in chunk:
+                raise DataError(f"{path}: no 'uid' array; a pool needs its users' uids to rank them")
+            yield {k: chunk[k] for k in ("uid", "static", "dynamic", "lengths")}
+        return
+    if vocab is None:
+        raise DataError(f"{path}: a raw pool, but the checkpoint carries no vocabulary to encode it with "
+                        "(its training data came without raw-id maps): preprocess raw training files")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such pool file; give a stage .npz (with uid) or a userFeature.data file")
+    for uids, static, dynamic, lengths in raw_users.iter_users(path):
+        static, dynamic = V.encode_users(static, dynamic, vocab, unknown)
+        for start in range(0, len(uids), rows):
+            part = slice(start, start + rows)
+            yield {"uid": uids[part], "static": static[part], "dynamic": dynamic[part],
+                   "lengths": lengths[part].astype(np.int32)}
+
+
+def pool_size(path):
+    """Users in the pool (the rows of a stage file, the lines of a userFeature.data), read cheaply."""
+    if path.endswith(".npz"):
+        return D.stage_rows(path)
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
+
+
+# ---------------------------------------------------------------- negatives
+def with_negatives(camp, pool, schema, vocab, ratio, rng, unknown):
+    """The seeds, plus sampled negatives (NEGATIVES_RULE) when they have none; returns (rows, negatives drawn)."""
+    seeds = camp.seeds
+    if (seeds["label"] == 0).any():
+        return seeds, 0
+    if ratio <= 0:
+        raise DataError("the seeds are all positive and --negatives is 0: fine-tuning needs negatives; give "
+                        "--negatives R to draw R x seeds users of the pool as negatives, or seeds labelled 0")
+    n_pool = pool_size(pool)
+    want = int(round(ratio * len(seeds["label"])))
+    extra = min(n_pool, want + len(seeds["label"]))  # enough to drop the seeds among them
+    picked = np.sort(rng.choice(n_pool, extra, replace=False))
+    found, first = [], 0
+    for chunk in pool_chunks(pool, schema, vocab, unknown):
+        n = len(chunk["uid"])
+        inside = picked[(picked >= first) & (picked < first + n)] - first
+        if len(inside):
+            found.append({k: v[inside] for k, v in chunk.items()})
+        first += n
+    drawn = {k: np.concatenate([f[k] for f in found]) for k in found[0]} if found else None
+    if drawn is None:
+        raise DataError(f"{pool}: the pool is empty; nothing to rank and no negatives to draw")
+    keep = ~np.isin(drawn["uid"], seeds["uid"])
+    order = rng.permutation(np.flatnonzero(keep))[:want]
+    negatives = _rows(drawn["uid"][order], drawn["static"][order], drawn["dynamic"][order], drawn["lengths"][order],
+                      camp.ad, camp.aid, np.zeros(len(order)))
+    return {k: np.concatenate([seeds[k], negatives[k]]) for k in seeds}, len(order)
+
+
+# ---------------------------------------------------------------- scoring
+class TopK:
+    """The k best (score, pool position) seen so far; ties go to the earlier position."""
+
+    def __init__(self, k):
+        self.k, self.scores, self.positions = k, np.empty(0, np.float32), np.empty(0, np.int64)
+
+    def add(self, scores, positions):
+        scores = np.concatenate([self.scores, scores])
+        positions = np.concatenate([self.positions, positions])
+        best = np.lexsort((positions, -scores))[:self.k]
+        self.scores, self.positions = scores[best], positions[best]
+
+
+def score_pool(model, net, camp, pool, schema, vocab, config, batches, k, keep_seeds, unknown, all_scores=False):
+    """Score every pool user for the campaign; returns (top K [(uid, score)], every score or None, pool users)."""
+    top, uids, scores = TopK(k), [], []
+    seed_uids = np.sort(camp.seeds["uid"])
+    first = 0
+    bar = progress(total=None, desc="scoring the pool", unit="user", unit_scale=True)
+    for chunk in pool_chunks(pool, schema, vocab, unknown):
+        n = len(chunk["uid"])
+        rows = _rows(chunk["uid"], chunk["static"], chunk["dynamic"], chunk["lengths"], camp.ad, camp.aid,
+                     np.zeros(n))
+        s = C.score(model, net, rows, config, batches)
+        ranked = np.ones(n, bool) if keep_seeds else ~np.isin(chunk["uid"], seed_uids)
+        top.add(s[ranked], first + np.flatnonzero(ranked))
+        uids.append(chunk["uid"])
+        if all_scores:
+            scores.append(s)
+        first += n
+        bar.update(n)
+    bar.close()
+    uids = np.concatenate(uids) if uids else np.empty(0, np.int64)
+    if not len(uids):
+        raise DataError(f"{pool}: the pool is empty; nothing to rank")
+    values, counts = np.unique(uids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{pool}: uid {values[np.argmax(counts > 1)]} appears {counts.max()} times; a pool lists "
+                        "each user once")
+    ranked = list(zip(uids[top.positions].tolist(), top.scores.tolist()))
+    return ranked, (np.concatenate(scores) if all_scores else None), len(uids)
