@@ -40,7 +40,7 @@ from tools.utils import vocabulary as V
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
 
-DEFAULT_NEGATIVES = 4.0
+DEFAULT_NEGATIVES = 19.0  # 5% positives, the share in the Tencent seed file (421,961 of 8,798,814 rows of train.csv)
 
 
 def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEFAULT_NEGATIVES, keep_seeds=False,
