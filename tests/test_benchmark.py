@@ -3,13 +3,12 @@ import csv
 import importlib.util
 import json
 import math
-import os
 import re
 
 import numpy as np
 import pytest
 
-from helpers import ROOT, write_split
+from helpers import write_split
 from tools import benchmark
 from tools.utils import dataset as D
 

@@ -21,7 +21,6 @@ import pytest
 from helpers import ROOT, assert_one_line_error, fake_model_folder, run, write_split
 from tools.utils import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import dataset as D
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Metrics against independent computations: pairwise (Mann-Whitney) AUC and top-k by hand."""
 import math
-import os
 
 import numpy as np
 import pytest

@@ -152,8 +152,8 @@ def test_tables_start_standard_normal_as_the_official_code_and_dense_layers_as_t
 
 def test_xavier_start_is_an_option_and_unknown_starts_are_named():
     paddle.seed(3)
-    net = net_module.MetaHeacNet(layout(), embedding_init="xavier_uniform", **TINY_HP)
-    kw1 = net.emb_kw1.numpy()
+    xavier = net_module.MetaHeacNet(layout(), embedding_init="xavier_uniform", **TINY_HP)
+    kw1 = xavier.emb_kw1.numpy()
     bound = np.sqrt(6 / (kw1.shape[0] + kw1.shape[1]))
     assert np.abs(kw1).max() <= bound and np.abs(kw1).max() > 0.8 * bound
     with pytest.raises(ValueError, match="embedding_init is 'xavier'.*normal"):

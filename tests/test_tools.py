@@ -9,12 +9,11 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 
-from helpers import MAX_IDXS, ROOT, assert_one_line_error, fake_model_folder, pairwise_auc, run, write_split
+from helpers import MAX_IDXS, ROOT, assert_one_line_error, fake_model_folder, pairwise_auc, run
 from tools.utils import checkpoint as ckpt
 from tools.utils import config as cfg
 from tools.utils import dataset as D

@@ -60,8 +60,7 @@ def main(argv=None):
     args = parse_args(argv)
     jobs = safe_pickle.find_pickles(args.pkl_dir) if args.pkl_dir else [(args.pkl, args.split, args.stage)]
     total = sum(os.path.getsize(path) for path, _, _ in jobs if os.path.isfile(path))
-    with progress(disable=args.quiet, total=total, desc="importing", unit="B", unit_scale=True,
-                           leave=False) as bar:
+    with progress(disable=args.quiet, total=total, desc="importing", unit="B", unit_scale=True, leave=False) as bar:
         summaries = safe_pickle.import_pickles(jobs, args.out, args.max_idxs, bar=bar, force=args.force)
     for path, s in summaries.items():
         print(f"{path}: {s['rows']} rows, {s['campaigns']} campaigns, {s['positives']} positives")

@@ -269,9 +269,11 @@ def write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, max_
     try:
         for folder, _ in SPLITS:
             os.makedirs(os.path.join(tmp, folder))
-            dataset.write_schema(os.path.join(tmp, folder), max_idxs, vocabulary.save(os.path.join(tmp, folder), vocab))
-        with progress_bar(disable=not progress, total=sum(len(job[2]) for job in jobs), unit=" rows", desc="writing",
-                               leave=False) as bar, fork_map(write_stage_file, jobs, workers, state) as written:
+            digest = vocabulary.save(os.path.join(tmp, folder), vocab)
+            dataset.write_schema(os.path.join(tmp, folder), max_idxs, digest)
+        with progress_bar(disable=not progress, total=sum(len(job[2]) for job in jobs), unit=" rows",
+                          desc="writing", leave=False) as bar, \
+                fork_map(write_stage_file, jobs, workers, state) as written:
             for n_rows in written:
                 bar.update(n_rows)
         check_out_dir(out_dir, force, staging=tmp)  # nothing appeared meanwhile

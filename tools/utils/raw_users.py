@@ -69,8 +69,9 @@ def read_users(path, uids, workers=2, skip_bad_lines=False, progress=True):
     ranges = block_ranges(path, BLOCK_BYTES)
     state = dict(path=path, uids=uids, tables=(static, dynamic, lengths), size=os.path.getsize(path))
     lines, users, user_lines, bad_lines, first_bad = 0, [], [], 0, ""
-    with progress_bar(disable=not progress, total=state["size"], unit="B", unit_scale=True, desc="userFeature.data",
-                           leave=False) as bar, fork_map(parse_range, ranges, workers, state) as results:
+    with progress_bar(disable=not progress, total=state["size"], unit="B", unit_scale=True,
+                      desc="userFeature.data", leave=False) as bar, \
+            fork_map(parse_range, ranges, workers, state) as results:
         for (start, end), (n_lines, block_users, block_lines, problems) in zip(ranges, results):
             if problems:
                 i, message = problems[0]

@@ -402,12 +402,9 @@ def generate(out_dir, users, campaigns, train_rows, test_rows, hot_cut, cold_min
              progress=False):
     """Write the five raw files into out_dir; returns the Truth behind them.
 
-    The files are written into a staging folder inside out_dir and moved over
-    the old ones only when all five are complete (other files of out_dir are
-    left alone), so an interrupted run never leaves a cut-off file.
-    jobs: processes formatting userFeature.data (the output does not depend on it).
-    progress: report the lines written (labelled rows, then users): tools.utils.progress (a bar on a
-    terminal, periodic lines in a log); nothing when False.
+    The five files go to a staging folder inside out_dir and replace the old ones only once all are
+    complete, so an interrupted run never leaves a cut-off file. jobs: processes formatting
+    userFeature.data (the output does not depend on it). progress: report the lines written.
     """
     total = train_rows + test_rows
     streams = np.random.SeedSequence(seed).spawn(5)
@@ -421,8 +418,8 @@ def generate(out_dir, users, campaigns, train_rows, test_rows, hot_cut, cold_min
     shutil.rmtree(staging, ignore_errors=True)
     os.mkdir(staging)
     try:
-        with progress_bar(disable=not progress, total=total + users, unit="line", unit_scale=True, desc="raw files",
-                               leave=False) as bar:
+        with progress_bar(disable=not progress, total=total + users, unit="line", unit_scale=True,
+                          desc="raw files", leave=False) as bar:
             ads, family = make_ads(rng_ads, campaigns)
             weights = campaign_weights(rng_ads, family)
             uids = rng_users.permutation(np.cumsum(rng_users.integers(1, 14, users)))
