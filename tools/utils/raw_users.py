@@ -18,6 +18,7 @@ not an integer in range, or a carriage return inside it; and the last line is
 bad when the file does not end with a line break (a file cut mid-line: the
 last user's groups may be missing). Every line is checked, labelled user or not.
 """
+import collections
 import mmap
 import multiprocessing
 import os
@@ -96,32 +97,47 @@ def read_users(path, uids, workers=2, skip_bad_lines=False, progress=True):
 UID_GROUP = re.compile(rb"(?:^|\|)uid ([0-9]+)", re.MULTILINE)
 
 
-def iter_users(path, block_bytes=BLOCK_BYTES):
+def iter_users(path, workers=2, block_bytes=BLOCK_BYTES):
     """Every user of userFeature.data, block by block: (uids [n], static [n, 7], dynamic [n, 50], lengths [n, 7])
-    raw values in file order, one block in memory at a time; a bad line or a uid repeated inside a block is a
-    DataError naming the line (repeats across blocks are the caller's to find)."""
+    raw values in file order; a bad line or a uid repeated inside a block is a DataError naming the line
+    (repeats across blocks are the caller's to find).
+
+    Blocks are parsed by `workers` forked processes while the caller works on the blocks before; at most
+    workers + 1 parsed blocks wait at any time, so memory does not grow with the file.
+    """
     check_line_breaks(path)
-    size, lines = os.path.getsize(path), 0
-    with open(path, "rb") as f:
-        for start, end in block_ranges(path, block_bytes):
-            f.seek(start)
-            data = f.read(end - start)
-            uids = np.unique(np.array(UID_GROUP.findall(data), dtype=np.int64))
-            static = np.full((len(uids), N_STATIC), -1, np.int32)
-            dynamic = np.full((len(uids), S.DYNAMIC_WIDTH), -1, np.int32)
-            lengths = np.zeros((len(uids), len(S.DYNAMIC_FIELDS)), np.int8)
-            n_lines, users, at, problems = parse_block(data, uids, static, dynamic, lengths,
-                                                       truncated=end == size and not data.endswith(b"\n"))
-            if problems:
-                i, message = problems[0]
-                raise DataError(f"{path} line {lines + i + 1}: {message}; fix the line")
-            if len(users) != len(uids) or len(np.unique(users)) != len(users):
-                seen = np.bincount(users, minlength=len(uids))
-                k = int(np.argmax(seen != 1))
-                raise DataError(f"{path}: uid {uids[k]} is on {seen[k]} lines near line {lines + 1}; a pool lists "
-                                "each user once")
-            yield uids[users], static[users], dynamic[users], lengths[users]  # users: in line order
+    ranges = block_ranges(path, block_bytes)
+    lines = 0
+    with fork_map(parse_pool_range, ranges, workers, dict(path=path, size=os.path.getsize(path))) as parsed:
+        for n_lines, uids, static, dynamic, lengths, problem in parsed:
+            if problem:
+                i, message = problem
+                raise DataError(f"{path} line {lines + i + 1}: {message}")
+            yield uids, static, dynamic, lengths
             lines += n_lines
+
+
+def parse_pool_range(byte_range):
+    """Parse every user of one block: (lines, uids, static, dynamic, lengths, the first problem or None)."""
+    start, end = byte_range
+    with open(WORKER_STATE["path"], "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    uids = np.unique(np.array(UID_GROUP.findall(data), dtype=np.int64))
+    static = np.full((len(uids), N_STATIC), -1, np.int32)
+    dynamic = np.full((len(uids), S.DYNAMIC_WIDTH), -1, np.int32)
+    lengths = np.zeros((len(uids), len(S.DYNAMIC_FIELDS)), np.int8)
+    n_lines, users, at, problems = parse_block(data, uids, static, dynamic, lengths,
+                                               truncated=end == WORKER_STATE["size"] and not data.endswith(b"\n"))
+    if problems:
+        return n_lines, None, None, None, None, (problems[0][0], problems[0][1] + "; fix the line")
+    if len(users) != len(uids) or len(np.unique(users)) != len(users):
+        seen = np.bincount(users, minlength=len(uids))
+        k = int(np.argmax(seen != 1))
+        second = at[users == k][1] if seen[k] > 1 else 0
+        return n_lines, None, None, None, None, (int(second), f"uid {uids[k]} is on {seen[k]} lines of this block; "
+                                                              "a pool lists each user once")
+    return n_lines, uids[users], static[users], dynamic[users], lengths[users], None  # users: in line order
 
 
 def check_line_breaks(path):
@@ -182,9 +198,10 @@ def quiet_worker_signals():
 @contextmanager
 def fork_map(func, items, workers, state):
     """Iterator over func(item) for the items, in order: in this process when
-    workers <= 1, else in a pool of forked processes. `state` goes into
-    WORKER_STATE before the fork, so the workers inherit big arrays (and write
-    into shared ones) instead of receiving pickled copies."""
+    workers <= 1, else in a pool of forked processes, at most workers + 1 items
+    ahead of the consumer (so results wait in memory a few at a time). `state`
+    goes into WORKER_STATE before the fork, so the workers inherit big arrays
+    (and write into shared ones) instead of receiving pickled copies."""
     WORKER_STATE.update(state)
     pool = None
     try:
@@ -192,12 +209,22 @@ def fork_map(func, items, workers, state):
             yield map(func, items)
         else:
             pool = multiprocessing.get_context("fork").Pool(min(workers, len(items)), quiet_worker_signals)
-            yield pool.imap(func, items)
+            yield _ahead(pool, func, items, workers + 1)
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
         WORKER_STATE.clear()
+
+
+def _ahead(pool, func, items, window):
+    pending = collections.deque()
+    for item in items:
+        pending.append(pool.apply_async(func, (item,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def parse_range(byte_range):
