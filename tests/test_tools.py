@@ -398,6 +398,15 @@ def test_infer_meta_names_a_missing_checkpoint_and_how_to_make_it(model_dir, tra
                           "-o runner.epochs=4")
 
 
+def test_infer_meta_needs_only_the_checkpoint_and_the_test_data(model_dir, trained, tmp_path):
+    """The field layout, vocabulary and training campaigns come from the checkpoint, not the training data."""
+    with_train = run("infer_meta.py", model_dir, "-o", f"runner.infer_output_path={tmp_path / 'a'}")
+    without = run("infer_meta.py", model_dir, "-o", "runner.train_data_dir=/nonexistent",
+                  f"runner.infer_output_path={tmp_path / 'b'}")
+    assert with_train.returncode == 0 and without.returncode == 0, without.stderr
+    assert (tmp_path / "a" / "metrics_test_hot.json").read_text() == (tmp_path / "b" / "metrics_test_hot.json").read_text()
+
+
 def test_fine_tuning_reshuffles_the_seeds_every_pass_into_consecutive_batches(paddle):
     """As the official test_train: sample(frac=1) once per pass, then consecutive batches."""
     import reader_test
