@@ -19,6 +19,14 @@ training campaigns are in its meta.json), so only the test data is read.
 --split: hot and cold are the sibling folders test_hot and test_cold of
 runner.test_data_dir (its final folder name is replaced); without --split the
 folder runner.test_data_dir itself is tested.
+
+Across processes and machines, with PaddlePaddle's launcher (docs/distributed.md):
+
+    python -m paddle.distributed.launch --nproc_per_node N tools/infer_meta.py -m CONFIG [...]
+
+rank r fine-tunes and scores campaigns r, r + N, ... of each split; rank 0
+gathers their labels and scores and computes, prints and writes exactly what
+one process does (every rank reads the checkpoint and the test data).
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -34,7 +42,7 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import dataset as D
-from tools.utils import campaign, metrics, model_folder
+from tools.utils import campaign, distributed, metrics, model_folder
 from tools.utils.errors import TrainingError
 from tools.utils.files import plain, write_json, write_text
 from tools.utils.progress import progress
@@ -52,18 +60,26 @@ def split_dirs(test_data_dir, split=None):
     return [os.path.join(parent, name) for name in SPLIT_FOLDERS[split]]
 
 
-def evaluate(model, net, params, dataset, batches, config, label):
-    """Fine-tune and score every campaign of one split from `params`; returns (campaign dicts, overall dict)."""
+def evaluate(model, net, params, dataset, batches, config, label, group=distributed.SINGLE):
+    """Fine-tune and score every campaign of one split from `params`; returns (campaign dicts, overall dict).
+
+    With a distributed group each rank scores its share (group.campaigns) and rank 0 gathers the scores and
+    returns the split's results; the other ranks return None.
+    """
+    scored = score_campaigns(model, net, params, dataset, batches, config, label, group)
+    if group.size > 1:
+        parts = group.gather(pack_scored(scored), f"gathering the scores of {label}")
+        if parts is None:
+            return None
+        scored = sorted((s for part in parts for s in unpack_scored(part)), key=lambda s: s[0])
     campaigns, all_labels, all_scores = [], [], []
-    for aid, seeds, candidates in progress(dataset, total=len(dataset), desc=label, unit="campaign"):
-        campaign.adapt(model, net, params, seeds, config, aid, batches)
-        scores = campaign.score(model, net, candidates, config, batches)
+    for _, aid, seeds, labels, scores in scored:
         try:
-            result = metrics.campaign_metrics(candidates["label"], scores)
+            result = metrics.campaign_metrics(labels, scores)
         except ValueError as e:
             raise TrainingError(f"{label}, campaign {aid}: {e}") from e
-        campaigns.append({"campaign": aid, "seeds": len(seeds["label"]), **result})
-        all_labels.append(candidates["label"])
+        campaigns.append({"campaign": aid, "seeds": seeds, **result})
+        all_labels.append(labels)
         all_scores.append(scores)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -75,6 +91,41 @@ def evaluate(model, net, params, dataset, batches, config, label):
         print(f"note: {label}: {len(unseeded)} of {len(campaigns)} campaigns have no seeds (stage-1 rows) and were "
               f"scored without fine-tuning: {unseeded[:10]}")
     return campaigns, overall
+
+
+def score_campaigns(model, net, params, dataset, batches, config, label, group=distributed.SINGLE):
+    """Fine-tune and score this rank's campaigns of a split: [(position in the split, aid, seeds, labels, scores)]."""
+    mine = set(group.campaigns(len(dataset)))
+    bar = progress(total=len(mine), desc=label, unit="campaign", disable=not group.main)
+    scored = []
+    for position, (aid, seeds, candidates) in enumerate(dataset):
+        if position in mine:
+            campaign.adapt(model, net, params, seeds, config, aid, batches)
+            scores = campaign.score(model, net, candidates, config, batches)
+            scored.append((position, aid, len(seeds["label"]), candidates["label"], scores))
+            bar.update(1)
+    bar.close()
+    return scored
+
+
+def pack_scored(scored):
+    """score_campaigns' list as the bytes of an .npz (no pickle): what a rank sends to rank 0."""
+    columns = list(zip(*scored)) or [(), (), (), (), ()]
+    arrays = {name: np.asarray(column, np.int64) for name, column in zip(("position", "aid", "seeds"), columns)}
+    arrays["rows"] = np.asarray([len(labels) for labels in columns[3]], np.int64)
+    arrays["label"] = np.concatenate(columns[3]) if scored else np.empty(0, np.int8)
+    arrays["score"] = np.concatenate(columns[4]) if scored else np.empty(0, np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack_scored(data):
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        a = {key: archive[key] for key in archive.files}
+    bounds = np.cumsum(a["rows"])[:-1]
+    return [(int(p), int(aid), int(seeds), labels, scores) for p, aid, seeds, labels, scores in
+            zip(a["position"], a["aid"], a["seeds"], np.split(a["label"], bounds), np.split(a["score"], bounds))]
 
 
 def write_results(out_dir, tag, runs):
@@ -119,37 +170,46 @@ def checkpoints(config, trainer_command, trust_pickle=False):
 
 
 def infer(config, split=None, trainer_command="python tools/trainer.py", trust_pickle=False):
+    """Meta-inference of runner's checkpoints on the test split(s); returns the runs (split x epoch results),
+    on rank 0 of a distributed run ([] on the other ranks, which print and write nothing)."""
     runner = config["runner"]
+    say = print if distributed.world()[0] == 0 else (lambda *args, **kwargs: None)
     model = model_folder.model_module(config).DygraphModel()
     cfg.validate(config, "infer", model)
     if runner["infer_train_epoch"] == 0:
-        print("note: fine-tuning is off (runner.infer_train_epoch 0): every campaign is scored by the "
-              "checkpoint's weights as they are")
+        say("note: fine-tuning is off (runner.infer_train_epoch 0): every campaign is scored by the "
+            "checkpoint's weights as they are")
     paths = checkpoints(config, trainer_command, trust_pickle)
     reader = model_folder.load_module(runner["infer_reader_path"], config["config_path"])
     datasets = {d: reader.RecDataset(config, d) for d in split_dirs(runner["test_data_dir"], split)}
     for data_dir, dataset in datasets.items():
         for aid, reason in dataset.skipped:
-            print(f"note: {data_dir}: campaign {aid} skipped: {reason}")
+            say(f"note: {data_dir}: campaign {aid} skipped: {reason}")
 
     from tools.utils import paddle_env
     paddle_env.set_threads(runner["thread_num"])
-    paddle_env.set_device(runner["use_gpu"])
-    paddle_env.seed_all(runner["seed"])
-    net = model.create_model(config)
-    runs = []
-    for epoch, path in paths.items():
-        params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
-        ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
-        for data_dir, dataset in datasets.items():
-            name = os.path.basename(os.path.normpath(data_dir))
-            campaigns, overall = evaluate(model, net, params, dataset, reader.batches, config, f"{name} epoch {epoch}")
-            runs.append({"split": name, "data_dir": data_dir, "epoch": epoch, "checkpoint": path,
-                         "overall": overall, "campaigns": campaigns,
-                         "skipped": [{"campaign": a, "reason": r} for a, r in dataset.skipped]})
-    out_dir = runner.get("infer_output_path") or os.path.join(runner["infer_load_path"], "results")
-    tag = "+".join(os.path.basename(os.path.normpath(d)) for d in datasets)
-    files = write_results(out_dir, tag, runs)
+    group = distributed.join(paddle_env.set_device(runner["use_gpu"], quiet=distributed.world()[0] > 0))
+    with group.session():
+        paddle_env.seed_all(runner["seed"])
+        net = model.create_model(config)
+        runs = []
+        for epoch, path in paths.items():
+            params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
+            ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
+            for data_dir, dataset in datasets.items():
+                name = os.path.basename(os.path.normpath(data_dir))
+                result = evaluate(model, net, params, dataset, reader.batches, config, f"{name} epoch {epoch}", group)
+                if result is None:  # a rank other than 0: its scores went to rank 0
+                    continue
+                campaigns, overall = result
+                runs.append({"split": name, "data_dir": data_dir, "epoch": epoch, "checkpoint": path,
+                             "overall": overall, "campaigns": campaigns,
+                             "skipped": [{"campaign": a, "reason": r} for a, r in dataset.skipped]})
+        if not group.main:
+            return []
+        out_dir = runner.get("infer_output_path") or os.path.join(runner["infer_load_path"], "results")
+        tag = "+".join(os.path.basename(os.path.normpath(d)) for d in datasets)
+        files = write_results(out_dir, tag, runs)
     print(metrics.format_table(
         ("split", "epoch", "campaigns", "rows", "AUC", "GAUC", "P@5%", "R@5%"),
         [(r["split"], r["epoch"], r["overall"]["campaigns"], r["overall"]["rows"], r["overall"]["auc"],

@@ -10,6 +10,14 @@ finish the current meta-step, save a step checkpoint and exit (143 / 130).
 The folder's rules (one trainer at a time, leftovers of killed writes
 removed): tools/utils/run_folder.py; the epoch's checks:
 tools/utils/training.py.
+
+Across processes and machines, with PaddlePaddle's launcher (docs/distributed.md):
+
+    python -m paddle.distributed.launch --nproc_per_node N tools/trainer.py -m CONFIG [...]
+
+every rank trains on task_count / N tasks of each meta-batch and the gradients
+are summed (tools/utils/distributed.py); rank 0 alone writes the folder and
+prints.
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -21,16 +29,22 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import dataset as D
-from tools.utils import model_folder, vocabulary
+from tools.utils import distributed, model_folder, vocabulary
 from tools.utils.run_folder import RunFolder
 from tools.utils.training import require_finite, run_epoch
 
 
-def prepare(config):
-    """Load and check everything training needs before anything is written: (model, reader dataset)."""
+def prepare(config, untrained=False):
+    """Load and check everything training needs before anything is written: (model, reader dataset).
+
+    Under paddle.distributed.launch the meta-batch's tasks must split evenly among the ranks (unless nothing
+    is trained: untrained, or a model that does not train across campaigns).
+    """
     runner = config["runner"]
     model = model_folder.model_module(config).DygraphModel()
     cfg.validate(config, "train", model)
+    if not untrained and getattr(model, "trains_across_campaigns", True):
+        distributed.require_divisible(config["hyper_parameters"]["task_count"], config["config_path"])
     cfg.attach_schema(config, D.read_schema(runner["train_data_dir"]), runner["train_data_dir"])
     reader = model_folder.load_module(runner["train_reader_path"], config["config_path"])
     dataset = reader.RecDataset(config, runner["train_data_dir"])
@@ -43,23 +57,28 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
 
     untrained: save the seeded initialisation as epoch 0 and train nothing, the reference a trained model
     must beat (a model whose trains_across_campaigns is False, a one-stage baseline, always does this).
+    Under paddle.distributed.launch every rank runs this; rank 0 alone writes and prints.
     """
     from tools.utils import paddle_env
-    model, dataset = prepare(config)
+    model, dataset = prepare(config, untrained)
     runner = config["runner"]
     untrained = untrained or not getattr(model, "trains_across_campaigns", True)
     epochs = 1 if untrained else runner["epochs"]
     identity = {**ckpt.run_identity(config), **({"untrained": True} if untrained else {})}
     vocab = vocabulary.load(runner["train_data_dir"], required=False)
     files = {vocabulary.VOCAB_FILE: vocabulary.to_bytes(vocab)} if vocab else {}
-    with RunFolder(runner["model_save_path"], identity, files) as folder:
+    paddle_env.set_threads(runner["thread_num"])
+    group = distributed.join(paddle_env.set_device(runner["use_gpu"], quiet=distributed.world()[0] > 0))
+    say = print if group.main else (lambda *args, **kwargs: None)
+    with group.session(), \
+            distributed.SharedFolder(group, RunFolder(runner["model_save_path"], identity, files)) as folder:
         done, step_checkpoint = ([], None) if overwrite else folder.resume_point()
         start = done[-1] + 1 if done else 0
         if start >= epochs:
-            print(f"nothing to do: {folder.path} holds epochs up to {start - 1} and runner.epochs is {epochs}")
+            say(f"nothing to do: {folder.path} holds epochs up to {start - 1} and runner.epochs is {epochs}")
             return
-        paddle_env.set_threads(runner["thread_num"])
-        paddle_env.set_device(runner["use_gpu"])
+        group.resume_hint = (f"the finished checkpoints in {folder.path} are whole: rerun the same command "
+                             "to resume after the last one")
         paddle_env.seed_all(runner["seed"])
         net = model.create_model(config)
         optimizer = model.create_optimizer(net, config)
@@ -68,23 +87,30 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
         resume = None
         if step_checkpoint or done:
             path = step_checkpoint or os.path.join(folder.path, str(done[-1]))
-            resume = ckpt.resume(path, net, optimizer, trust_pickle)
-            print(f"resuming from {path}")
+            resume = group.on_main(lambda: ckpt.resume(path, net, optimizer, trust_pickle), f"reading {path}")
+            say(f"resuming from {path}")
+        group.sync_state(net, optimizer)  # every rank starts from rank 0's weights and optimizer state
         meta = {"seed": runner["seed"], "config_path": config["config_path"],
                 "data_schema": config["data_schema"], "train_campaigns": config["train_campaigns"]}
         for epoch in range(start, epochs):
             if untrained:
                 require_finite(net, "the initialisation")
                 path = folder.save_epoch(epoch, net, optimizer, {**meta, "untrained": True})
-                print(f"epoch {epoch}: nothing trained across campaigns; saved the initialisation to {path}")
+                say(f"epoch {epoch}: nothing trained across campaigns; saved the initialisation to {path}")
                 continue
             paddle_env.seed_all(paddle_env.derived_seed(runner["seed"], epoch))
             stats = run_epoch(model, net, optimizer, dataset, config, epoch, folder,
-                              resume if step_checkpoint and epoch == start else None)
-            path = folder.save_epoch(epoch, net, optimizer, {**meta, "stats": stats})
-            print(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in model.create_metrics())
-                  + f"; {stats['samples']} samples in {stats['seconds']:.1f} s "
-                  f"({stats['samples'] / max(stats['seconds'], 1e-9):.0f}/s); saved {path}")
+                              resume if step_checkpoint and epoch == start else None, group)
+            path = folder.save_epoch(epoch, net, optimizer, {**meta, "stats": stats, **group_meta(group)})
+            say(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in model.create_metrics())
+                + f"; {stats['samples']} samples in {stats['seconds']:.1f} s "
+                f"({stats['samples'] / max(stats['seconds'], 1e-9):.0f}/s"
+                + (f" on {group.size} ranks" if group.size > 1 else "") + f"); saved {path}")
+
+
+def group_meta(group):
+    """What a checkpoint records of the processes that trained it (nothing for one process)."""
+    return {"ranks": group.size} if group.size > 1 else {}
 
 
 def main(argv=None):

@@ -111,10 +111,11 @@ def _structured_optimizer_state(optimizer, net):
     state = {}
     for key, value in optimizer.state_dict().items():
         owner = _owner(key, internal)
-        if owner is None or not hasattr(value, "numpy"):
+        if owner is None or not (hasattr(value, "numpy") or isinstance(value, np.ndarray)):
             raise CheckpointError(f"optimizer state {key!r} belongs to no parameter of the network; "
                                   "only optimizers over the network's own parameters can be saved")
-        state[internal[owner] + key[len(owner):]] = value.numpy()
+        # a tensor; or, after set_state_dict and before the next step, the array it was given
+        state[internal[owner] + key[len(owner):]] = value.numpy() if hasattr(value, "numpy") else value
     return state
 
 
@@ -122,6 +123,12 @@ def _npz_bytes(arrays):
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def state_bytes(net, optimizer):
+    """(params.npz, optimizer.npz) as bytes: the network's and the optimizer's state as a checkpoint holds them."""
+    params = {key: value.numpy() for key, value in net.state_dict().items()}
+    return _npz_bytes(params), _npz_bytes(_structured_optimizer_state(optimizer, net))
 
 
 def _write(path, data):
@@ -137,9 +144,9 @@ def save(path, net, optimizer, meta, files=None):
     os.makedirs(path, exist_ok=True)
     if is_finished(path):
         os.remove(os.path.join(path, DONE_FILE))  # the folder is incomplete until the new marker lands
-    params = {key: value.numpy() for key, value in net.state_dict().items()}
-    sha = {PARAMS_FILE: _write(os.path.join(path, PARAMS_FILE), _npz_bytes(params)),
-           OPT_FILE: _write(os.path.join(path, OPT_FILE), _npz_bytes(_structured_optimizer_state(optimizer, net))),
+    params, opt = state_bytes(net, optimizer)
+    sha = {PARAMS_FILE: _write(os.path.join(path, PARAMS_FILE), params),
+           OPT_FILE: _write(os.path.join(path, OPT_FILE), opt),
            **{name: _write(os.path.join(path, name), data) for name, data in (files or {}).items()}}
     write_json(os.path.join(path, META_FILE), {**meta, "sha256": sha})
     _write(os.path.join(path, DONE_FILE), b"")
@@ -219,17 +226,24 @@ def restore_params(net, params, source):
 def resume(path, net, optimizer, trust_pickle=False):
     """Load a checkpoint folder into net and optimizer; returns its meta dict."""
     meta = read_meta(path)
-    restore_params(net, load_arrays(path, PARAMS_FILE, trust_pickle), os.path.join(path, PARAMS_FILE))
-    saved = load_arrays(path, OPT_FILE, trust_pickle)
-    if "param_names" in meta:  # the pickled format kept Paddle's internal names and this map
-        structured = {internal: key for key, internal in meta["param_names"].items()}
+    params, saved = (load_arrays(path, name, trust_pickle) for name in (PARAMS_FILE, OPT_FILE))
+    restore_state(net, optimizer, params, saved, path, meta.get("param_names"))
+    return meta
+
+
+def restore_state(net, optimizer, params, saved, source, param_names=None):
+    """Load arrays into net and optimizer: params by structured name (net.state_dict() keys), saved (the
+    optimizer's state) by structured parameter name + suffix; param_names: the pickled format's map of
+    structured to internal names. source names where the arrays come from in errors."""
+    restore_params(net, params, os.path.join(source, PARAMS_FILE))
+    if param_names:  # the pickled format kept Paddle's internal names and this map
+        structured = {internal: key for key, internal in param_names.items()}
         saved = {structured[o] + k[len(o):] if o else k: v for k, v in saved.items() for o in [_owner(k, structured)]}
     internal = {key: p.name for key, p in net.named_parameters()}
     state = {}
     for key, value in saved.items():
         owner = _owner(key, internal)
         if owner is None:
-            raise CheckpointError(f"{os.path.join(path, OPT_FILE)}: state {key!r} of no parameter of this network")
+            raise CheckpointError(f"{os.path.join(source, OPT_FILE)}: state {key!r} of no parameter of this network")
         state[internal[owner] + key[len(owner):]] = value
     optimizer.set_state_dict(state)
-    return meta

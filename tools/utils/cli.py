@@ -27,19 +27,29 @@ def _stop(signum, frame):
     raise Stopped(f"stopped by {signal.Signals(signum).name}", 128 + signum)
 
 
+def _ending():
+    """Ignore SIGTERM while the last line is printed: paddle.distributed.launch sends its SIGTERM to every rank
+    when one fails, and one raised inside the print would bury the message under a traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run(main, argv=None):
     """main(argv)'s exit code (None counts as 0), with user errors and stop signals as one line each."""
-    previous = signal.signal(signal.SIGTERM, _stop)
+    previous, previous_int = signal.signal(signal.SIGTERM, _stop), signal.getsignal(signal.SIGINT)
     try:
         return main(argv) or 0
     except UserError as e:
+        _ending()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Stopped as e:
+        _ending()
         print(e, file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        _ending()
         print("interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)

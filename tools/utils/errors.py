@@ -25,6 +25,10 @@ class TrainingError(UserError, RuntimeError):
     """Training cannot go on (the loss diverged, nothing is learned)."""
 
 
+class DistributedError(UserError, RuntimeError):
+    """A run across processes cannot go on: another rank failed, died or stopped answering."""
+
+
 class Stopped(Exception):
     """The run was stopped by a signal (SIGTERM from a scheduler, Ctrl-C) after keeping what it had.
 

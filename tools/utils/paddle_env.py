@@ -74,13 +74,22 @@ def set_threads(n):
     paddle.base.core.set_num_threads(int(n))
 
 
-def set_device(use_gpu):
-    """Run on the GPU when asked and Paddle has CUDA; otherwise on the CPU. Returns the device name."""
-    if use_gpu and not paddle.is_compiled_with_cuda():
+def set_device(use_gpu, quiet=False):
+    """Run on a GPU when asked and Paddle has CUDA, otherwise on the CPU; returns "gpu" or "cpu".
+
+    The one place that chooses the device (tools/utils/distributed.py picks the collective backend from its
+    answer). Under paddle.distributed.launch each rank takes the card the launcher gave it
+    (FLAGS_selected_gpus); alone, card 0. quiet: no note (ranks other than 0).
+    """
+    cuda = paddle.is_compiled_with_cuda()
+    if use_gpu and not cuda and not quiet:
         print("note: runner.use_gpu is True but this Paddle build has no CUDA; running on the CPU")
-    device = "gpu" if use_gpu and paddle.is_compiled_with_cuda() else "cpu"
-    paddle.set_device(device)
-    return device
+    if use_gpu and cuda:
+        card = int((os.environ.get("FLAGS_selected_gpus") or "0").split(",")[0])
+        paddle.set_device(f"gpu:{card}")
+        return "gpu"
+    paddle.set_device("cpu")
+    return "cpu"
 
 
 def derived_seed(*parts):

@@ -11,6 +11,9 @@
   the data and the model have all been checked.
 - Step checkpoints (runner.save_steps) keep the last KEEP_STEPS; those of an
   epoch go when the epoch's own checkpoint lands.
+- In a run across processes only rank 0 opens the RunFolder
+  (tools/utils/distributed.SharedFolder); the other ranks never touch the
+  folder or its lock.
 """
 import fcntl
 import os

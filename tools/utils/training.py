@@ -11,30 +11,51 @@ run_epoch drives the model's train_forward over the reader's meta-batches and:
   reader's position, so a resumed run continues the same stream;
 - on SIGTERM or Ctrl-C finishes the current meta-step, writes a step
   checkpoint and raises Stopped (exit code 128 + signal).
+
+Across processes (tools/utils/distributed.py, under paddle.distributed.launch)
+the same loop runs on every rank: each draws the whole meta-batch (the reader
+stream, and so a step checkpoint, is the same on every rank) and trains on its
+share of the tasks; the group sums the gradients, the metrics and the stop
+requests, so every check above sees the whole meta-batch and every rank
+decides alike; rank 0 writes the checkpoints.
 """
 import math
 import signal
 import time
 
+from .distributed import SINGLE
 from .errors import Stopped, TrainingError
 from .progress import progress
 
 
 class StopRequests:
-    """While active, SIGTERM and SIGINT are recorded (self.signal) instead of ending the process."""
+    """While active, SIGTERM and SIGINT are recorded (self.signal) instead of ending the process.
+
+    System calls the signal arrives in are restarted, not failed with EINTR: Paddle's TCP store does not
+    retry them, and paddle.distributed.launch sends its SIGTERM up to three times, 0.2 s apart, so a
+    distributed run would otherwise lose the step checkpoint it is saving.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __enter__(self):
-        self.signal, self._previous = None, {s: signal.getsignal(s) for s in self.SIGNALS}
+        self.signal, self._previous, self._ending = None, {s: signal.getsignal(s) for s in self.SIGNALS}, False
         for s in self.SIGNALS:
             signal.signal(s, self._record)
+            signal.siginterrupt(s, False)
         return self
 
     def _record(self, signum, frame):
         self.signal = signum
 
+    def ending(self):
+        """The run is stopping: keep recording (not acting on) these signals after the block too, until the
+        command line's end restores them; the launcher's repeated SIGTERM must not cut the last line short."""
+        self._ending = True
+
     def __exit__(self, *exc):
+        if self._ending:
+            return
         for s, handler in self._previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
@@ -60,10 +81,11 @@ def require_finite(net, what):
                                 "checkpoints before it are kept")
 
 
-def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None):
+def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None, group=SINGLE):
     """One pass over the reader (or the rest of one, from a step checkpoint's meta `resume`).
 
-    Returns the epoch's statistics {"meta_batches", "samples", "seconds", <metric>: mean}.
+    group: this process's rank in a distributed run (tools/utils/distributed.py); folder: a RunFolder, or the
+    group's SharedFolder. Returns the epoch's statistics {"meta_batches", "samples", "seconds", <metric>: mean}.
     """
     runner, hp = config["runner"], config["hyper_parameters"]
     names = model.create_metrics()
@@ -71,7 +93,8 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
     totals = dict(resume["totals"]) if resume else {"samples": 0, "seconds": 0.0, **dict.fromkeys(names, 0.0)}
     net.train()
     start, snapshot, checked = time.perf_counter() - totals["seconds"], _weights(net), dataset.step
-    bar = progress(dataset, total=len(dataset), desc=f"epoch {epoch}", unit="step", initial=dataset.step)
+    bar = progress(dataset, total=len(dataset), desc=f"epoch {epoch}", unit="step", initial=dataset.step,
+                   disable=not group.main)
 
     def save_step(step):
         totals["seconds"] = time.perf_counter() - start
@@ -81,12 +104,14 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
     with StopRequests() as stop:
         for meta_batch in bar:
             step = dataset.step
-            loss, values = model.train_forward(net, meta_batch, config)
-            if not math.isfinite(float(loss)):
-                raise TrainingError(f"epoch {epoch}, meta-step {step}: the loss is {float(loss)}; training diverged. "
+            tasks = group.tasks(meta_batch)
+            loss, values = model.train_forward(net, tasks, config)
+            loss, values, stopping = group.backward(net, loss, values, len(tasks), len(meta_batch),
+                                                    stop.signal or 0, f"epoch {epoch}, meta-step {step}")
+            if not math.isfinite(loss):
+                raise TrainingError(f"epoch {epoch}, meta-step {step}: the loss is {loss}; training diverged. "
                                     "Lower hyper_parameters.optimizer.learning_rate or local_lr; finished "
                                     f"checkpoints stay in {folder.path}")
-            loss.backward()
             optimizer.step()
             optimizer.clear_grad()
             totals["samples"] += sum(len(support["label"]) + len(query["label"]) for support, query in meta_batch)
@@ -102,10 +127,11 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
                         f"rates far too large (optimizer.learning_rate {hp['optimizer']['learning_rate']}, "
                         f"local_lr {hp.get('local_lr')}); lower them. Nothing of this epoch was saved")
                 snapshot, checked = _weights(net), step
-            if stop.signal is not None:
+            if stopping:  # the signal, here or (distributed) on another rank
+                stop.ending()
                 path = save_step(step)
-                raise Stopped(f"stopped by {signal.Signals(stop.signal).name} after epoch {epoch}, meta-step {step}: "
-                              f"saved {path}; rerun the same command to resume there", 128 + stop.signal)
+                raise Stopped(f"stopped by {signal.Signals(stopping).name} after epoch {epoch}, meta-step {step}: "
+                              f"saved {path}; rerun the same command to resume there", 128 + stopping)
             if runner["save_steps"] and step % runner["save_steps"] == 0 and step < len(dataset):
                 save_step(step)
     bar.close()
