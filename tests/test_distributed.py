@@ -35,6 +35,7 @@ SMALL = ("runner.thread_num=1", "hyper_parameters.task_count=4", "hyper_paramete
 # that 2, or exits 241 when it ends rank 0 itself after seeing rank 1 fail first: a race between the ranks.
 USER_ERROR = (2, 241)
 
+
 def launch(tool, config, log_dir, *args, ranks=2, env=None, cwd=ROOT, wait=True):
     """tools/<tool> -m config under the launcher with `ranks` processes; the CompletedProcess (or the Popen when
     not wait), with .logs(rank) reading that rank's workerlog."""
