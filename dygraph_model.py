@@ -22,6 +22,27 @@ import net as net_module
 LOG_FLOOR = 1e-12  # p and 1 - p are clipped below at this inside the logs (see create_loss)
 
 
+# The hyper_parameters of this model folder (its readers' too): key -> (kind, default or "required", meaning).
+# tools/utils/config.py checks a config against them (its kind_check lists the kinds).
+HYPER_PARAMETERS = {
+    "max_idxs": ("max_idxs", "schema", "vocabulary maxima [static, dynamic, ad], or schema (the data's schema.json)"),
+    "embed_dim": ("int >= 1", "required", "embedding width"),
+    "embedding_init": ("one of " + " | ".join(net_module.EMBEDDING_INITS), "normal",
+                       "start of the tables: N(0, 1) as the official code, or xavier_uniform"),
+    "mlp_dims": ("int list >= 1", "required", "widths of the expert MLP layers"),
+    "num_expert": ("int >= 1", "required", "experts"),
+    "num_output": ("int >= 1", "required", "critics"),
+    "task_count": ("int >= 1", "required", "campaigns per meta-batch (reader_train.py)"),
+    "sample_method": ("one of normal | sqrt | unit", "normal",
+                      "campaign draw: in proportion to rows, to their square root, or uniform (reader_train.py)"),
+    "meta_order": ("one of 1 | 2", 2, "2: exact second-order MAML; 1: first order"),
+    "local_lr": ("number > 0", "required", "the inner SGD step"),
+    "local_test_learning_rate": ("number > 0", "required", "Adam of fine-tuning on a test campaign's seeds"),
+    "optimizer.class": ("one of adam", "adam", "the outer and fine-tuning optimiser"),
+    "optimizer.learning_rate": ("number > 0", "required", "the outer Adam step"),
+}
+
+
 def compact_ids(layout, batches, table_rows, groups=None):
     """Remap the ids of several batches to rows of per-table gathers.
 
@@ -122,9 +143,7 @@ class DygraphModel:
     (tools/utils/config.py validates them all before a model is built).
     """
 
-    HYPER_PARAMETERS = ("max_idxs", "embed_dim", "embedding_init", "mlp_dims", "num_expert", "num_output",
-                        "task_count", "sample_method", "meta_order", "local_lr", "local_test_learning_rate",
-                        "optimizer.class", "optimizer.learning_rate")
+    HYPER_PARAMETERS = HYPER_PARAMETERS
 
     def create_model(self, config):
         hp = config["hyper_parameters"]

@@ -29,9 +29,15 @@ def mlp_net(config):
     return layers.MLPNet(layout(config), hp["embed_dim"], hp["mlp_dims"], hp["embedding_init"])
 
 
+def hyper_parameters(*keys):
+    """The declarations (tools/utils/config.py's form) of these keys, as MetaHeac's folder declares them."""
+    return {key: metaheac.HYPER_PARAMETERS[key] for key in keys}
+
+
 # The hyper-parameters of the MLP-based baselines (no experts, critics or inner step).
-MLP_HYPER_PARAMETERS = ("max_idxs", "embed_dim", "embedding_init", "mlp_dims", "task_count", "sample_method",
-                        "local_test_learning_rate", "optimizer.class", "optimizer.learning_rate")
+MLP_HYPER_PARAMETERS = hyper_parameters("max_idxs", "embed_dim", "embedding_init", "mlp_dims", "task_count",
+                                        "sample_method", "local_test_learning_rate", "optimizer.class",
+                                        "optimizer.learning_rate")
 
 
 class CampaignModel(metaheac.DygraphModel):
@@ -44,7 +50,7 @@ class CampaignModel(metaheac.DygraphModel):
     inherited hooks call net(feeds), a new campaign.
     """
 
-    HYPER_PARAMETERS = tuple(k for k in metaheac.DygraphModel.HYPER_PARAMETERS if k not in ("local_lr", "meta_order"))
+    HYPER_PARAMETERS = {k: v for k, v in metaheac.HYPER_PARAMETERS.items() if k not in ("local_lr", "meta_order")}
 
     def pretrain_forward(self, net, feeds, aid):
         return net(feeds)

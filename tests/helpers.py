@@ -81,7 +81,8 @@ def reader_config(batch_size=8, task_count=2, sample_method="normal", seed=7):
     return {"runner": {"train_batch_size": batch_size, "seed": seed},
             "hyper_parameters": {"max_idxs": MAX_IDXS_LIST, "task_count": task_count,
                                  "sample_method": sample_method},
-            "data_schema": schema(), "config_path": "test-config.yaml", "config_abs_dir": ROOT}
+            "data_schema": schema(), "config_path": "test-config.yaml", "config_abs_dir": ROOT,
+            "model_dir": ROOT}
 
 
 def pairwise_auc(labels, scores):

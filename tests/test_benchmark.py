@@ -114,6 +114,6 @@ def test_cli_errors_are_one_line(data, capsys):
     assert cli.run(benchmark.main, ["--data", data, "--methods", "lr,nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
     assert cli.run(benchmark.main, ["--data", data, "--methods", "lr", "--set", "runner.epoch=2"]) == 2
-    assert "no selected method's config has that key" in capsys.readouterr().err
+    assert "no selected method has that key" in capsys.readouterr().err
     assert cli.run(benchmark.main, ["--data", data, "--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err

@@ -70,32 +70,85 @@ def test_bad_overrides_are_clear_errors(tmp_path, item, message):
         cfg.load_config(str(tmp_path / "config.yaml"), [item])
 
 
+YAML_KEYS = ("local_lr", "optimizer.class", "optimizer.learning_rate")  # the hyper_parameters YAML sets
+
+
 class Needs:
-    """A model that needs these hyper_parameters (as a model folder's DygraphModel declares them)."""
+    """A model that declares these hyper_parameters (as a model folder's DygraphModel does), as MetaHeac does."""
 
     def __init__(self, *keys):
-        self.HYPER_PARAMETERS = keys
+        import dygraph_model
+        self.HYPER_PARAMETERS = {key: dygraph_model.HYPER_PARAMETERS[key] for key in keys}
 
 
 def test_values_are_checked_on_load_and_needed_keys_by_tool(tmp_path):
     (tmp_path / "config.yaml").write_text(YAML)
     path = str(tmp_path / "config.yaml")
-    with pytest.raises(cfg.ConfigError, match=r"config.yaml: runner.epochs must be an integer >= 1, got -1"):
-        cfg.load_config(path, ["runner.epochs=-1"])
-    with pytest.raises(cfg.ConfigError, match=r"runner.epochs must be an integer >= 1, got True"):
-        cfg.load_config(path, ["runner.epochs=True"])
+    with pytest.raises(cfg.ConfigError, match=r"^-o runner.epochs must be an integer >= 1, got -1 .*; pass -o"):
+        cfg.load_config(path, ["runner.epochs=-1"])  # blamed on -o, not on the file
+    (tmp_path / "bad.yaml").write_text(YAML.replace("epochs: 1", "epochs: True"))
+    with pytest.raises(cfg.ConfigError, match=r"bad.yaml: runner.epochs must be an integer >= 1, got True .*fix the"):
+        cfg.load_config(str(tmp_path / "bad.yaml"))
     with pytest.raises(cfg.ConfigError, match=r"runner.seed is missing \(the seed of everything\)"):
         cfg.validate(cfg.load_config(path, ["runner.train_reader_path=r"]), "train", Needs())
     with pytest.raises(cfg.ConfigError, match=r"hyper_parameters.embed_dim is missing"):
         cfg.validate(cfg.load_config(path, ["runner.seed=1", "runner.train_batch_size=4",
-                                            "runner.train_reader_path=r"]), "train", Needs("embed_dim"))
+                                            "runner.train_reader_path=r"]), "train", Needs(*YAML_KEYS, "embed_dim"))
     config = cfg.validate(cfg.load_config(path, ["runner.seed=1", "runner.train_batch_size=4",
-                                                 "runner.train_reader_path=r"]), "train", Needs("meta_order"))
+                                                 "runner.train_reader_path=r"]), "train",
+                          Needs(*YAML_KEYS, "meta_order"))
     assert config["hyper_parameters"]["meta_order"] == 2 and config["runner"]["thread_num"] == 2  # defaults
     with pytest.raises(cfg.ConfigError, match=r"no such config file"):
         cfg.load_config(str(tmp_path / "nope.yaml"))
     with pytest.raises(cfg.ConfigError, match=r"reader_x.py: not found"):
         model_folder.load_module(str(tmp_path / "reader_x"), path)
+
+
+def test_hyper_parameters_are_the_model_folders(tmp_path):
+    """The model declares its keys: its kinds are checked, a key it does not declare is refused where the config or
+    -o sets it and left out where a base sets it."""
+    (tmp_path / "config.yaml").write_text(YAML)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.yaml").write_text("base: ../config.yaml\nhyper_parameters:\n  embed_dim: 4\n")
+    runner = ["runner.seed=1", "runner.train_batch_size=4", "runner.train_reader_path=r"]
+    model = Needs("embed_dim", "optimizer.learning_rate")
+    config = cfg.validate(cfg.load_config(str(tmp_path / "m" / "config.yaml"), runner), "train", model)
+    assert config["hyper_parameters"] == {"embed_dim": 4, "optimizer": {"learning_rate": 0.001}}  # base's dropped
+    with pytest.raises(cfg.ConfigError, match=r"^-o hyper_parameters.local_lr: no such key; .*the "
+                                              r"hyper_parameters of this model \(tests/test_tools.py\) are: "
+                                              r"embed_dim, optimizer.learning_rate$"):
+        cfg.validate(cfg.load_config(str(tmp_path / "m" / "config.yaml"), runner + ["hyper_parameters.local_lr=1"]),
+                     "train", model)
+    (tmp_path / "m" / "config.yaml").write_text("base: ../config.yaml\nhyper_parameters:\n  embed_dims: 4\n")
+    with pytest.raises(cfg.ConfigError, match=r"m/config.yaml: unknown key 'hyper_parameters.embed_dims'; "
+                                              r"did you mean hyper_parameters.embed_dim\?"):
+        cfg.validate(cfg.load_config(str(tmp_path / "m" / "config.yaml"), runner), "train", model)
+    with pytest.raises(cfg.ConfigError, match=r"^-o hyper_parameters.embed_dim must be an integer >= 1, got 0.5"):
+        cfg.validate(cfg.load_config(str(tmp_path / "config.yaml"), runner + ["hyper_parameters.embed_dim=0.5"]),
+                     "train", Needs(*YAML_KEYS, "embed_dim"))
+    with pytest.raises(cfg.ConfigError, match=r"must be one of 1 \| 2, got 3"):
+        cfg.validate(cfg.load_config(str(tmp_path / "config.yaml"), runner + ["hyper_parameters.meta_order=3"]),
+                     "train", Needs(*YAML_KEYS, "meta_order"))
+
+
+def test_a_config_kept_elsewhere_names_its_model_folder_by_its_base(tmp_path):
+    (tmp_path / "mine.yaml").write_text(f"base: {ROOT}/models/lr/config.yaml\nrunner:\n  epochs: 3\n")
+    config = cfg.load_config(str(tmp_path / "mine.yaml"))
+    assert config["model_dir"] == os.path.join(ROOT, "models", "lr") and config["runner"]["epochs"] == 3
+    assert config["runner"]["train_data_dir"] == os.path.join(ROOT, "data", "train")  # the base's paths stay its own
+    (tmp_path / "copy.yaml").write_text((tmp_path / "mine.yaml").read_text().split("\n", 1)[1])
+    with pytest.raises(cfg.ConfigError, match=r"copy.yaml: no dygraph_model.py beside it .* `base: <model folder>"):
+        model_folder.model_module(cfg.load_config(str(tmp_path / "copy.yaml")))
+
+
+@pytest.mark.parametrize("kind, good, bad", [
+    ("int >= 0", [0, 7], [-1, 1.5, True, "3"]), ("number > 0", [1e-4, 3], [0, -1, float("nan"), float("inf"), True]),
+    ("number >= 0", [0, 0.5], [-1e-9]), ("one of a | 2", ["a", 2], ["b", 3, True]), ("bool", [True], [1, "True"]),
+    ("int list >= 1", [[1], [64, 64]], [[], [0], [1.5], 3]), ("text", ["x"], ["", 3]),
+])
+def test_declared_kinds(kind, good, bad):
+    check = cfg.kind_check(kind)
+    assert all(check(v) is None for v in good) and all(check(v) for v in bad)
 
 
 def test_base_configs_are_inherited_with_paths_relative_to_the_file_that_wrote_them(tmp_path):
@@ -443,6 +496,6 @@ def test_importing_paddle_before_paddle_env_is_named_and_the_tools_never_do():
     def stderr_of(code):
         return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stderr
     assert "paddle was imported before tools.utils.paddle_env" in stderr_of("import paddle\nimport tools.utils.paddle_env")
-    loads = ("from tools.utils import model_folder\nmodel_folder.model_module({'config_abs_dir': '.', "
+    loads = ("from tools.utils import model_folder\nmodel_folder.model_module({'model_dir': '.', "
              "'config_path': 'x'})")
     assert stderr_of(loads) == ""  # the model module imports paddle, after the environment is set

@@ -72,30 +72,33 @@ class BenchmarkError(UserError):
 
 # ---------------------------------------------------------------- planning the runs
 def config_keys(config_path):
-    """The declared keys a config (with its bases) sets: --set applies to the methods whose config has the key."""
+    """The keys a method's commands may set: the runner keys its config sets and the hyper_parameters its model
+    folder declares. --set applies to the methods that have the key. Imports the model (and Paddle): run it in a
+    worker."""
     from tools.utils import config as cfg
+    from tools.utils import model_folder
     config = cfg.load_config(config_path)
-    return {key for key in cfg.KEYS if cfg.get(config, key) is not None}
+    model = model_folder.model_module(config).DygraphModel()
+    return {key for key in cfg.KEYS if cfg.get(config, key) is not None} | set(cfg.hyper_parameters_of(model))
 
 
-def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra):
-    """[(method, seed, trainer argv, infer_meta argv, run folder)] for every method x seed."""
+def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys):
+    """[(method, seed, trainer argv, infer_meta argv, run folder)] for every method x seed; keys: config_keys of
+    every method."""
     data_dir = os.path.abspath(data_dir)
     D.read_schema(os.path.join(data_dir, "train"))  # a data folder, before any run starts
-    unused = [item for item in extra
-              if not any(item.partition("=")[0] in config_keys(os.path.join(ROOT, METHODS[m][1])) for m in methods)]
+    unused = [item for item in extra if not any(item.partition("=")[0] in keys[m] for m in methods)]
     if unused:
-        raise BenchmarkError(f"--set {unused}: no selected method's config has that key")
+        raise BenchmarkError(f"--set {unused}: no selected method has that key")
     runs = []
     for method in methods:
         label, config, overrides, trains = METHODS[method]
-        keys = config_keys(os.path.join(ROOT, config))
         for seed in seeds:
             folder = os.path.join(os.path.abspath(out_dir), method, f"seed{seed}")
             common = [f"runner.seed={seed}", f"runner.thread_num={threads}",
                       f"runner.train_data_dir={os.path.join(data_dir, 'train')}",
                       f"runner.test_data_dir={os.path.join(data_dir, 'test_hot')}",
-                      *overrides, *[item for item in extra if item.partition("=")[0] in keys]]
+                      *overrides, *[item for item in extra if item.partition("=")[0] in keys[method]]]
             last = epochs if trains else 1
             train = ["-m", config, "-o", *common, f"runner.epochs={last}",
                      f"runner.model_save_path={os.path.join(folder, 'model')}"]
@@ -107,12 +110,11 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra):
     return runs
 
 
-def fine_tune_protocol(method, extra):
+def fine_tune_protocol(method, extra, keys):
     """(passes, Adam learning rate, batch) of a method's fine-tuning on each test campaign's seeds."""
     from tools.utils.config import load_config
-    config_path = os.path.join(ROOT, METHODS[method][1])
-    keys = config_keys(config_path)
-    config = load_config(config_path, [*METHODS[method][2], *[i for i in extra if i.partition("=")[0] in keys]])
+    config = load_config(os.path.join(ROOT, METHODS[method][1]),
+                         [*METHODS[method][2], *[i for i in extra if i.partition("=")[0] in keys]])
     return (config["runner"]["infer_train_epoch"], config["hyper_parameters"]["local_test_learning_rate"],
             config["runner"]["infer_batch_size"])
 
@@ -317,12 +319,15 @@ def write_chart(path, report):
 def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, extra=(), command="", log=print):
     """Run (or reuse) every method x seed, write the four result files; returns the report dict."""
     start = time.perf_counter()
-    runs = plan(methods, seeds, data_dir, out_dir, epochs, threads, list(extra))
     records = {}
     # fork: the workers inherit sys.path; the parent never imports Paddle, so forking it is safe
     pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"),
                                                   initializer=_import_paddle)
     try:
+        configs = {os.path.join(ROOT, METHODS[m][1]) for m in methods}
+        config_keys_of = dict(zip(configs, pool.map(config_keys, configs)))
+        keys = {m: config_keys_of[os.path.join(ROOT, METHODS[m][1])] for m in methods}
+        runs = plan(methods, seeds, data_dir, out_dir, epochs, threads, list(extra), keys)
         futures = {pool.submit(run_one, *run): run[:2] for run in runs}
         for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
             record = future.result()
@@ -338,7 +343,8 @@ def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, ex
         "epochs": epochs, "threads": threads, "jobs": jobs, "oracle": oracle(data_dir),
         "methods": [{"name": m, "label": METHODS[m][0], "config": METHODS[m][1], "overrides": list(METHODS[m][2]),
                      "trains_across_campaigns": METHODS[m][3],
-                     "fine_tune": dict(zip(("passes", "learning_rate", "batch"), fine_tune_protocol(m, extra))),
+                     "fine_tune": dict(zip(("passes", "learning_rate", "batch"),
+                                           fine_tune_protocol(m, extra, keys[m]))),
                      "runs": [records[(m, s)] for s in seeds],
                      "summary": summarise([records[(m, s)] for s in seeds])} for m in methods],
     }

@@ -23,8 +23,9 @@ class LRNet(nn.Layer):
 
 class DygraphModel(metaheac.DygraphModel):
     trains_across_campaigns = False
-    HYPER_PARAMETERS = ("max_idxs", "task_count", "sample_method", "local_test_learning_rate",
-                        "optimizer.class", "optimizer.learning_rate")
+    HYPER_PARAMETERS = pretraining.hyper_parameters("max_idxs", "task_count", "sample_method",
+                                                    "local_test_learning_rate", "optimizer.class",
+                                                    "optimizer.learning_rate")
 
     def create_model(self, config):
         return LRNet(pretraining.layout(config))

@@ -36,7 +36,7 @@ class MMoENet(nn.Layer):
 
 
 class DygraphModel(pretraining.CampaignBlockModel):
-    HYPER_PARAMETERS = pretraining.MLP_HYPER_PARAMETERS + ("num_expert",)
+    HYPER_PARAMETERS = {**pretraining.MLP_HYPER_PARAMETERS, **pretraining.hyper_parameters("num_expert")}
 
     def create_model(self, config):
         hp = config["hyper_parameters"]

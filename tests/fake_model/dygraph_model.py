@@ -27,6 +27,15 @@ class LogisticNet(paddle.nn.Layer):
 
 
 class DygraphModel:
+    # What this folder's config may set (tools/utils/config.py reads it): key -> (kind, default, meaning).
+    HYPER_PARAMETERS = {
+        "task_count": ("int >= 1", "required", "campaigns per meta-batch"),
+        "sample_method": ("one of normal | sqrt | unit", "normal", "how campaigns are drawn"),
+        "local_test_learning_rate": ("number > 0", "required", "Adam of fine-tuning"),
+        "optimizer.class": ("one of adam", "adam", "the optimiser"),
+        "optimizer.learning_rate": ("number > 0", "required", "the outer Adam step"),
+    }
+
     def create_model(self, config):
         return LogisticNet(config["hyper_parameters"]["max_idxs"])
 

@@ -1,13 +1,18 @@
-"""The YAML config of a model folder: loading, `base:` inheritance, `-o key=value` overrides, and the one
-declared set of keys (KEYS) every tool validates against.
+"""The YAML config of a model folder: loading, `base:` inheritance, `-o key=value` overrides, and checking every
+value against its declaration.
 
 A config has the sections `runner` and `hyper_parameters` (PaddleRec's) and
 may name a `base:` config whose keys it inherits and overrides (the baseline
-folders inherit the top-level config.yaml). Every key is declared in KEYS with
-its type, range and default; an unknown key, a wrong type or a value out of
-range is a ConfigError naming the file, the key and the fix, before anything
-runs. A tool then calls validate(config, tool, model) for the keys it and the
-model need.
+folders inherit the top-level config.yaml). The two sections have two owners:
+- the runner keys belong to the tools and are declared here (KEYS);
+- the hyper_parameters belong to the model folder: its dygraph_model.py
+  declares the ones it reads (DygraphModel.HYPER_PARAMETERS), so a new model
+  folder brings new keys without a change here.
+Both declare a key as (kind, default or REQUIRED, meaning); kind_check says
+which kinds there are. An unknown key, a wrong type or a value out of range is
+a ConfigError naming where the value was set (the file, or -o), the key and
+the fix, before anything runs: runner values on load, hyper_parameters when a
+tool calls validate(config, tool, model).
 
 Path rule: relative paths written in a YAML (data folders, reader modules,
 model_save_path, ...) are relative to that YAML's folder, so a model folder
@@ -20,8 +25,10 @@ schema.json, which the model's tables follow) and config["train_campaigns"]
 come from the checkpoint.
 """
 import difflib
+import math
 import os
 import re
+import sys
 
 import yaml
 
@@ -40,7 +47,7 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               list("-+.0123456789"))
 
 
-# ---------------------------------------------------------------- the declared keys
+# ---------------------------------------------------------------- kinds of values
 def _integer(low):
     def check(v):
         ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
@@ -48,9 +55,12 @@ def _integer(low):
     return check
 
 
-def _positive_number(v):
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and v == v and v != float("inf")
-    return None if ok else "a number > 0"
+def _number(op, bound):
+    def check(v):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and \
+            (v > bound if op == ">" else v >= bound)
+        return None if ok else f"a number {op} {bound:g}"
+    return check
 
 
 def _boolean(v):
@@ -61,7 +71,7 @@ def _text(v):
     return None if isinstance(v, str) and v else "a path or name"
 
 
-def _choice(*values):
+def _choice(values):
     def check(v):
         return None if v in values and not isinstance(v, bool) else "one of " + " | ".join(map(str, values))
     return check
@@ -78,46 +88,51 @@ def _max_idxs(v):
     return None if ok else "'schema' (read the data's schema.json) or 3 lists [static, dynamic, ad] of ids >= 0"
 
 
-# key: (check, default or REQUIRED, what it is)
-REQUIRED = object()
+_NAMED_KINDS = {"bool": _boolean, "text": _text, "int list >= 1": _widths, "max_idxs": _max_idxs}
+
+
+def kind_check(kind):
+    """The check of a declared kind: "int >= N", "number > X", "number >= X", "bool", "text" (a path or name),
+    "int list >= 1", "max_idxs" or "one of A | B | ..." (each value typed as YAML). The check returns None for a
+    good value, else what the value must be."""
+    if kind in _NAMED_KINDS:
+        return _NAMED_KINDS[kind]
+    integer = re.fullmatch(r"int >= (-?\d+)", kind)
+    if integer:
+        return _integer(int(integer.group(1)))
+    number = re.fullmatch(r"number (>=?) (\S+)", kind)
+    if number:
+        return _number(number.group(1), float(number.group(2)))
+    if kind.startswith("one of "):
+        return _choice([yaml.load(v, Loader=_Loader) for v in kind[len("one of "):].split(" | ")])
+    raise ValueError(f"unknown kind {kind!r}: use " + ", ".join(
+        ["int >= N", "number > X", "number >= X", "one of A | B"] + list(_NAMED_KINDS)))
+
+
+# ---------------------------------------------------------------- the runner's keys (the tools' own)
+# key: (kind, default or REQUIRED, what it is). The hyper_parameters belong to the model folder: its
+# dygraph_model.py declares them in the same form (DygraphModel.HYPER_PARAMETERS), see validate.
+REQUIRED = "required"
 KEYS = {
-    "runner.train_data_dir": (_text, REQUIRED, "the training data folder (stage 1 is read)"),
-    "runner.train_reader_path": (_text, REQUIRED, "the meta-batch reader module (reader_train)"),
-    "runner.test_data_dir": (_text, REQUIRED, "a test data folder (--split swaps its last name)"),
-    "runner.infer_reader_path": (_text, REQUIRED, "the test reader module (reader_test)"),
-    "runner.model_save_path": (_text, REQUIRED, "where the trainer writes checkpoints"),
-    "runner.infer_load_path": (_text, REQUIRED, "where meta-inference reads checkpoints"),
-    "runner.infer_output_path": (_text, None, "where results go (default <infer_load_path>/results)"),
-    "runner.use_gpu": (_boolean, False, "run on a GPU when Paddle has CUDA"),
-    "runner.seed": (_integer(0), REQUIRED, "the seed of everything"),
-    "runner.thread_num": (_integer(1), 2, "CPU threads of Paddle"),
-    "runner.train_batch_size": (_integer(1), REQUIRED, "rows of each support and each query batch"),
-    "runner.infer_batch_size": (_integer(1), REQUIRED, "rows of each fine-tuning batch"),
-    "runner.epochs": (_integer(1), REQUIRED, "meta-training epochs"),
-    "runner.print_interval": (_integer(1), 10, "meta-steps between progress updates and no-learning checks"),
-    "runner.save_steps": (_integer(0), 0, "meta-steps between step checkpoints (0: at the end of epochs only)"),
-    "runner.infer_start_epoch": (_integer(0), 0, "first checkpoint epoch meta-inference tests"),
-    "runner.infer_end_epoch": (_integer(1), REQUIRED, "meta-inference tests epochs [start, end)"),
-    "runner.infer_train_epoch": (_integer(0), REQUIRED, "fine-tuning passes over a test campaign's seeds"),
-    "hyper_parameters.max_idxs": (_max_idxs, "schema", "vocabulary maxima, or schema"),
-    "hyper_parameters.embed_dim": (_integer(1), REQUIRED, "embedding width"),
-    "hyper_parameters.embedding_init": (_choice("normal", "xavier_uniform"), "normal",
-                                        "start of the tables: N(0, 1) as the official code, or xavier_uniform"),
-    "hyper_parameters.mlp_dims": (_widths, REQUIRED, "widths of the expert MLP layers"),
-    "hyper_parameters.num_expert": (_integer(1), REQUIRED, "experts"),
-    "hyper_parameters.num_output": (_integer(1), REQUIRED, "critics"),
-    "hyper_parameters.task_count": (_integer(1), REQUIRED, "campaigns per meta-batch"),
-    "hyper_parameters.sample_method": (_choice("normal", "sqrt", "unit"), "normal",
-                                       "campaign draw: in proportion to rows, to their square root, or uniform"),
-    "hyper_parameters.meta_order": (_choice(1, 2), 2, "2: exact second-order MAML; 1: first order"),
-    "hyper_parameters.local_lr": (_positive_number, REQUIRED, "the inner SGD step"),
-    "hyper_parameters.local_test_learning_rate": (_positive_number, REQUIRED, "Adam of fine-tuning"),
-    "hyper_parameters.optimizer.class": (_choice("adam"), "adam", "the outer and fine-tuning optimiser"),
-    "hyper_parameters.optimizer.learning_rate": (_positive_number, REQUIRED, "the outer Adam step"),
+    "runner.train_data_dir": ("text", REQUIRED, "the training data folder (stage 1 is read)"),
+    "runner.train_reader_path": ("text", REQUIRED, "the meta-batch reader module (reader_train)"),
+    "runner.test_data_dir": ("text", REQUIRED, "a test data folder (--split swaps its last name)"),
+    "runner.infer_reader_path": ("text", REQUIRED, "the test reader module (reader_test)"),
+    "runner.model_save_path": ("text", REQUIRED, "where the trainer writes checkpoints"),
+    "runner.infer_load_path": ("text", REQUIRED, "where meta-inference reads checkpoints"),
+    "runner.infer_output_path": ("text", None, "where results go (default <infer_load_path>/results)"),
+    "runner.use_gpu": ("bool", False, "run on a GPU when Paddle has CUDA"),
+    "runner.seed": ("int >= 0", REQUIRED, "the seed of everything"),
+    "runner.thread_num": ("int >= 1", 2, "CPU threads of Paddle"),
+    "runner.train_batch_size": ("int >= 1", REQUIRED, "rows of each support and each query batch"),
+    "runner.infer_batch_size": ("int >= 1", REQUIRED, "rows of each fine-tuning batch"),
+    "runner.epochs": ("int >= 1", REQUIRED, "meta-training epochs"),
+    "runner.print_interval": ("int >= 1", 10, "meta-steps between progress updates and no-learning checks"),
+    "runner.save_steps": ("int >= 0", 0, "meta-steps between step checkpoints (0: at the end of epochs only)"),
+    "runner.infer_start_epoch": ("int >= 0", 0, "first checkpoint epoch meta-inference tests"),
+    "runner.infer_end_epoch": ("int >= 1", REQUIRED, "meta-inference tests epochs [start, end)"),
+    "runner.infer_train_epoch": ("int >= 0", REQUIRED, "fine-tuning passes over a test campaign's seeds"),
 }
-# Each section and sub-section is a mapping of the keys declared under it.
-_SECTION_KEYS = {section for key in KEYS for section in
-                 (".".join(key.split(".")[:i]) for i in range(1, key.count(".") + 1))}
 PATH_KEYS = ("train_data_dir", "test_data_dir", "model_save_path", "infer_load_path", "infer_output_path",
              "train_reader_path", "infer_reader_path")
 TOOL_KEYS = {
@@ -128,6 +143,7 @@ TOOL_KEYS = {
     "expand": ("infer_reader_path", "infer_load_path", "use_gpu", "seed", "thread_num", "infer_batch_size",
                "infer_start_epoch", "infer_end_epoch", "infer_train_epoch"),
 }
+SOURCES = "value_sources"  # config[SOURCES]: dotted key -> the file (or "-o") that set its value
 
 
 # ---------------------------------------------------------------- loading
@@ -140,32 +156,37 @@ def parse_value(text):
 
 
 def load_config(path, overrides=()):
-    """Read a YAML config (and its bases), apply `key=value` overrides (dotted keys), check every value.
+    """Read a YAML config (and its bases), apply `key=value` overrides (dotted keys), check the runner's values.
 
-    Adds config_abs_dir (the config's folder, PaddleRec's name) and config_path.
+    Adds config_abs_dir (the config's folder, PaddleRec's name), config_path, model_dir (model_dir_of) and SOURCES
+    (where each value was set). The hyper_parameters are checked by validate, against the model folder's
+    declaration.
     """
-    config = _read(os.path.abspath(path), ())
+    sources, chain = {}, []
+    config = _read(os.path.abspath(path), chain, sources)
+    config[SOURCES] = sources
     for item in overrides:
-        apply_override(config, item, path)
+        apply_override(config, item)
     config["config_abs_dir"] = os.path.dirname(os.path.abspath(path))
     config["config_path"] = os.path.abspath(path)
-    for key, (check, _, what) in KEYS.items():
-        value = get(config, key)
-        if value is not None:
-            need = check(value)
-            if need:
-                raise ConfigError(f"{config['config_path']}: {key} must be {need}, got {value!r} ({what}); "
-                                  f"fix the YAML or pass -o {key}=...")
+    config["model_dir"] = model_dir_of(chain)
+    for key, (kind, _, what) in KEYS.items():
+        _check_value(config, key, kind, what)
     return config
 
 
-def _read(path, seen):
-    """One YAML file with its base merged under it; paths resolved against the file that wrote them."""
+def _read(path, chain, sources):
+    """One YAML file with its base merged under it; paths resolved against the file that wrote them.
+
+    chain receives the files read (this one, then its base, ...); sources, for every value, the file that set it
+    (this file's values override its base's).
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such config file; pass the YAML of a model folder with -m"
-                          + (f" (the base of {seen[-1]})" if seen else ""))
-    if path in seen:
-        raise ConfigError(f"{path}: a base cycle ({' -> '.join(seen + (path,))}); remove one base:")
+                          + (f" (the base of {chain[-1]})" if chain else ""))
+    if path in chain:
+        raise ConfigError(f"{path}: a base cycle ({' -> '.join(chain + [path])}); remove one base:")
+    chain.append(path)
     try:
         with open(path) as f:
             data = yaml.load(f, Loader=_Loader)
@@ -180,28 +201,40 @@ def _read(path, seen):
     folder = os.path.dirname(path)
     for section in SECTIONS:
         data.setdefault(section, {})
-        _check_keys(data[section], section, path)
+        _check_sections(data[section], section, path)
     _resolve_paths(data["runner"], folder)
     base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base must be the path of another config, got {base!r}")
-    merged = _read(os.path.normpath(os.path.join(folder, base)), seen + (path,))
-    return _merge(merged, data)
+    own = {section: data[section] for section in SECTIONS}
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be the path of another config, got {base!r}")
+        data = _merge(_read(os.path.normpath(os.path.join(folder, base)), chain, sources), data)
+    sources.update(dict.fromkeys(leaves(own), path))
+    return data
 
 
-def _check_keys(node, prefix, path):
-    """Every key under `prefix` is declared; every section is a mapping."""
+def model_dir_of(chain):
+    """The model folder of a config: its own folder, or else the folder of the nearest base config that has a
+    dygraph_model.py beside it, so a config kept elsewhere names its model by `base: <model folder>/config.yaml`
+    (None if there is none). chain: the config's file, then its base, its base's base, ..."""
+    for path in chain:
+        if os.path.isfile(os.path.join(os.path.dirname(path), "dygraph_model.py")):
+            return os.path.dirname(path)
+    return None
+
+
+def _check_sections(node, prefix, path):
+    """Every section is a mapping; every runner key is one of KEYS (the hyper_parameters are the model's)."""
     if not isinstance(node, dict):
-        raise ConfigError(f"{path}: {prefix} must be a section (a mapping of keys to values), got {node!r}")
+        raise ConfigError(f"{path}: {prefix} must be a section (a mapping of keys to values), got {short(node)}")
     for key, value in node.items():
         dotted = f"{prefix}.{key}"
-        if dotted in _SECTION_KEYS:
-            _check_keys(value, dotted, path)
+        if prefix.startswith("hyper_parameters"):
+            if isinstance(value, dict):
+                _check_sections(value, dotted, path)
         elif dotted not in KEYS:
             raise ConfigError(f"{path}: unknown key {dotted!r}{_hint(dotted, KEYS)}; "
-                              "the keys a config may hold are listed in tools/utils/config.py (KEYS)")
+                              "the runner keys are listed in tools/utils/config.py (KEYS)")
 
 
 def _hint(key, known):
@@ -222,6 +255,16 @@ def _merge(base, over):
     return out
 
 
+def leaves(node, prefix=""):
+    """The dotted keys of every value (not section) under a mapping."""
+    for key, value in node.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            yield from leaves(value, dotted)
+        else:
+            yield dotted
+
+
 def get(config, key, default=None):
     node = config
     for part in key.split("."):
@@ -231,48 +274,120 @@ def get(config, key, default=None):
     return node
 
 
-def apply_override(config, item, path="config"):
-    """Set one declared `section.key=value` in place."""
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"-o {item!r}: expected key=value, e.g. -o runner.epochs=2")
-    if key not in KEYS:
-        what = "a section, not a value" if key in _SECTION_KEYS else "no such key"
-        raise ConfigError(f"-o {key}: {what}{_hint(key, KEYS)}; the keys are listed in tools/utils/config.py")
+def _set(config, key, value):
     *sections, last = key.split(".")
     node = config
     for part in sections:
         node = node.setdefault(part, {})
-    node[last] = parse_value(text)
-    if sections == ["runner"] and last in PATH_KEYS and isinstance(node[last], str):
-        node[last] = os.path.abspath(os.path.expanduser(node[last]))
+    node[last] = value
+
+
+def _drop(config, key):
+    *sections, last = key.split(".")
+    get(config, ".".join(sections)).pop(last)
+
+
+def apply_override(config, item):
+    """Set one `section.key=value` in place: a runner key of KEYS, or any hyper_parameters key (the model folder
+    declares those; validate checks them)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"-o {item!r}: expected key=value, e.g. -o runner.epochs=2")
+    section = key.partition(".")[0]
+    if section == "hyper_parameters" and "." in key:
+        if isinstance(get(config, key), dict):
+            raise ConfigError(f"-o {key}: a section, not a value; set one of its keys, e.g. -o {key}.<name>=...")
+    elif key not in KEYS:
+        raise ConfigError(f"-o {key}: no such key{_hint(key, KEYS)}; the runner keys are listed in "
+                          "tools/utils/config.py (KEYS), the hyper_parameters in the model folder's dygraph_model.py")
+    value = parse_value(text)
+    if section == "runner" and key.rpartition(".")[2] in PATH_KEYS and isinstance(value, str):
+        value = os.path.abspath(os.path.expanduser(value))
+    _set(config, key, value)
+    config[SOURCES][key] = "-o"
+
+
+def _where(config, key):
+    """Who set key's value, for a message: '-o key' or the config file."""
+    source = config[SOURCES].get(key, config.get("config_path", "config"))
+    return f"-o {key}" if source == "-o" else f"{source}: {key}"
+
+
+def _fix(config, key):
+    return f"pass -o {key}=..." if config[SOURCES].get(key) == "-o" else f"fix the YAML or pass -o {key}=..."
+
+
+def _check_value(config, key, kind, what):
+    value = get(config, key)
+    if value is not None:
+        need = kind_check(kind)(value)
+        if need:
+            raise ConfigError(f"{_where(config, key)} must be {need}, got {short(value)} ({what}); "
+                              f"{_fix(config, key)}")
+
+
+def short(value, limit=80):
+    """repr(value), cut to `limit` characters: a message never carries a huge value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- what a tool needs
-def validate(config, tool, model):
-    """Check that everything `tool` ("train" or "infer") and `model` (its HYPER_PARAMETERS) read is there.
+def hyper_parameters_of(model):
+    """{"hyper_parameters.<key>": (kind, default, meaning)} as the model folder declares them."""
+    return {f"hyper_parameters.{key}": spec for key, spec in getattr(model, "HYPER_PARAMETERS", {}).items()}
 
-    Fills in declared defaults; the values themselves were checked on load.
+
+def validate(config, tool, model):
+    """Check what `tool` ("train", "infer" or "expand") and the model folder read; fill in declared defaults.
+
+    The runner keys are the tool's (TOOL_KEYS, declared in KEYS); the hyper_parameters are the model folder's
+    (model.HYPER_PARAMETERS: key -> (kind, default, meaning), declared in its dygraph_model.py). A
+    hyper-parameter the model does not declare is an error where the config itself or -o sets it (misspelt, or
+    another model's), and left out where a base config sets it: a baseline inherits MetaHeac's config, not its
+    experts.
     """
-    needed = [f"runner.{k}" for k in TOOL_KEYS[tool]] + \
-        [f"hyper_parameters.{k}" for k in getattr(model, "HYPER_PARAMETERS", ())]
-    for key in needed:
-        if get(config, key) is None:
-            _, default, what = KEYS[key]
-            if default is REQUIRED:
-                raise ConfigError(f"{config['config_path']}: {key} is missing ({what}); this model and tool need "
-                                  f"it: add it to the YAML or pass -o {key}=...")
-            if default is not None:
-                *sections, last = key.split(".")
-                node = config
-                for part in sections:
-                    node = node.setdefault(part, {})
-                node[last] = default
+    declared = hyper_parameters_of(model)
+    runner_keys = [(f"runner.{k}", KEYS[f"runner.{k}"]) for k in TOOL_KEYS[tool]]
+    _fill(config, runner_keys)
+    own = (config["config_path"], "-o")
+    for key in list(leaves(config["hyper_parameters"], "hyper_parameters")):
+        if key in declared:
+            continue
+        if config[SOURCES].get(key) in own:
+            raise ConfigError(_undeclared(config, key, declared, model))
+        _drop(config, key)
+    _fill(config, declared.items())
     runner = config["runner"]
     if tool != "train" and runner["infer_end_epoch"] <= runner["infer_start_epoch"]:
         raise ConfigError(f"{config['config_path']}: runner.infer_end_epoch ({runner['infer_end_epoch']}) must be "
                           f"above infer_start_epoch ({runner['infer_start_epoch']}); the range is [start, end)")
     return config
+
+
+def _undeclared(config, key, declared, model):
+    """The message for a hyper-parameter the model does not declare, set by the config itself or by -o."""
+    model_file = os.path.relpath(getattr(sys.modules.get(type(model).__module__), "__file__", "dygraph_model.py"))
+    names = ", ".join(k.partition(".")[2] for k in declared) or "none"
+    by_option = config[SOURCES][key] == "-o"
+    if any(k.startswith(key + ".") for k in declared):
+        problem = f"{key} must be a section (a mapping of keys to values), got {short(get(config, key))}"
+    else:
+        problem = (f"{key}: no such key" if by_option else f"unknown key {key!r}") + _hint(key, declared)
+    return (f"{'-o ' if by_option else config[SOURCES][key] + ': '}{problem}; "
+            f"the hyper_parameters of this model ({model_file}) are: {names}")
+
+
+def _fill(config, declarations):
+    """Declared defaults where a key is missing; a missing REQUIRED key is an error; every value's kind checked."""
+    for key, (kind, default, what) in declarations:
+        if get(config, key) is None:
+            if default == REQUIRED:
+                raise ConfigError(f"{config['config_path']}: {key} is missing ({what}); this model and tool need "
+                                  f"it: add it to the YAML or pass -o {key}=...")
+            if default is not None:
+                _set(config, key, default)
+        _check_value(config, key, kind, what)
 
 
 def attach_schema(config, schema, source):

@@ -46,6 +46,10 @@ def _folder_package(folder):
 
 
 def model_module(config):
-    """The config folder's dygraph_model module, after Paddle's environment is set (tools/utils/paddle_env)."""
+    """The model folder's dygraph_model module (config["model_dir"]), after Paddle's environment is set (tools/utils/paddle_env)."""
     from . import paddle_env  # noqa: F401  (before any model module imports paddle)
-    return load_module(os.path.join(config["config_abs_dir"], "dygraph_model.py"), config["config_path"])
+    if config.get("model_dir") is None:
+        raise ConfigError(f"{config['config_path']}: no dygraph_model.py beside it or beside any of its base "
+                          "configs; keep the config in its model folder, or give it `base: <model folder>/config.yaml`"
+                          " to use that folder's model")
+    return load_module(os.path.join(config["model_dir"], "dygraph_model.py"), config["config_path"])
