@@ -1,5 +1,5 @@
-"""Export of a fine-tuned campaign model for serving: a static graph of the inference forward, ids in,
-probability out, loadable by Paddle Inference without this project's code.
+"""Export of a fine-tuned campaign model for serving: a static graph of the campaign's scorer
+(tools/utils/serving_net.py), ids in, probability out, loadable by Paddle Inference without this project's code.
 
 The campaign's ad ids are built into the graph (the model serves one
 campaign), so a server feeds only a user's ids:
@@ -25,21 +25,13 @@ def export(net, ad_ids, out_dir, description, vocabulary_bytes=None):
     """Write the campaign model to out_dir; returns the paths of the program and the weights."""
     from .paddle_env import paddle
 
-    class CampaignScorer(paddle.nn.Layer):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-            self.register_buffer("ad_row", paddle.to_tensor(np.asarray(ad_ids, np.int64)[None]))
-
-        def forward(self, static, dynamic, lengths):
-            ad = self.ad_row.expand([paddle.shape(static)[0], self.ad_row.shape[1]])
-            return self.net({"static": static, "dynamic": dynamic, "lengths": lengths, "ad": ad})
+    from .serving_net import campaign_scorer
 
     os.makedirs(out_dir, exist_ok=True)
     spec = [paddle.static.InputSpec([None, width], "int64", name) for name, width in
             (("static", len(S.STATIC_FIELDS)), ("dynamic", S.DYNAMIC_WIDTH), ("lengths", len(S.DYNAMIC_FIELDS)))]
     net.eval()
-    paddle.jit.save(CampaignScorer(), os.path.join(out_dir, MODEL), input_spec=spec)
+    paddle.jit.save(campaign_scorer(net, ad_ids), os.path.join(out_dir, MODEL), input_spec=spec)
     write_json(os.path.join(out_dir, INPUTS), {
         **description,
         "inputs": {
@@ -59,7 +51,7 @@ def export(net, ad_ids, out_dir, description, vocabulary_bytes=None):
 
 
 def predictor(out_dir, threads=1):
-    """A Paddle Inference predictor of an exported campaign model (CPU)."""
+    """A Paddle Inference predictor of an exported campaign model (CPU, Paddle's default passes and oneDNN)."""
     from .paddle_env import paddle  # noqa: F401  (Paddle's environment before paddle.inference)
     from paddle import inference
     config = inference.Config(os.path.join(out_dir, f"{MODEL}.json"), os.path.join(out_dir, f"{MODEL}.pdiparams"))
