@@ -98,7 +98,8 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
     }
     if export_dir:
         serving.export(net, camp.ad, export_dir, {"campaign": camp.aid, "checkpoint": path,
-                                                  "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256")},
+                                                  "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256"),
+                                                  "data_schema": config["data_schema"]},
                        V.to_bytes(vocab) if vocab else None)
         summary["export"] = export_dir
     write_json(os.path.join(out_dir, "expand.json"), summary)
