@@ -96,6 +96,8 @@ KEYS = {
     "runner.epochs": (_integer(1), REQUIRED, "meta-training epochs"),
     "runner.print_interval": (_integer(1), 10, "meta-steps between progress updates and no-learning checks"),
     "runner.save_steps": (_integer(0), 0, "meta-steps between step checkpoints (0: at the end of epochs only)"),
+    "runner.use_visual": (_boolean, False, "write the training curves for VisualDL and a PNG of them"),
+    "runner.visual_log_path": (_text, None, "where the curves go (default <model_save_path>/visualdl)"),
     "runner.infer_start_epoch": (_integer(0), 0, "first checkpoint epoch meta-inference tests"),
     "runner.infer_end_epoch": (_integer(1), REQUIRED, "meta-inference tests epochs [start, end)"),
     "runner.infer_train_epoch": (_integer(0), REQUIRED, "fine-tuning passes over a test campaign's seeds"),
@@ -119,10 +121,10 @@ KEYS = {
 _SECTION_KEYS = {section for key in KEYS for section in
                  (".".join(key.split(".")[:i]) for i in range(1, key.count(".") + 1))}
 PATH_KEYS = ("train_data_dir", "test_data_dir", "model_save_path", "infer_load_path", "infer_output_path",
-             "train_reader_path", "infer_reader_path")
+             "train_reader_path", "infer_reader_path", "visual_log_path")
 TOOL_KEYS = {
     "train": ("train_data_dir", "train_reader_path", "model_save_path", "use_gpu", "seed", "thread_num",
-              "train_batch_size", "epochs", "print_interval", "save_steps"),
+              "train_batch_size", "epochs", "print_interval", "save_steps", "use_visual", "visual_log_path"),
     "infer": ("test_data_dir", "infer_reader_path", "infer_load_path", "infer_output_path", "use_gpu", "seed",
               "thread_num", "infer_batch_size", "infer_start_epoch", "infer_end_epoch", "infer_train_epoch"),
     "expand": ("infer_reader_path", "infer_load_path", "use_gpu", "seed", "thread_num", "infer_batch_size",
