@@ -99,9 +99,9 @@ def gates(config, epoch=None, out_dir=None, trust_pickle=False):
 
 def main(argv=None):
     parser = cli.argument_parser("The expert and critic gate weights of every campaign (train, hot, cold) of a "
-                                 "checkpoint, as a CSV and a heatmap.")
-    parser.epilog = "examples:\n" + __doc__.split("Examples:\n")[1]
-    parser.formatter_class = __import__("argparse").RawDescriptionHelpFormatter
+                                 "checkpoint, as a CSV and a heatmap.", [line.strip() for line in
+                                                                          __doc__.split("Examples:\n")[1].splitlines()],
+                                 "runner.infer_load_path=output_order1")
     parser.add_argument("--epoch", type=int, help="checkpoint epoch (default: runner.infer_end_epoch - 1)")
     parser.add_argument("--out", help="output folder (default: <infer_load_path>/gates)")
     parser.add_argument("--trust-pickled-checkpoints", action="store_true",

@@ -53,6 +53,14 @@ from tools.utils.errors import TrainingError
 from tools.utils.files import atomic_write, plain, write_json, write_text
 from tools.utils.progress import progress
 
+EXAMPLES = (
+    "python tools/infer_meta.py -m config.yaml --split both   # hot and cold test campaigns",
+    "python tools/infer_meta.py -m config.yaml --split cold -o runner.infer_train_epoch=0   # no fine-tuning",
+    "python tools/infer_meta.py -m config.yaml --split hot -o runner.infer_load_path=output_2epochs "
+    "runner.infer_start_epoch=0 runner.infer_end_epoch=2",
+    "python tools/infer_meta.py -m config.yaml -o runner.test_data_dir=data/test_cold "
+    "runner.infer_output_path=results_cold",
+)
 SPLIT_FOLDERS = {"hot": ("test_hot",), "cold": ("test_cold",), "both": ("test_hot", "test_cold")}
 CSV_COLUMNS = ("split", "epoch", "campaign", "seeds", "rows", "positives", "auc", "gauc",
                "precision_at_5", "recall_at_5")
@@ -252,7 +260,8 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
 
 
 def main(argv=None):
-    parser = cli.argument_parser("Fine-tune meta-trained weights on each test campaign and score its candidates.")
+    parser = cli.argument_parser("Fine-tune meta-trained weights on each test campaign and score its candidates.",
+                                 EXAMPLES, "runner.infer_load_path=output_2epochs runner.infer_train_epoch=3")
     parser.add_argument("--split", choices=sorted(SPLIT_FOLDERS),
                         help="test_hot / test_cold next to runner.test_data_dir (default: test_data_dir itself)")
     parser.add_argument("--trust-pickled-checkpoints", action="store_true",

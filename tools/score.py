@@ -13,9 +13,10 @@ float32, pool order) and OUT/score.json (the model, the pool, the unknown
 ids, users per second).
 
 Examples:
-    python tools/expand.py -m config.yaml --campaign CAMPAIGN --pool users.data --top-k 1000 --out out --export served
-    python tools/score.py --model served --pool users.data --out scored
+    python tools/score.py --model served --pool userFeature.data --out scored
     python tools/score.py --model served --pool new_users.data --out scored_new --threads 8
+    python tools/score.py --model served --pool pool_stage2.npz --out scored_stage
+  (served: the folder of `python tools/expand.py -m config.yaml ... --export served`)
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)

@@ -35,6 +35,18 @@ from tools.utils.run_folder import RunFolder
 from tools.utils.training import require_finite, run_epoch
 
 
+EXAMPLES = (
+    "python tools/trainer.py -m config.yaml                 # the shipped sample; rerun to resume",
+    "python tools/trainer.py -m config.yaml -o runner.epochs=2 runner.model_save_path=output_2epochs",
+    "python tools/trainer.py -m config.yaml -o hyper_parameters.meta_order=1 runner.use_visual=True "
+    "runner.model_save_path=output_order1",
+    "python tools/trainer.py -m models/mmoe/config.yaml     # a baseline folder, same trainer",
+    "python tools/trainer.py -m config_big.yaml --untrained -o runner.model_save_path=output_untrained",
+    "python -m paddle.distributed.launch --nproc_per_node 2 tools/trainer.py -m config_big.yaml "
+    "-o hyper_parameters.task_count=4",
+)
+
+
 def prepare(config, untrained=False):
     """Load and check everything training needs before anything is written: (model, reader dataset).
 
@@ -118,7 +130,8 @@ def group_meta(group):
 
 
 def main(argv=None):
-    parser = cli.argument_parser("Meta-train the model of a config's folder; resumes after the last checkpoint.")
+    parser = cli.argument_parser("Meta-train the model of a config's folder; resumes after the last checkpoint.",
+                                 EXAMPLES, "runner.epochs=2 hyper_parameters.local_lr=1e-4")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the checkpoints in runner.model_save_path (once everything is checked)")
     parser.add_argument("--untrained", action="store_true",
