@@ -10,3 +10,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+import _packages  # noqa: E402  (a missing package becomes one line: tools/_packages.py)
+
+sys.excepthook = _packages.explain_missing

@@ -7,9 +7,10 @@ speed: the config_big.yaml shapes (the Tencent vocabulary, 22 M parameters)
 and a pool of --pool-users users (default: the full Tencent pool) with
 long-tailed synthetic ids (tools/bench_model.py's); the model is the seeded
 initialisation (speed does not depend on training) of a checkpoint made by
-`trainer.py --untrained`. Runs tools/expand.py as a child process and prints
-its wall time, its peak memory (the largest resident set, from wait4) and the
-pool users scored per second.
+`trainer.py --untrained`. Runs tools/expand.py --export as a child process,
+then tools/score.py on the same pool with the exported model (Paddle
+Inference), and prints for both the pool users scored per second, the wall
+time and the peak memory (the largest resident set, from wait4).
 
 negatives: how fine-tuning on positive seeds plus negatives drawn from a
 pool (tools/utils/expansion.py's rule, R per seed) compares with fine-tuning
@@ -98,24 +99,38 @@ def speed(args):
     subprocess.run([python, os.path.join(ROOT, "tools", "trainer.py"), "-m", config, "--untrained", "-o",
                     f"runner.train_data_dir={train}", f"runner.model_save_path={model}"], check=True,
                    capture_output=True)
-    out = os.path.join(work, "out")
-    started = time.perf_counter()
-    child = subprocess.Popen([python, os.path.join(ROOT, "tools", "expand.py"), "-m", config, "-o",
-                              f"runner.infer_load_path={model}", f"runner.thread_num={args.threads}",
-                              "--campaign", campaign, "--pool", pool, "--top-k", "10000", "--out", out],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    stdout, stderr = child.communicate()
-    if status:
-        sys.exit(f"error: expand.py failed: {stderr.strip().splitlines()[-1:]}")
-    summary = json.load(open(os.path.join(out, "expand.json")))
-    print(f"expand.py at the config_big shapes ({args.threads} threads), load {os.getloadavg()[0]:.1f}: "
-          f"{summary['pool_users']:,} pool users scored in {summary['seconds']['score_pool']:.1f} s "
-          f"({summary['pool_users_per_second']:,.0f}/s); wall time {wall:.1f} s in all (fine-tuning on "
-          f"1,000 seeds {summary['seconds']['fine_tune']:.1f} s); peak memory {usage.ru_maxrss / 2**20:.2f} GB")
+    out, exported, scored = (os.path.join(work, name) for name in ("out", "exported", "scored"))
+    expand, expand_wall, expand_rss = timed_child([
+        python, os.path.join(ROOT, "tools", "expand.py"), "-m", config, "-o", f"runner.infer_load_path={model}",
+        f"runner.thread_num={args.threads}", "--campaign", campaign, "--pool", pool, "--top-k", "10000", "--out", out,
+        "--export", exported], os.path.join(out, "expand.json"))
+    served, served_wall, served_rss = timed_child([
+        python, os.path.join(ROOT, "tools", "score.py"), "--model", exported, "--pool", pool, "--out", scored,
+        "--threads", str(args.threads)], os.path.join(scored, "score.json"))
+    print(f"config_big shapes, {expand['pool_users']:,} pool users, {args.threads} threads, "
+          f"load {os.getloadavg()[0]:.1f} at the end:")
+    print(f"  expand.py (dygraph): scored the pool in {expand['seconds']['score_pool']:.1f} s "
+          f"({expand['pool_users_per_second']:,.0f}/s); wall time {expand_wall:.1f} s in all (fine-tuning on "
+          f"1,000 seeds {expand['seconds']['fine_tune']:.1f} s); peak memory {expand_rss:.2f} GB")
+    print(f"  exported model (Paddle Inference, tools/score.py): scored the pool in {served['seconds']:.1f} s "
+          f"({served['pool_users_per_second']:,.0f}/s); wall time {served_wall:.1f} s in all; "
+          f"peak memory {served_rss:.2f} GB")
     if not args.work:
         shutil.rmtree(work)
+
+
+def timed_child(command, summary_path):
+    """Run a tool as a child process: (its summary JSON, wall seconds, peak resident memory in GB from wait4)."""
+    with tempfile.TemporaryFile("w+") as stderr:  # a file, not a pipe: a child never blocks on a full pipe
+        started = time.perf_counter()
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+        if status:
+            stderr.seek(0)
+            sys.exit(f"error: {os.path.basename(command[1])} failed: {stderr.read().strip().splitlines()[-1:]}")
+    with open(summary_path) as f:
+        return json.load(f), wall, usage.ru_maxrss / 2**20
 
 
 # ---------------------------------------------------------------- negatives

@@ -226,9 +226,18 @@ def cell(stat):
     return f"{stat['mean']:.4f}" + ("" if stat["std"] is None else f" ± {stat['std']:.4f}")
 
 
+def quick_note(extra, seeds, epochs):
+    """What a --quick table and chart say about themselves: a smoke test, with the embedding width it ran at."""
+    widths = [item.partition("=")[2] for item in extra if item.partition("=")[0] == "hyper_parameters.embed_dim"]
+    dim = widths[-1] if widths else "as configured"
+    return (f"SMOKE TEST (--quick): embed_dim {dim}, {seeds} seeds, {epochs} epoch(s); it checks that the methods run, "
+            "its numbers are not results (docs/results.md has those)")
+
+
 def markdown_table(report):
     head = ["Method"] + [f"{short} {name}" for short, _ in SPLITS for _, name in METRICS] + ["train s", "test s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ([f"**{report['note']}**", ""] if report.get("note") else []) + \
+        ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in report["methods"]:
         s = m["summary"]
         lines.append("| " + " | ".join([m["label"]] + [cell(s[short][key]) for short, _ in SPLITS
@@ -309,15 +318,20 @@ def write_chart(path, report):
         ax.set_title(f"{short} campaigns: AUC")
     axes[0].set_yticks(y, [m["label"] for m in methods])
     axes[0].invert_yaxis()
+    if report.get("note"):
+        fig.suptitle(report["note"], color="tab:red", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Description": report.get("note") or "look-alike benchmark: AUC"})
     plt.close(fig)
     return True
 
 
 # ---------------------------------------------------------------- the whole benchmark
-def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, extra=(), command="", log=print):
-    """Run (or reuse) every method x seed, write the four result files; returns the report dict."""
+def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, extra=(), command="", log=print,
+              note=None):
+    """Run (or reuse) every method x seed, write the four result files; returns the report dict.
+
+    note: a line the table and the chart show first (--quick: quick_note)."""
     start = time.perf_counter()
     records = {}
     # fork: the workers inherit sys.path; the parent never imports Paddle, so forking it is safe
@@ -339,7 +353,7 @@ def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, ex
     finally:
         pool.shutdown(cancel_futures=True)  # after a failed run, start no other
     report = {
-        "command": command, "data": data_dir, "data_summary": data_summary(data_dir), "seeds": list(seeds),
+        "command": command, "note": note, "data": data_dir, "data_summary": data_summary(data_dir), "seeds": list(seeds),
         "epochs": epochs, "threads": threads, "jobs": jobs, "oracle": oracle(data_dir),
         "methods": [{"name": m, "label": METHODS[m][0], "config": METHODS[m][1], "overrides": list(METHODS[m][2]),
                      "trains_across_campaigns": METHODS[m][3],
@@ -393,7 +407,8 @@ def main(argv=None):
         raise BenchmarkError("; ".join(problems))
     command = "python tools/benchmark.py " + " ".join(argv)
     report = benchmark(methods, [FIRST_SEED + i for i in range(seeds)], os.path.abspath(args.data), args.out,
-                       args.epochs, args.jobs, args.threads, extra, command)
+                       args.epochs, args.jobs, args.threads, extra, command,
+                       note=quick_note(extra, seeds, args.epochs) if args.quick else None)
     print(markdown_table(report))
     print(f"results: {', '.join(os.path.join(args.out, n) for n in ('results.md', 'results.csv', 'results.json'))}"
           f"; total {report['total_seconds']:.0f} s")

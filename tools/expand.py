@@ -40,6 +40,14 @@ from tools.utils import vocabulary as V
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
 
+EXAMPLES = (
+    "python tools/expand.py -m config.yaml --campaign CAMPAIGN --pool userFeature.data --top-k 1000 --out audience",
+    "python tools/expand.py -m config.yaml --campaign CAMPAIGN --pool pool_stage2.npz --top-k 5000 --out audience "
+    "--all-scores --export audience/model",
+    "python tools/expand.py -m config.yaml -o runner.infer_load_path=output_2epochs runner.infer_train_epoch=3 "
+    "--epoch 1 --campaign CAMPAIGN --pool userFeature.data --top-k 1000 --out audience --negatives 9",
+    "  (CAMPAIGN: adFeature.csv + train.csv + userFeature.data of one campaign's seeds, or a data-folder stage)",
+)
 DEFAULT_NEGATIVES = 19.0  # 5% positives, the share in the Tencent seed file (421,961 of 8,798,814 rows of train.csv)
 
 
@@ -98,7 +106,8 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
     }
     if export_dir:
         serving.export(net, camp.ad, export_dir, {"campaign": camp.aid, "checkpoint": path,
-                                                  "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256")},
+                                                  "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256"),
+                                                  "data_schema": config["data_schema"]},
                        V.to_bytes(vocab) if vocab else None)
         summary["export"] = export_dir
     write_json(os.path.join(out_dir, "expand.json"), summary)
@@ -113,7 +122,8 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
 
 
 def main(argv=None):
-    parser = cli.argument_parser("Rank a pool of users by their likeness to a campaign's seeds.")
+    parser = cli.argument_parser("Rank a pool of users by their likeness to a campaign's seeds.", EXAMPLES,
+                                 "runner.infer_load_path=output_2epochs runner.infer_train_epoch=3")
     parser.add_argument("--campaign", required=True, metavar="DIR",
                         help="the campaign: a data-folder stage of its seeds, or adFeature.csv + train.csv + "
                              "userFeature.data")

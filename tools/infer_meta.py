@@ -10,8 +10,11 @@ score its candidates (tools/utils/campaign.py). Everything random in a
 campaign is seeded with (seed, aid), so its result does not depend on the
 other campaigns. Prints a
 table (one row per split x epoch) and writes metrics_<splits>.json and .csv
-(per campaign and overall) to runner.infer_output_path (default
-<infer_load_path>/results).
+(per campaign and overall) to a folder of this run's own under
+runner.infer_output_path (default <infer_load_path>/results), named by the
+time and a digest of the effective config (kept beside them as
+config.json), so runs with other overrides never replace each other's; the
+latest run's files are also copied to runner.infer_output_path itself.
 
 The model is built from the checkpoint (its field layout, vocabulary and
 training campaigns are in its meta.json), so only the test data is read.
@@ -32,9 +35,12 @@ if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
 
 import csv
+import hashlib
 import io
+import json
 import os
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -44,9 +50,17 @@ from tools.utils import config as cfg
 from tools.utils import dataset as D
 from tools.utils import campaign, distributed, metrics, model_folder
 from tools.utils.errors import TrainingError
-from tools.utils.files import plain, write_json, write_text
+from tools.utils.files import atomic_write, plain, write_json, write_text
 from tools.utils.progress import progress
 
+EXAMPLES = (
+    "python tools/infer_meta.py -m config.yaml --split both   # hot and cold test campaigns",
+    "python tools/infer_meta.py -m config.yaml --split cold -o runner.infer_train_epoch=0   # no fine-tuning",
+    "python tools/infer_meta.py -m config.yaml --split hot -o runner.infer_load_path=output_2epochs "
+    "runner.infer_start_epoch=0 runner.infer_end_epoch=2",
+    "python tools/infer_meta.py -m config.yaml -o runner.test_data_dir=data/test_cold "
+    "runner.infer_output_path=results_cold",
+)
 SPLIT_FOLDERS = {"hot": ("test_hot",), "cold": ("test_cold",), "both": ("test_hot", "test_cold")}
 CSV_COLUMNS = ("split", "epoch", "campaign", "seeds", "rows", "positives", "auc", "gauc",
                "precision_at_5", "recall_at_5")
@@ -128,9 +142,35 @@ def unpack_scored(data):
             zip(a["position"], a["aid"], a["seeds"], np.split(a["label"], bounds), np.split(a["score"], bounds))]
 
 
-def write_results(out_dir, tag, runs):
-    """metrics_<tag>.json (everything) and metrics_<tag>.csv (per campaign, then an 'overall' row per run)."""
-    os.makedirs(out_dir, exist_ok=True)
+def run_folder(base, config, tag):
+    """A new folder under `base` for one run's results: <time>-<digest>, the digest (8 hex digits of a sha256)
+    being that of the run's effective config and splits, which the folder keeps as config.json."""
+    effective = plain({"splits": tag, "runner": config["runner"], "hyper_parameters": config["hyper_parameters"]})
+    digest = hashlib.sha256(json.dumps(effective, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
+    path, again = os.path.join(base, name), 2
+    while os.path.exists(path):  # the same config within the same second
+        path, again = os.path.join(base, f"{name}-{again}"), again + 1
+    os.makedirs(path)
+    write_json(os.path.join(path, "config.json"), effective)
+    return path
+
+
+def write_results(base, tag, runs, config):
+    """The run's own folder under `base` (run_folder) with metrics_<tag>.json (everything) and metrics_<tag>.csv
+    (per campaign, then an 'overall' row per run); both copied to `base` too, where the latest run's always are.
+    Returns the paths of the run's two files."""
+    out_dir = run_folder(base, config, tag)
+    files = write_metrics(out_dir, tag, runs)
+    for path in files:
+        with open(path, "rb") as f:
+            data = f.read()
+        atomic_write(os.path.join(base, os.path.basename(path)), lambda out: out.write(data))
+    return files
+
+
+def write_metrics(out_dir, tag, runs):
+    """metrics_<tag>.json and metrics_<tag>.csv in out_dir; returns their paths."""
     json_path, csv_path = (os.path.join(out_dir, f"metrics_{tag}.{ext}") for ext in ("json", "csv"))
     write_json(json_path, runs)
     table = io.StringIO()
@@ -209,17 +249,19 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
             return []
         out_dir = runner.get("infer_output_path") or os.path.join(runner["infer_load_path"], "results")
         tag = "+".join(os.path.basename(os.path.normpath(d)) for d in datasets)
-        files = write_results(out_dir, tag, runs)
+        files = write_results(out_dir, tag, runs, config)
     print(metrics.format_table(
         ("split", "epoch", "campaigns", "rows", "AUC", "GAUC", "P@5%", "R@5%"),
         [(r["split"], r["epoch"], r["overall"]["campaigns"], r["overall"]["rows"], r["overall"]["auc"],
           r["overall"]["gauc"], r["overall"]["precision"], r["overall"]["recall"]) for r in runs]))
-    print("results: " + ", ".join(files))
+    print(f"results: {os.path.dirname(files[0])} ({', '.join(os.path.basename(f) for f in files)}; "
+          f"copied to {out_dir} as the latest run's)")
     return runs
 
 
 def main(argv=None):
-    parser = cli.argument_parser("Fine-tune meta-trained weights on each test campaign and score its candidates.")
+    parser = cli.argument_parser("Fine-tune meta-trained weights on each test campaign and score its candidates.",
+                                 EXAMPLES, "runner.infer_load_path=output_2epochs runner.infer_train_epoch=3")
     parser.add_argument("--split", choices=sorted(SPLIT_FOLDERS),
                         help="test_hot / test_cold next to runner.test_data_dir (default: test_data_dir itself)")
     parser.add_argument("--trust-pickled-checkpoints", action="store_true",

@@ -38,6 +38,8 @@ def main():
         ensure_env("requirements.txt")
         run([PY, "tools/trainer.py", "-m", "config.yaml"])
         run([PY, "tools/infer_meta.py", "-m", "config.yaml", "--split", "both"])
+        print("\nThe project's packages are in .venv: run the tools with .venv/bin/python (or `source "
+              ".venv/bin/activate` first), e.g.\n    .venv/bin/python tools/trainer.py --help")
     else:
         ensure_env("requirements-dev.txt")
         run([PY, "-m", "pytest", "-q", "tests"] + args.pytest_args)

@@ -28,10 +28,23 @@ import sys
 from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
+from tools.utils import curves as C
 from tools.utils import dataset as D
 from tools.utils import distributed, model_folder, vocabulary
 from tools.utils.run_folder import RunFolder
 from tools.utils.training import require_finite, run_epoch
+
+
+EXAMPLES = (
+    "python tools/trainer.py -m config.yaml                 # the shipped sample; rerun to resume",
+    "python tools/trainer.py -m config.yaml -o runner.epochs=2 runner.model_save_path=output_2epochs",
+    "python tools/trainer.py -m config.yaml -o hyper_parameters.meta_order=1 runner.use_visual=True "
+    "runner.model_save_path=output_order1",
+    "python tools/trainer.py -m models/mmoe/config.yaml     # a baseline folder, same trainer",
+    "python tools/trainer.py -m config_big.yaml --untrained -o runner.model_save_path=output_untrained",
+    "python -m paddle.distributed.launch --nproc_per_node 2 tools/trainer.py -m config_big.yaml "
+    "-o hyper_parameters.task_count=4",
+)
 
 
 def prepare(config, untrained=False):
@@ -90,6 +103,7 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
             resume = group.on_main(lambda: ckpt.resume(path, net, optimizer, trust_pickle), f"reading {path}")
             say(f"resuming from {path}")
         group.sync_state(net, optimizer)  # every rank starts from rank 0's weights and optimizer state
+        curves = C.for_run(runner, group.main) if not untrained else C.NO_CURVES
         meta = {"seed": runner["seed"], "config_path": config["config_path"],
                 "data_schema": config["data_schema"], "train_campaigns": config["train_campaigns"]}
         for epoch in range(start, epochs):
@@ -100,12 +114,14 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
                 continue
             paddle_env.seed_all(paddle_env.derived_seed(runner["seed"], epoch))
             stats = run_epoch(model, net, optimizer, dataset, config, epoch, folder,
-                              resume if step_checkpoint and epoch == start else None, group)
+                              resume if step_checkpoint and epoch == start else None, group, curves)
             path = folder.save_epoch(epoch, net, optimizer, {**meta, "stats": stats, **group_meta(group)})
             say(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in model.create_metrics())
                 + f"; {stats['samples']} samples in {stats['seconds']:.1f} s "
                 f"({stats['samples'] / max(stats['seconds'], 1e-9):.0f}/s"
                 + (f" on {group.size} ranks" if group.size > 1 else "") + f"); saved {path}")
+        for line in curves.finish():
+            say(line)
 
 
 def group_meta(group):
@@ -114,7 +130,8 @@ def group_meta(group):
 
 
 def main(argv=None):
-    parser = cli.argument_parser("Meta-train the model of a config's folder; resumes after the last checkpoint.")
+    parser = cli.argument_parser("Meta-train the model of a config's folder; resumes after the last checkpoint.",
+                                 EXAMPLES, "runner.epochs=2 hyper_parameters.local_lr=1e-4")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the checkpoints in runner.model_save_path (once everything is checked)")
     parser.add_argument("--untrained", action="store_true",

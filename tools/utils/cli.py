@@ -14,12 +14,14 @@ import sys
 from .errors import Stopped, UserError
 
 
-def argument_parser(description):
-    parser = argparse.ArgumentParser(description=description)
+def argument_parser(description, examples=(), override_example="runner.epochs=2 hyper_parameters.local_lr=1e-4"):
+    """The parser of a tool: -m, -o (its help showing override_example) and --help ending with the examples."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None)
     parser.add_argument("-m", "--config_yaml", required=True, metavar="CONFIG",
                         help="the YAML config of a model folder")
     parser.add_argument("-o", "--opt", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. -o runner.epochs=2 hyper_parameters.local_lr=1e-4")
+                        help=f"override config values, e.g. -o {override_example}")
     return parser
 
 

@@ -129,15 +129,17 @@ KEYS = {
     "runner.epochs": ("int >= 1", REQUIRED, "meta-training epochs"),
     "runner.print_interval": ("int >= 1", 10, "meta-steps between progress updates and no-learning checks"),
     "runner.save_steps": ("int >= 0", 0, "meta-steps between step checkpoints (0: at the end of epochs only)"),
+    "runner.use_visual": ("bool", False, "write the training curves for VisualDL and a PNG of them"),
+    "runner.visual_log_path": ("text", None, "where the curves go (default <model_save_path>/visualdl)"),
     "runner.infer_start_epoch": ("int >= 0", 0, "first checkpoint epoch meta-inference tests"),
     "runner.infer_end_epoch": ("int >= 1", REQUIRED, "meta-inference tests epochs [start, end)"),
     "runner.infer_train_epoch": ("int >= 0", REQUIRED, "fine-tuning passes over a test campaign's seeds"),
 }
 PATH_KEYS = ("train_data_dir", "test_data_dir", "model_save_path", "infer_load_path", "infer_output_path",
-             "train_reader_path", "infer_reader_path")
+             "train_reader_path", "infer_reader_path", "visual_log_path")
 TOOL_KEYS = {
     "train": ("train_data_dir", "train_reader_path", "model_save_path", "use_gpu", "seed", "thread_num",
-              "train_batch_size", "epochs", "print_interval", "save_steps"),
+              "train_batch_size", "epochs", "print_interval", "save_steps", "use_visual", "visual_log_path"),
     "infer": ("test_data_dir", "infer_reader_path", "infer_load_path", "infer_output_path", "use_gpu", "seed",
               "thread_num", "infer_batch_size", "infer_start_epoch", "infer_end_epoch", "infer_train_epoch"),
     "expand": ("infer_reader_path", "infer_load_path", "use_gpu", "seed", "thread_num", "infer_batch_size",

@@ -1,45 +1,64 @@
-"""Export of a fine-tuned campaign model for serving: a static graph of the inference forward, ids in,
-probability out, loadable by Paddle Inference without this project's code.
+"""A fine-tuned campaign model for serving: exported for Paddle Inference, and scored with expand.py's own encoder.
 
-The campaign's ad ids are built into the graph (the model serves one
+`tools/expand.py --export DIR` writes
+    DIR/model.json, DIR/model.pdiparams  the program and weights of the campaign's scorer
+                                         (tools/utils/serving_net.py), loadable by Paddle Inference alone
+    DIR/vocabulary.npz                   the raw-id -> id maps (tools/utils/vocabulary.py)
+    DIR/inputs.json                      the inputs, their shapes and dtypes, and INPUT_RULES
+The campaign's ad ids are built into the program (the model serves one
 campaign), so a server feeds only a user's ids:
     static   [N, 7]   int64, the single-valued user fields
     dynamic  [N, 50]  int64, the 7 id lists side by side (padded with 0)
     lengths  [N, 7]   int64, the real ids of each list
-and gets the click probability [N]. DIR/inputs.json describes the inputs
-(field names and widths, the vocabulary digest, the campaign) and
-DIR/vocabulary.npz maps raw ids to those ids (tools/utils/vocabulary.py).
+and gets the click probability [N].
+
+Scorer.score_pool (and tools/score.py over it) reads raw userFeature.data lines, or
+an encoded stage file, with the code expand.py reads its pool with
+(tools/utils/expansion.py's pool_chunks, which encodes with
+tools/utils/vocabulary.py), so the exported model's scores equal expand.py's.
 """
+import json
 import os
 
 import numpy as np
 
+from . import expansion as E
 from . import schema as S
+from . import vocabulary as V
+from .campaign import SCORE_ROWS
+from .errors import DataError
 from .files import write_json
 
 MODEL = "model"  # DIR/model.json (the program) and DIR/model.pdiparams (the weights)
 INPUTS = "inputs.json"
+INPUT_RULES = {
+    "ids": "an id is the position of the raw value in the field's sorted raw values (vocabulary.npz); "
+           "position 0 is the raw value -1, 'missing'",
+    "unseen raw id": "0, the missing id (tools/utils/vocabulary.py's encode)",
+    "missing single-valued field": "0 in its column of static",
+    "list": "its first `width` ids in the order of the line, left-aligned in the list's columns of dynamic; "
+            "lengths holds how many are real (at most the width)",
+    "missing or empty list": "length 0, NOT one id of 0 or -1 (a list of length 1 holding id 0 is another "
+                             "user: it averages the 'missing' embedding in)",
+    "padding": "columns past a list's length are never read; 0 by convention",
+    "dtype": "int64 for all three inputs",
+}
 
 
 def export(net, ad_ids, out_dir, description, vocabulary_bytes=None):
-    """Write the campaign model to out_dir; returns the paths of the program and the weights."""
+    """Write the campaign model to out_dir; returns the paths of the program and the weights.
+
+    description: facts about the model for inputs.json (campaign, checkpoint, vocabulary_sha256 and
+    data_schema, the schema dict tools/score.py checks encoded pools against).
+    """
     from .paddle_env import paddle
-
-    class CampaignScorer(paddle.nn.Layer):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-            self.register_buffer("ad_row", paddle.to_tensor(np.asarray(ad_ids, np.int64)[None]))
-
-        def forward(self, static, dynamic, lengths):
-            ad = self.ad_row.expand([paddle.shape(static)[0], self.ad_row.shape[1]])
-            return self.net({"static": static, "dynamic": dynamic, "lengths": lengths, "ad": ad})
+    from .serving_net import campaign_scorer
 
     os.makedirs(out_dir, exist_ok=True)
     spec = [paddle.static.InputSpec([None, width], "int64", name) for name, width in
             (("static", len(S.STATIC_FIELDS)), ("dynamic", S.DYNAMIC_WIDTH), ("lengths", len(S.DYNAMIC_FIELDS)))]
     net.eval()
-    paddle.jit.save(CampaignScorer(), os.path.join(out_dir, MODEL), input_spec=spec)
+    paddle.jit.save(campaign_scorer(net, ad_ids), os.path.join(out_dir, MODEL), input_spec=spec)
     write_json(os.path.join(out_dir, INPUTS), {
         **description,
         "inputs": {
@@ -48,18 +67,39 @@ def export(net, ad_ids, out_dir, description, vocabulary_bytes=None):
                         "widths": list(S.DYNAMIC_WIDTHS), "padding": 0},
             "lengths": {"shape": [None, len(S.DYNAMIC_FIELDS)], "dtype": "int64", "fields": list(S.DYNAMIC_FIELDS)},
         },
+        "input_rules": INPUT_RULES,
+        "encoder": "tools/score.py (tools/utils/serving.py's Scorer): raw userFeature.data lines in, scores out",
         "output": {"shape": [None], "dtype": "float32", "meaning": "click probability"},
         "ad_ids_built_in": [int(a) for a in ad_ids],
-        "files": {"program": f"{MODEL}.json", "weights": f"{MODEL}.pdiparams"},
+        "files": {"program": f"{MODEL}.json", "weights": f"{MODEL}.pdiparams",
+                  "vocabulary": V.VOCAB_FILE if vocabulary_bytes is not None else None},
     })
     if vocabulary_bytes is not None:
-        with open(os.path.join(out_dir, "vocabulary.npz"), "wb") as f:
+        with open(os.path.join(out_dir, V.VOCAB_FILE), "wb") as f:
             f.write(vocabulary_bytes)
     return os.path.join(out_dir, f"{MODEL}.json"), os.path.join(out_dir, f"{MODEL}.pdiparams")
 
 
+def read_inputs(out_dir):
+    """inputs.json of an exported model folder, checked to be one."""
+    for name in (INPUTS, f"{MODEL}.json", f"{MODEL}.pdiparams"):
+        if not os.path.isfile(os.path.join(out_dir, name)):
+            raise DataError(f"{os.path.join(out_dir, name)}: not found; give the folder written by "
+                            "`tools/expand.py ... --export DIR`")
+    path = os.path.join(out_dir, INPUTS)
+    try:
+        with open(path) as f:
+            inputs = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not JSON ({e}); export the model again with tools/expand.py --export") from e
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("data_schema"), dict):
+        raise DataError(f"{path}: no 'data_schema' (an export of an earlier version?); export the model again "
+                        "with tools/expand.py --export")
+    return inputs
+
+
 def predictor(out_dir, threads=1):
-    """A Paddle Inference predictor of an exported campaign model (CPU)."""
+    """A Paddle Inference predictor of an exported campaign model (CPU, Paddle's default passes and oneDNN)."""
     from .paddle_env import paddle  # noqa: F401  (Paddle's environment before paddle.inference)
     from paddle import inference
     config = inference.Config(os.path.join(out_dir, f"{MODEL}.json"), os.path.join(out_dir, f"{MODEL}.pdiparams"))
@@ -75,3 +115,26 @@ def predict(pred, static, dynamic, lengths):
         pred.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(values, dtype=np.int64))
     pred.run()
     return pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+
+
+class Scorer:
+    """An exported campaign model, loaded, with the encoder expand.py reads its pool with."""
+
+    def __init__(self, out_dir, threads=1):
+        self.inputs = read_inputs(out_dir)
+        self.vocab = V.load(out_dir, required=False)
+        self.predictor = predictor(out_dir, threads)
+
+    def score_pool(self, pool, unknown=None):
+        """(uids, scores) of the pool's users, chunk by chunk in pool order.
+
+        The pool (a raw userFeature.data, or a stage .npz encoded with the model's vocabulary) is read and
+        encoded by tools/utils/expansion.py's pool_chunks, as expand.py reads it; unknown (a
+        vocabulary.UnknownIds) counts the raw ids not in the vocabulary.
+        """
+        unknown = V.UnknownIds() if unknown is None else unknown
+        for chunk in E.pool_chunks(pool, self.inputs["data_schema"], self.vocab, unknown):
+            parts = [predict(self.predictor, *(chunk[k][start:start + SCORE_ROWS]
+                                               for k in ("static", "dynamic", "lengths")))
+                     for start in range(0, len(chunk["uid"]), SCORE_ROWS)]
+            yield chunk["uid"], (np.concatenate(parts) if parts else np.empty(0, np.float32))

@@ -23,6 +23,7 @@ import math
 import signal
 import time
 
+from .curves import NO_CURVES
 from .distributed import SINGLE
 from .errors import Stopped, TrainingError
 from .progress import progress
@@ -81,11 +82,13 @@ def require_finite(net, what):
                                 "checkpoints before it are kept")
 
 
-def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None, group=SINGLE):
+def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None, group=SINGLE, curves=NO_CURVES):
     """One pass over the reader (or the rest of one, from a step checkpoint's meta `resume`).
 
     group: this process's rank in a distributed run (tools/utils/distributed.py); folder: a RunFolder, or the
-    group's SharedFolder. Returns the epoch's statistics {"meta_batches", "samples", "seconds", <metric>: mean}.
+    group's SharedFolder; curves: where each meta-step's metrics go, as train/<metric> at the meta-step counted
+    across epochs (tools/utils/curves.py). Returns the epoch's statistics {"meta_batches", "samples", "seconds",
+    <metric>: mean}.
     """
     runner, hp = config["runner"], config["hyper_parameters"]
     names = model.create_metrics()
@@ -117,6 +120,7 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
             totals["samples"] += sum(len(support["label"]) + len(query["label"]) for support, query in meta_batch)
             for name in names:
                 totals[name] += values[name]
+                curves.add(f"train/{name}", values[name], epoch * len(dataset) + step)
             if step % runner["print_interval"] == 0 or step == len(dataset):
                 bar.set_postfix({**{n: f"{totals[n] / step:.4f}" for n in names},
                                  "samples/s": f"{totals['samples'] / (time.perf_counter() - start):.0f}"})

@@ -1,0 +1,150 @@
+"""The exported campaign model (tools/utils/serving.py, serving_net.py) and its shipped encoder (tools/score.py)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import net as net_module
+from helpers import ROOT, TINY_HP, layout, random_batch
+from models import layers
+from tools.utils import checkpoint as ckpt
+from tools.utils import dataset as D
+from tools.utils import schema as S
+from tools.utils import serving
+from tools.utils import vocabulary as V
+from tools.utils.paddle_env import paddle
+from tools.utils.serving_net import MetaHeacCampaign
+
+HOT = os.path.join(ROOT, "data", "test_hot")
+USER_INPUTS = ("static", "dynamic", "lengths")
+
+
+def feeds_of(batch, ad_ids):
+    ad = np.tile(np.asarray(ad_ids, np.int64), (len(batch["label"]), 1))
+    return {**{k: paddle.to_tensor(batch[k].astype(np.int64)) for k in USER_INPUTS}, "ad": paddle.to_tensor(ad)}
+
+
+def batches(rng):
+    """Random users (row 0: every list empty, row 1: every list full), padding past the lengths filled with
+    other valid ids (never read), a batch of one user and a batch where no user has a list."""
+    mixed = random_batch(rng, 64)
+    past = np.arange(S.DYNAMIC_WIDTH)[None] >= np.repeat(mixed["lengths"], S.DYNAMIC_WIDTHS, axis=1)
+    mixed["dynamic"] = np.where(past, random_batch(rng, 64)["dynamic"], mixed["dynamic"])
+    empty = random_batch(rng, 5)
+    empty["lengths"][:] = 0
+    return [mixed, random_batch(rng, 3), {k: v[:1] for k, v in mixed.items()}, empty]
+
+
+def test_the_exported_metaheac_scorer_equals_the_training_network(tmp_path):
+    paddle.seed(5)
+    net = net_module.MetaHeacNet(layout(), **TINY_HP)
+    net.eval()
+    rng = np.random.default_rng(4)
+    ad_ids = random_batch(rng, 1)["ad"][0]
+    program, _ = serving.export(net, ad_ids, str(tmp_path), {"campaign": 7, "data_schema": {}})
+    predictor = serving.predictor(str(tmp_path))
+    scorer = MetaHeacCampaign(net, ad_ids)
+    for batch in batches(rng):
+        with paddle.no_grad():
+            expected = net(feeds_of(batch, ad_ids)).numpy()
+            rearranged = scorer(*(paddle.to_tensor(batch[k].astype(np.int64)) for k in USER_INPUTS)).numpy()
+        served = serving.predict(predictor, *(batch[k] for k in USER_INPUTS))
+        np.testing.assert_allclose(rearranged, expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
+    ops = json.dumps(json.load(open(program)))
+    assert "masked_select" in ops and "index_add" in ops  # the lists are pooled by net.py's own code
+
+
+def test_another_network_is_exported_as_it_is(tmp_path):
+    paddle.seed(6)
+    net = layers.MLPNet(layout(), 4, [5])
+    net.eval()
+    rng = np.random.default_rng(8)
+    ad_ids = random_batch(rng, 1)["ad"][0]
+    serving.export(net, ad_ids, str(tmp_path), {"data_schema": {}})
+    batch = batches(rng)[0]
+    with paddle.no_grad():
+        expected = net(feeds_of(batch, ad_ids)).numpy()
+    served = serving.predict(serving.predictor(str(tmp_path)), *(batch[k] for k in USER_INPUTS))
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
+
+
+def raw_line(uid, static, dynamic, lengths, vocab):
+    """A userFeature.data line for encoded ids: each id turned back into its raw value; id 0 of a single-valued
+    field (missing) and an empty list are left out, as in the raw data."""
+    groups = [f"uid {uid}"]
+    groups += [f"{f} {vocab[f][i]}" for f, i in zip(S.STATIC_FIELDS, static) if i]
+    for j, f in enumerate(S.DYNAMIC_FIELDS):
+        ids = dynamic[S.DYNAMIC_OFFSETS[j]:S.DYNAMIC_OFFSETS[j] + lengths[j]]
+        if len(ids):
+            groups.append(f + " " + " ".join(str(vocab[f][i]) for i in ids))
+    return "|".join(groups) + "\n"
+
+
+def test_the_exported_model_through_the_shipped_encoder_gives_expand_scores(sample_model, tmp_path):
+    """Raw users in (the sample's hot candidates written back as raw lines, plus a user with no field at all,
+    one with raw ids never seen in training, one with a list longer than its width): tools/score.py with the
+    exported model gives tools/expand.py's scores, user for user."""
+    model_dir, _ = sample_model
+    vocab = ckpt.vocabulary(str(model_dir / "0"))
+    split = D.load_split(HOT)
+    aid = int(np.unique(split["stage2"]["aid"])[0])
+    campaign = tmp_path / "campaign"
+    campaign.mkdir()
+    for f in (D.SCHEMA_FILE, V.VOCAB_FILE):
+        shutil.copy(os.path.join(HOT, f), campaign)
+    D.save_stage(str(campaign / "test_stage1.npz"), {k: v[split["stage1"]["aid"] == aid]
+                                                     for k, v in split["stage1"].items()})
+    users = split["stage2"]
+    first = np.sort(np.unique(users["uid"], return_index=True)[1])[:1500]
+    lines = [raw_line(users["uid"][i], users["static"][i], users["dynamic"][i], users["lengths"][i], vocab)
+             for i in first]
+    interests = " ".join(str(v) for v in vocab["interest1"][1:16])
+    lines += ["uid 900000001\n", f"uid 900000002|LBS 987654321|kw1 {vocab['kw1'][1]} 999999999|age 77\n",
+              f"uid 900000003|interest1 {interests}|gender {vocab['gender'][1]}\n"]
+    pool = tmp_path / "userFeature.data"
+    pool.write_text("".join(lines))
+
+    def tool(name, *args):
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args], cwd=ROOT,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    exported, out, scored = tmp_path / "exported", tmp_path / "out", tmp_path / "scored"
+    tool("expand.py", "-m", os.path.join(ROOT, "config.yaml"), "-o", f"runner.infer_load_path={model_dir}",
+         "--campaign", str(campaign), "--pool", str(pool), "--top-k", "10", "--out", str(out), "--all-scores",
+         "--export", str(exported))
+    done = tool("score.py", "--model", str(exported), "--pool", str(pool), "--out", str(scored))
+    expected = np.load(out / "all_scores.npy")
+    assert expected.shape == (len(lines),)
+    np.testing.assert_allclose(np.load(scored / "scores.npy"), expected, rtol=0, atol=1e-6)
+    table = np.loadtxt(scored / "scores.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(table[:, 0].astype(np.int64), [int(line[4:].split("|")[0]) for line in lines])
+    np.testing.assert_allclose(table[:, 1], expected, rtol=0, atol=1e-6)
+    summary = json.load(open(scored / "score.json"))
+    assert summary["pool_users"] == len(lines)
+    assert summary["unknown_ids"] == json.load(open(out / "expand.json"))["unknown_ids"]["pool"]
+    assert summary["unknown_ids"]["kw1"]["unknown"] == 1 and summary["unknown_ids"]["LBS"]["unknown"] == 1
+    assert f"scored {len(lines)} users" in done.stdout and "of kw1 ids (1)" in done.stdout
+    rules = json.load(open(exported / "inputs.json"))
+    assert rules["input_rules"] == serving.INPUT_RULES and rules["data_schema"]["vocabulary_sha256"]
+
+
+@pytest.mark.parametrize("missing", ["inputs.json", "model.pdiparams"])
+def test_a_folder_that_is_not_an_export_is_one_line(tmp_path, missing):
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    for name in ("inputs.json", "model.json", "model.pdiparams"):
+        if name != missing:
+            (folder / name).write_text("{}")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "score.py"), "--model", str(folder),
+                           "--pool", os.path.join(HOT, "test_stage2.npz"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
+    assert f"{folder / missing}: not found" in done.stderr
+    assert not (tmp_path / "out").exists()
