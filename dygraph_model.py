@@ -40,7 +40,11 @@ HYPER_PARAMETERS = {
     "local_test_learning_rate": ("number > 0", "required", "Adam of fine-tuning on a test campaign's seeds"),
     "optimizer.class": ("one of adam", "adam", "the outer and fine-tuning optimiser"),
     "optimizer.learning_rate": ("number > 0", "required", "the outer Adam step"),
+    "wide_weight": ("number >= 0", 2.0, "weight of a campaign's wide part (a logistic regression on its seeds' "
+                    "ids) beside the fine-tuned network, in standard deviations; 0: the network alone, the paper's"),
 }
+WIDE_CS = tuple(np.logspace(-3, 2, 11))  # the inverse regularisations fit_wide chooses from
+WIDE_FOLDS = 5
 
 
 def compact_ids(layout, batches, table_rows, groups=None):
@@ -134,6 +138,88 @@ class StackedMetaBatch:
                 **dict(zip(names, gather_rows(meta_rows, self._task_row_ids)))}
 
 
+# ---------------------------------------------------------------- feeds, loss, optimiser (the baselines share them)
+def create_feeds(batch):
+    """Paddle tensors of a batch: ids as int64, label (and row weight, if any) in the default float dtype."""
+    feeds = {k: paddle.to_tensor(np.asarray(batch[k], dtype=np.int64))
+             for k in net_module.FieldLayout.ID_ARRAYS + ("lengths",)}
+    for k in ("label", "weight"):
+        if k in batch:
+            feeds[k] = paddle.to_tensor(np.asarray(batch[k]), dtype=paddle.get_default_dtype())
+    return feeds
+
+
+def bce(pred, label, weight=None):
+    """Binary cross-entropy from clip and log (the fused BCE ops have no double-grad kernel).
+
+    The mean over rows, or the weighted sum when row weights are given.
+    Each log's argument, p or 1 - p, is clipped below at LOG_FLOOR
+    (1e-12, the floor torch's BCELoss puts under p(1 - p) in its
+    gradient): wherever p(1 - p) >= 1e-12 the loss and its first and
+    second derivatives equal torch.nn.BCELoss's (the official code's); in
+    float32 that is every p but those under 1e-12 and p == 1.
+    """
+    losses = -(label * paddle.log(paddle.clip(pred, min=LOG_FLOOR))
+               + (1 - label) * paddle.log(paddle.clip(1 - pred, min=LOG_FLOOR)))
+    return losses.mean() if weight is None else (weight * losses).sum()
+
+
+def adam(net, learning_rate):
+    """Adam over all of net's parameters, torch's defaults (betas 0.9 / 0.999, eps 1e-8)."""
+    return paddle.optimizer.Adam(learning_rate=float(learning_rate), parameters=net.parameters())
+
+
+# ---------------------------------------------------------------- test time: a campaign's wide part
+def multi_hot(layout, batch):
+    """The features net.WideLinear weighs, as a SciPy CSR matrix [B, sum of the user tables' rows]: a 1 in the
+    column of each static id and of each list id inside its length (an id listed twice counts 2)."""
+    import scipy.sparse
+    starts = np.concatenate([[0], np.cumsum(layout.rows[:len(layout.user_fields)])])
+    n = len(batch["static"])
+    rows = [np.repeat(np.arange(n), len(layout.static))]
+    cols = [(np.asarray(batch["static"]) + starts[:len(layout.static)]).ravel()]
+    offsets = layout.list_offsets
+    for j, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:])):
+        inside = np.arange(hi - lo) < np.asarray(batch["lengths"])[:, j:j + 1]
+        rows.append(np.nonzero(inside)[0])
+        cols.append(np.asarray(batch["dynamic"])[:, lo:hi][inside] + starts[len(layout.static) + j])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    return scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, starts[-1]))  # repeats add up
+
+
+def fit_wide(layout, rows):
+    """net.WideLinear holding a logistic regression of rows' labels on multi_hot(rows) (scikit-learn, liblinear,
+    L2), its inverse regularisation C chosen from WIDE_CS by the AUC of stratified WIDE_FOLDS-fold
+    cross-validation on the rows (fewer folds when a class has fewer rows; C = 1 when one has a single row).
+    None when the rows hold one class only."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    labels = np.asarray(rows["label"])
+    folds = min(WIDE_FOLDS, int(labels.sum()), int((1 - labels).sum()))
+    if folds < 1:
+        return None
+    if folds >= 2:
+        fit = LogisticRegressionCV(Cs=list(WIDE_CS), cv=StratifiedKFold(folds, shuffle=True, random_state=0),
+                                   scoring="roc_auc", solver="liblinear", max_iter=1000, l1_ratios=(0,),
+                                   use_legacy_attributes=False)
+    else:
+        fit = LogisticRegression(C=1.0, solver="liblinear", max_iter=1000)
+    fit.fit(multi_hot(layout, rows), labels)
+    wide = net_module.WideLinear(layout)
+    coef = fit.coef_.ravel().astype(np.float32)
+    starts = np.cumsum([0] + list(layout.rows[:len(layout.user_fields)]))
+    for field, lo, hi in zip(layout.user_fields, starts[:-1], starts[1:]):
+        getattr(wide, "wide_" + field).set_value(coef[lo:hi, None])
+    wide.wide_bias.set_value(np.asarray(fit.intercept_, np.float32).reshape([1]))
+    return wide
+
+
+def logit(p):
+    """log(p / (1 - p)) of probabilities, floored as create_loss floors them."""
+    p = np.asarray(p, np.float64)
+    return np.log(np.maximum(p, LOG_FLOOR)) - np.log(np.maximum(1 - p, LOG_FLOOR))
+
+
 class DygraphModel:
     """Model hooks called by tools/trainer.py and tools/infer_meta.py; holds no state.
 
@@ -151,32 +237,15 @@ class DygraphModel:
                                       hp["mlp_dims"], hp["num_expert"], hp["num_output"], hp["embedding_init"])
 
     def create_feeds(self, batch):
-        """Paddle tensors of a batch: ids as int64, label (and row weight, if any) in the default float dtype."""
-        feeds = {k: paddle.to_tensor(np.asarray(batch[k], dtype=np.int64))
-                 for k in net_module.FieldLayout.ID_ARRAYS + ("lengths",)}
-        for k in ("label", "weight"):
-            if k in batch:
-                feeds[k] = paddle.to_tensor(np.asarray(batch[k]), dtype=paddle.get_default_dtype())
-        return feeds
+        return create_feeds(batch)
 
     def create_loss(self, pred, label, weight=None):
-        """Binary cross-entropy from clip and log (the fused BCE ops have no double-grad kernel).
-
-        The mean over rows, or the weighted sum when row weights are given.
-        Each log's argument, p or 1 - p, is clipped below at LOG_FLOOR
-        (1e-12, the floor torch's BCELoss puts under p(1 - p) in its
-        gradient): wherever p(1 - p) >= 1e-12 the loss and its first and
-        second derivatives equal torch.nn.BCELoss's (the official code's); in
-        float32 that is every p but those under 1e-12 and p == 1.
-        """
-        losses = -(label * paddle.log(paddle.clip(pred, min=LOG_FLOOR))
-                   + (1 - label) * paddle.log(paddle.clip(1 - pred, min=LOG_FLOOR)))
-        return losses.mean() if weight is None else (weight * losses).sum()
+        return bce(pred, label, weight)
 
     def create_optimizer(self, net, config, learning_rate=None):
         """Adam over all parameters (torch's defaults); lr from hyper_parameters.optimizer unless given."""
         lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
-        return paddle.optimizer.Adam(learning_rate=float(lr), parameters=net.parameters())
+        return adam(net, lr)
 
     def create_metrics(self):
         return ["loss"]
@@ -211,3 +280,31 @@ class DygraphModel:
         """Click probabilities [B] as a NumPy array."""
         with paddle.no_grad():
             return net(self.create_feeds(batch)).numpy()
+
+    def campaign_net(self, net, seeds, reference, config):
+        """The network that scores a campaign, once `net` is fine-tuned on its seeds (rows with labels).
+
+        With hyper_parameters.wide_weight w > 0: net.WideAndDeep of `net` and a wide part fitted on the seeds
+        (fit_wide), scaled so that on the reference users (rows of users unrelated to the campaign, with its
+        ad ids) it has mean 0 and w times the standard deviation of the network's logit. The ranking is then
+        that of z(logit) + w z(wide), the two parts standardised on the same users: the seeds' own signal
+        beside what the network brings from other campaigns, neither drowning the other whatever the scale
+        of the regression's weights. w = 0, or seeds of one class: `net` alone.
+        """
+        weight = config["hyper_parameters"]["wide_weight"]
+        wide = fit_wide(net.layout, seeds) if weight > 0 else None
+        if wide is None:
+            return net
+        feeds = self.create_feeds(reference)
+        with paddle.no_grad():
+            deep_logits, wide_logits = logit(net(feeds).numpy()), wide(feeds).numpy().astype(np.float64)
+        spread = wide_logits.std()
+        if not spread > 0:  # every weight regularised to zero: the regression ranks nothing
+            return net
+        scale = weight * (deep_logits.std() or 1.0) / spread
+        for p in wide.parameters():
+            p.set_value((p.numpy() * scale).astype(np.float32))
+        wide.wide_bias.set_value(wide.wide_bias.numpy() - np.float32(scale * wide_logits.mean()))
+        scorer = net_module.WideAndDeep(net, wide)
+        scorer.eval()
+        return scorer

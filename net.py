@@ -241,6 +241,52 @@ class MetaHeacNet(nn.Layer):
         return softmax(_dense(hidden, w(f"{gate}_w1"), w(f"{gate}_b1")), axis=1)
 
 
+class WideLinear(nn.Layer):
+    """A linear model over the user fields' ids: a weight per id of every user field (a list adds the
+    weights of its first `length` ids), plus a bias; the logit [B]. Its features are a multi-hot vector of
+    the user's ids (an id listed twice counts twice), so a logistic regression fitted on that vector by any
+    solver loads into it exactly (dygraph_model.multi_hot builds the vector, fit_wide the regression).
+
+    It is the per-campaign wide part of WideAndDeep, and the look-alike baseline on its own.
+    Parameters: `wide_<field>` [rows, 1] per user field of `layout`, `wide_bias` [1]; all start at zero.
+    """
+
+    def __init__(self, layout):
+        super().__init__()
+        self.layout = layout
+        zero = nn.initializer.Constant(0.0)
+        for field, rows in zip(layout.user_fields, layout.rows):
+            self.add_parameter("wide_" + field, self.create_parameter([rows, 1], default_initializer=zero))
+        self.add_parameter("wide_bias", self.create_parameter([1], default_initializer=zero))
+
+    def forward(self, feeds):
+        tables = [getattr(self, "wide_" + field) for field in self.layout.user_fields]
+        n_static, static, dynamic = len(self.layout.static), feeds["static"], feeds["dynamic"]
+        logit = lookup(tables[:n_static], static).sum(axis=[1, 2])
+        offsets = self.layout.list_offsets
+        for j, (table, lo, hi) in enumerate(zip(tables[n_static:], offsets[:-1], offsets[1:])):
+            ids = dynamic[:, lo:hi]
+            weights = paddle.gather(table, ids.reshape([-1])).reshape(paddle.shape(ids))
+            inside = paddle.arange(hi - lo, dtype="int64") < feeds["lengths"][:, j:j + 1]
+            logit = logit + (weights * inside.astype(weights.dtype)).sum(axis=1)
+        return logit + self.wide_bias
+
+
+class WideAndDeep(nn.Layer):
+    """One campaign's scorer: the probability sigmoid(logit(deep(feeds)) + wide(feeds)), the deep network's
+    logit plus a wide linear part over the user's ids (the Wide & Deep form, here with a wide part fitted per
+    campaign on its seeds; see dygraph_model.fit_wide). Only scores: nothing is trained through it."""
+
+    def __init__(self, deep, wide):
+        super().__init__()
+        self.deep, self.wide = deep, wide
+
+    def forward(self, feeds):
+        p = self.deep(feeds)
+        logit = paddle.log(paddle.clip(p, min=1e-12)) - paddle.log(paddle.clip(1 - p, min=1e-12))
+        return paddle.nn.functional.sigmoid(logit + self.wide(feeds))
+
+
 def _dense(x, weight, bias, rows_first=False):
     """weight^T x + bias, feature-major: [N, out, B] from x [N, in, B] (or [N, B, in] if rows_first).
 

@@ -11,7 +11,7 @@ import paddle
 
 import dygraph_model as metaheac
 import net as net_module
-from models import layers
+from models import hooks, layers
 
 
 def layout(config):
@@ -40,7 +40,7 @@ MLP_HYPER_PARAMETERS = hyper_parameters("max_idxs", "embed_dim", "embedding_init
                                         "optimizer.learning_rate")
 
 
-class CampaignModel(metaheac.DygraphModel):
+class CampaignModel(hooks.PerCampaignHooks):
     """MetaHeac's hooks with plain (multi-task) training instead of the meta-step.
 
     Pre-training reuses the reader's meta-batches: the rows of each (support,
@@ -50,7 +50,8 @@ class CampaignModel(metaheac.DygraphModel):
     inherited hooks call net(feeds), a new campaign.
     """
 
-    HYPER_PARAMETERS = {k: v for k, v in metaheac.HYPER_PARAMETERS.items() if k not in ("local_lr", "meta_order")}
+    HYPER_PARAMETERS = {k: v for k, v in metaheac.HYPER_PARAMETERS.items()
+                        if k not in ("local_lr", "meta_order", "wide_weight")}
 
     def pretrain_forward(self, net, feeds, aid):
         return net(feeds)

@@ -87,7 +87,8 @@ def test_positive_only_seeds_end_to_end_with_an_exported_model(sample_model, hot
                       str(out), "--all-scores", "--export", str(exported))
     assert done.returncode == 0, done.stderr
     n_pos = len(positives["label"])
-    assert f"{n_pos} positive and 0 negative seeds, {19 * n_pos} negatives drawn from the pool" in done.stdout
+    assert f"{n_pos} positive and 0 negative seeds, {19 * n_pos} negatives drawn from background users" in done.stdout
+    assert "warn" not in done.stderr.lower(), done.stderr
     top = top_uids(out)
     assert len(top) == 30 and not np.isin(top, positives["uid"]).any()  # seeds are left out of the ranking
     scores = np.load(out / "all_scores.npy")

@@ -1,24 +1,31 @@
 """Expand one campaign: its seeds in, the pool's K most similar users out, and optionally a servable model.
 
-    python tools/expand.py -m config.yaml --campaign DIR --pool POOL --top-k K --out OUT
-                           [--epoch E] [--negatives R] [--keep-seeds] [--all-scores] [--export DIR]
+    python tools/expand.py -m config.yaml --campaign DIR [--aid A] --pool POOL --top-k K --out OUT
+                           [--epoch E] [--negatives R] [--background FILE] [--folds F] [--allow-unknown]
+                           [--keep-seeds] [--all-scores] [--export DIR]
 
 The model is the meta-trained checkpoint meta-inference would test last
 (runner.infer_load_path, epoch runner.infer_end_epoch - 1; --epoch picks
-another). It is fine-tuned on the campaign's seeds exactly as
-tools/infer_meta.py fine-tunes a test campaign, then scores every user of the
-pool. DIR is a data-folder stage of one campaign's seeds or raw files
-(adFeature.csv, train.csv with aid,uid,label, userFeature.data); POOL a stage
-.npz with uid or a raw userFeature.data (tools/utils/expansion.py). Seeds that
-are all positive get R negatives per seed from the pool (--negatives, default
-DEFAULT_NEGATIVES; the rule: tools/utils/expansion.py). Seeds in the pool are
-left out of the ranking unless --keep-seeds.
+another). It is adapted to the campaign's seeds exactly as tools/infer_meta.py
+adapts a test campaign (tools/utils/campaign.py: fine-tuned, and for MetaHeac
+given a wide part fitted on the seeds), then scores every user of the pool.
+DIR is a data-folder stage or raw files (adFeature.csv, train.csv with
+aid,uid,label, userFeature.data) holding the campaign's seeds; --aid picks one
+campaign where DIR holds several. POOL is a stage .npz with uid or a raw
+userFeature.data (tools/utils/expansion.py). Seeds that are all positive get R
+negatives per seed (--negatives) drawn from background users, never a user of
+the pool (tools/utils/background.py: the checkpoint's, or --background). Seeds
+in the pool are left out of the ranking unless --keep-seeds. A campaign whose
+ad ids, or most of whose seeds' ids, the checkpoint has never seen is refused
+(the wrong model) unless --allow-unknown.
 
-Writes OUT/top_k.csv (uid, score, rank), OUT/expand.json (what was done:
-the checkpoint, seeds, negatives, unknown ids, timings) and, with
---all-scores, OUT/all_scores.npy (every pool user's score, in pool order);
---export DIR writes the fine-tuned model for Paddle Inference
-(tools/utils/serving.py).
+Writes OUT/top_k.csv (uid, score, rank), OUT/expand.json (what was done: the
+checkpoint, seeds, negatives and where they came from, the fine-tuning, the
+quality estimated on held-out seeds (tools/utils/quality.py), the score at rank
+K and a histogram of the pool's scores, unknown ids, timings), OUT/expand.png
+(the histogram and the quality, with matplotlib) and, with --all-scores,
+OUT/all_scores.npy (every pool user's score, in pool order); --export DIR
+writes the adapted model for Paddle Inference (tools/utils/serving.py).
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -35,7 +42,7 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import expansion as E
-from tools.utils import campaign, model_folder, serving
+from tools.utils import background, campaign, charts, model_folder, quality, serving
 from tools.utils import vocabulary as V
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
@@ -48,11 +55,11 @@ EXAMPLES = (
     "--epoch 1 --campaign CAMPAIGN --pool userFeature.data --top-k 1000 --out audience --negatives 9",
     "  (CAMPAIGN: adFeature.csv + train.csv + userFeature.data of one campaign's seeds, or a data-folder stage)",
 )
-DEFAULT_NEGATIVES = 19.0  # 5% positives, the share in the Tencent seed file (421,961 of 8,798,814 rows of train.csv)
 
 
-def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEFAULT_NEGATIVES, keep_seeds=False,
-           all_scores=False, export_dir=None, trust_pickle=False):
+def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=background.NEGATIVES_PER_SEED,
+           keep_seeds=False, all_scores=False, export_dir=None, trust_pickle=False, aid=None, background_file=None,
+           allow_unknown=False, folds=quality.FOLDS):
     """Fine-tune the checkpoint on the campaign's seeds and rank the pool; returns the summary dict."""
     started = time.perf_counter()
     runner = config["runner"]
@@ -65,9 +72,22 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
     cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", path), path)
     config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", path)
     vocab = ckpt.vocabulary(path)
-    camp = E.read_campaign(campaign_dir, config["data_schema"], vocab)
+    camp = E.read_campaign(campaign_dir, config["data_schema"], vocab, aid)
+    if not (camp.seeds["label"] == 1).any():
+        raise UserError(f"{campaign_dir}: the seeds of campaign {camp.aid} hold no positive (label 1): there is "
+                        "nothing to expand from; give the users who clicked or converted")
+    mismatch = camp.unknown.mismatch()
+    if mismatch and not allow_unknown:
+        raise UserError(f"{campaign_dir}: {mismatch}; the checkpoint {path} was most likely trained on another "
+                        "dataset: use a checkpoint trained on this campaign's data, or pass --allow-unknown")
     if not os.path.exists(pool):
         raise UserError(f"{pool}: no such pool; give a stage .npz (with uid) or a userFeature.data file")
+    users, users_from = _background(path, background_file, config["data_schema"], vocab)
+    positive_only = not (camp.seeds["label"] == 0).any()
+    if positive_only and users is None:
+        raise UserError(f"{path}: the seeds are all positive and this checkpoint holds no background users to draw "
+                        "negatives from (a checkpoint of an earlier version): retrain it, or give --background FILE "
+                        "(users in the pool's formats)")
 
     from tools.utils import paddle_env
     paddle_env.set_threads(runner["thread_num"])
@@ -78,14 +98,24 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
     ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
     batches = model_folder.load_module(runner["infer_reader_path"], config["config_path"]).batches
 
-    pool_unknown = V.UnknownIds()
-    rng = np.random.default_rng([runner["seed"], camp.aid % 2**32, 1])  # the negatives' draw
-    rows, drawn = E.with_negatives(camp, pool, config["data_schema"], vocab, negatives, rng, pool_unknown)
-    tuned = time.perf_counter()
-    campaign.adapt(model, net, params, rows, config, camp.aid, batches)
+    rows, drawn = camp.seeds, 0
+    if positive_only:
+        rng = np.random.default_rng([runner["seed"], camp.aid % 2**32, 1])  # the negatives' draw
+        rows, drawn = background.with_negatives(camp.seeds, users, negatives, E.pool_uids(pool), rng)
+        if not drawn:
+            raise UserError(f"{users_from}: every background user is a seed or a user of the pool, so no negative "
+                            "can be drawn without telling the model that users it ranks are negatives; give "
+                            "--background FILE with users outside the pool")
+    loaded = time.perf_counter()
+    estimate = None if users is None or not folds else quality.estimate(
+        model, net, params, rows, config, camp.aid, batches, users,
+        np.random.default_rng([runner["seed"], camp.aid % 2**32, 3]), not positive_only, folds)
+    estimated = time.perf_counter()
+    scorer = campaign.adapt(model, net, params, rows, config, camp.aid, batches, users)
     scoring = time.perf_counter()
-    ranked, scores, n_pool = E.score_pool(model, net, camp, pool, config["data_schema"], vocab, config, batches,
-                                          top_k, keep_seeds, pool_unknown, all_scores)
+    pool_unknown = V.UnknownIds()
+    ranked, scores, n_pool, histogram = E.score_pool(model, scorer, camp, pool, config["data_schema"], vocab,
+                                                     config, batches, top_k, keep_seeds, pool_unknown, all_scores)
     done = time.perf_counter()
 
     os.makedirs(out_dir, exist_ok=True)
@@ -96,29 +126,67 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
     write_text(os.path.join(out_dir, "top_k.csv"), table.getvalue())
     if scores is not None:
         atomic_write(os.path.join(out_dir, "all_scores.npy"), lambda f: np.save(f, scores.astype(np.float32)))
+    seeds_in_pool = int(np.isin(camp.seeds["uid"], E.pool_uids(pool)).sum()) if "uid" in camp.seeds else 0
     summary = {
-        "campaign": camp.aid, "checkpoint": path, "seed_positives": int((camp.seeds["label"] == 1).sum()), "seed_negatives": int((camp.seeds["label"] == 0).sum()),
-        "negatives_drawn": drawn, "negatives_rule": E.NEGATIVES_RULE if drawn else None,
-        "pool": pool, "pool_users": n_pool, "top_k": len(ranked), "seeds_ranked": keep_seeds,
+        "campaign": camp.aid,
+        "checkpoint": {"path": path, "epoch": epoch, "params_sha256": meta.get("sha256", {}).get(ckpt.PARAMS_FILE),
+                       "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256")},
+        "seeds": {"positive": int((camp.seeds["label"] == 1).sum()), "negative": int((camp.seeds["label"] == 0).sum()),
+                  "in_pool": seeds_in_pool, "ranked": keep_seeds},
+        "negatives": {"drawn": drawn, "per_seed": negatives if drawn else None, "from": users_from if drawn else None,
+                      "rule": E.NEGATIVES_RULE if drawn else None},
+        "random_seed": runner["seed"],
+        "fine_tuning": {"passes": runner["infer_train_epoch"], "batch": runner["infer_batch_size"],
+                        "learning_rate": config["hyper_parameters"].get("local_test_learning_rate"),
+                        "wide_weight": config["hyper_parameters"].get("wide_weight")},
+        "quality": estimate,
+        "pool": pool, "pool_users": n_pool, "top_k": len(ranked),
+        "score_at_rank_k": ranked[-1][1] if ranked else None,
+        "score_histogram": histogram,
         "unknown_ids": {"campaign": camp.unknown.as_dict(), "pool": pool_unknown.as_dict()},
-        "seconds": {"load_and_negatives": tuned - started, "fine_tune": scoring - tuned, "score_pool": done - scoring},
+        "seconds": {"load_and_negatives": loaded - started, "quality_estimate": estimated - loaded,
+                    "fine_tune": scoring - estimated, "score_pool": done - scoring},
         "pool_users_per_second": n_pool / max(done - scoring, 1e-9),
     }
     if export_dir:
-        serving.export(net, camp.ad, export_dir, {"campaign": camp.aid, "checkpoint": path,
-                                                  "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256"),
-                                                  "data_schema": config["data_schema"]},
+        serving.export(scorer, camp.ad, export_dir, {"campaign": camp.aid, "checkpoint": path,
+                                                     "vocabulary_sha256": config["data_schema"].get(
+                                                         "vocabulary_sha256"),
+                                                     "data_schema": config["data_schema"]},
                        V.to_bytes(vocab) if vocab else None)
         summary["export"] = export_dir
     write_json(os.path.join(out_dir, "expand.json"), summary)
-    lines = [f"campaign {camp.aid}: {summary['seed_positives']} positive and {summary['seed_negatives']} negative "
-             f"seeds" + (f", {drawn} negatives drawn from the pool" if drawn else "") + f"; checkpoint {path}",
-             camp.unknown.report("campaign"), pool_unknown.report("pool"),
-             f"scored {n_pool} pool users in {done - scoring:.1f} s ({summary['pool_users_per_second']:.0f}/s); "
-             f"wrote the top {len(ranked)} to {os.path.join(out_dir, 'top_k.csv')}"
-             + (f"; exported the model to {export_dir}" if export_dir else "")]
-    print("\n".join(line for line in lines if line))
+    chart = charts.expansion(os.path.join(out_dir, "expand.png"), summary)
+    print("\n".join(line for line in _report(summary, camp, pool_unknown, out_dir, chart) if line))
     return summary
+
+
+def _background(path, background_file, schema, vocab):
+    """(users, where they came from): --background's first BACKGROUND_USERS users, or the checkpoint's."""
+    if background_file:
+        if not os.path.exists(background_file):
+            raise UserError(f"{background_file}: no such file; --background takes users in the pool's formats "
+                            "(a stage .npz with uid, or a userFeature.data)")
+        return (E.read_users(background_file, schema, vocab, background.BACKGROUND_USERS, V.UnknownIds()),
+                background_file)
+    return ckpt.background_users(path), f"{path}/{background.BACKGROUND_FILE}"
+
+
+def _report(summary, camp, pool_unknown, out_dir, chart):
+    seeds, drawn, q = summary["seeds"], summary["negatives"]["drawn"], summary["quality"]
+    yield (f"campaign {camp.aid}: {seeds['positive']} positive and {seeds['negative']} negative seeds"
+           + (f", {drawn} negatives drawn from background users" if drawn else "")
+           + f"; checkpoint {summary['checkpoint']['path']}")
+    yield camp.unknown.report("campaign")
+    yield pool_unknown.report("pool")
+    if q:
+        yield (f"quality, {q['folds']}-fold on the seeds: held-out seeds against background users AUC "
+               f"{q['auc']['mean']:.3f} +- {q['auc']['std']:.3f}, lift in the top 5% "
+               f"{q['lift_at_5']['mean']:.1f} +- {q['lift_at_5']['std']:.1f} (1 is chance)")
+    yield (f"scored {summary['pool_users']} pool users in {summary['seconds']['score_pool']:.1f} s "
+           f"({summary['pool_users_per_second']:.0f}/s); wrote the top {summary['top_k']} to "
+           f"{os.path.join(out_dir, 'top_k.csv')}" + (f" and {chart}" if chart else "")
+           + (f"; exported the model to {summary['export']}" if "export" in summary else ""))
 
 
 def main(argv=None):
@@ -126,14 +194,23 @@ def main(argv=None):
                                  "runner.infer_load_path=output_2epochs runner.infer_train_epoch=3")
     parser.add_argument("--campaign", required=True, metavar="DIR",
                         help="the campaign: a data-folder stage of its seeds, or adFeature.csv + train.csv + "
-                             "userFeature.data")
+                             "userFeature.data (of this campaign only, or of many with --aid)")
+    parser.add_argument("--aid", type=int, help="the campaign to take from DIR when it holds several")
     parser.add_argument("--pool", required=True, help="the users to rank: a stage .npz with uid, or userFeature.data")
     parser.add_argument("--top-k", type=int, required=True, metavar="K", help="how many users to return")
-    parser.add_argument("--out", required=True, help="output folder: top_k.csv, expand.json, all_scores.npy")
+    parser.add_argument("--out", required=True,
+                        help="output folder: top_k.csv, expand.json, expand.png, all_scores.npy")
     parser.add_argument("--epoch", type=int, help="checkpoint epoch (default: runner.infer_end_epoch - 1)")
-    parser.add_argument("--negatives", type=float, default=DEFAULT_NEGATIVES, metavar="R",
-                        help=f"negatives per seed drawn from the pool when the seeds are all positive "
-                             f"(default {DEFAULT_NEGATIVES:g})")
+    parser.add_argument("--negatives", type=float, default=background.NEGATIVES_PER_SEED, metavar="R",
+                        help=f"negatives per seed drawn from background users when the seeds are all positive "
+                             f"(default {background.NEGATIVES_PER_SEED})")
+    parser.add_argument("--background", metavar="FILE",
+                        help="users to draw those negatives from (a stage .npz with uid or a userFeature.data; "
+                             "default: the checkpoint's sample of its training users)")
+    parser.add_argument("--folds", type=int, default=quality.FOLDS, metavar="F",
+                        help=f"folds of the quality estimate on the seeds (default {quality.FOLDS}; 0: none)")
+    parser.add_argument("--allow-unknown", action="store_true",
+                        help="expand even when the campaign's ids are mostly unknown to the checkpoint")
     parser.add_argument("--keep-seeds", action="store_true", help="rank the seeds found in the pool too")
     parser.add_argument("--all-scores", action="store_true", help="also write every pool user's score")
     parser.add_argument("--export", metavar="DIR", help="write the fine-tuned model for Paddle Inference")
@@ -142,10 +219,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k is {args.top_k}; give 1 or more")
-    if args.negatives < 0:
-        raise UserError(f"--negatives is {args.negatives}; give 0 or more")
+    if not (args.negatives > 0 and np.isfinite(args.negatives)):
+        raise UserError(f"--negatives is {args.negatives}; give a number of negatives per seed above 0")
+    if args.folds < 0 or args.folds == 1:
+        raise UserError(f"--folds is {args.folds}; give 0 (no quality estimate) or 2 or more")
     expand(cfg.load_config(args.config_yaml, args.opt), args.campaign, args.pool, args.top_k, args.out, args.epoch,
-           args.negatives, args.keep_seeds, args.all_scores, args.export, args.trust_pickled_checkpoints)
+           args.negatives, args.keep_seeds, args.all_scores, args.export, args.trust_pickled_checkpoints, args.aid,
+           args.background, args.allow_unknown, args.folds)
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import dataset as D
-from tools.utils import campaign, distributed, metrics, model_folder
-from tools.utils.errors import TrainingError
+from tools.utils import background, campaign, distributed, metrics, model_folder
+from tools.utils.errors import CheckpointError, TrainingError
 from tools.utils.files import atomic_write, plain, write_json, write_text
 from tools.utils.progress import progress
 
@@ -74,13 +74,13 @@ def split_dirs(test_data_dir, split=None):
     return [os.path.join(parent, name) for name in SPLIT_FOLDERS[split]]
 
 
-def evaluate(model, net, params, dataset, batches, config, label, group=distributed.SINGLE):
+def evaluate(model, net, params, dataset, batches, config, label, group=distributed.SINGLE, users=None):
     """Fine-tune and score every campaign of one split from `params`; returns (campaign dicts, overall dict).
 
     With a distributed group each rank scores its share (group.campaigns) and rank 0 gathers the scores and
     returns the split's results; the other ranks return None.
     """
-    scored = score_campaigns(model, net, params, dataset, batches, config, label, group)
+    scored = score_campaigns(model, net, params, dataset, batches, config, label, group, users)
     if group.size > 1:
         parts = group.gather(pack_scored(scored), f"gathering the scores of {label}")
         if parts is None:
@@ -107,15 +107,23 @@ def evaluate(model, net, params, dataset, batches, config, label, group=distribu
     return campaigns, overall
 
 
-def score_campaigns(model, net, params, dataset, batches, config, label, group=distributed.SINGLE):
-    """Fine-tune and score this rank's campaigns of a split: [(position in the split, aid, seeds, labels, scores)]."""
+def score_campaigns(model, net, params, dataset, batches, config, label, group=distributed.SINGLE, users=None):
+    """Fine-tune and score this rank's campaigns of a split: [(position in the split, aid, seeds, labels, scores)].
+
+    users: the checkpoint's background users. runner.infer_seeds "positive" fine-tunes on the positive seeds
+    and NEGATIVES_PER_SEED background users per seed, none of them a candidate (expand.py's protocol).
+    """
     mine = set(group.campaigns(len(dataset)))
     bar = progress(total=len(mine), desc=label, unit="campaign", disable=not group.main)
     scored = []
     for position, (aid, seeds, candidates) in enumerate(dataset):
         if position in mine:
-            campaign.adapt(model, net, params, seeds, config, aid, batches)
-            scores = campaign.score(model, net, candidates, config, batches)
+            if config["runner"]["infer_seeds"] == "positive" and (seeds["label"] == 1).any():
+                rng = np.random.default_rng([config["runner"]["seed"], aid % 2**32, 1])
+                seeds, _ = background.with_negatives(seeds, users, background.NEGATIVES_PER_SEED,
+                                                     candidates["uid"], rng)
+            scorer = campaign.adapt(model, net, params, seeds, config, aid, batches, users)
+            scores = campaign.score(model, scorer, candidates, config, batches)
             scored.append((position, aid, len(seeds["label"]), candidates["label"], scores))
             bar.update(1)
     bar.close()
@@ -236,9 +244,14 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
         for epoch, path in paths.items():
             params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
             ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
+            users = ckpt.background_users(path)
+            if users is None and runner["infer_seeds"] == "positive":
+                raise CheckpointError(f"{path}: holds no background users (a checkpoint of an earlier version); "
+                                      "runner.infer_seeds positive draws its negatives from them: retrain it")
             for data_dir, dataset in datasets.items():
                 name = os.path.basename(os.path.normpath(data_dir))
-                result = evaluate(model, net, params, dataset, reader.batches, config, f"{name} epoch {epoch}", group)
+                result = evaluate(model, net, params, dataset, reader.batches, config, f"{name} epoch {epoch}", group,
+                                  users)
                 if result is None:  # a rank other than 0: its scores went to rank 0
                     continue
                 campaigns, overall = result
@@ -251,9 +264,9 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
         tag = "+".join(os.path.basename(os.path.normpath(d)) for d in datasets)
         files = write_results(out_dir, tag, runs, config)
     print(metrics.format_table(
-        ("split", "epoch", "campaigns", "rows", "AUC", "GAUC", "P@5%", "R@5%"),
-        [(r["split"], r["epoch"], r["overall"]["campaigns"], r["overall"]["rows"], r["overall"]["auc"],
-          r["overall"]["gauc"], r["overall"]["precision"], r["overall"]["recall"]) for r in runs]))
+        ("split", "epoch", "campaigns", "rows", "GAUC", "P@5%", "R@5%", "pooled AUC"),
+        [(r["split"], r["epoch"], r["overall"]["campaigns"], r["overall"]["rows"], r["overall"]["gauc"],
+          r["overall"]["precision"], r["overall"]["recall"], r["overall"]["auc"]) for r in runs]))
     print(f"results: {os.path.dirname(files[0])} ({', '.join(os.path.basename(f) for f in files)}; "
           f"copied to {out_dir} as the latest run's)")
     return runs

@@ -30,7 +30,7 @@ from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import curves as C
 from tools.utils import dataset as D
-from tools.utils import distributed, model_folder, vocabulary
+from tools.utils import background, distributed, model_folder, vocabulary
 from tools.utils.run_folder import RunFolder
 from tools.utils.training import require_finite, run_epoch
 
@@ -80,6 +80,7 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
     identity = {**ckpt.run_identity(config), **({"untrained": True} if untrained else {})}
     vocab = vocabulary.load(runner["train_data_dir"], required=False)
     files = {vocabulary.VOCAB_FILE: vocabulary.to_bytes(vocab)} if vocab else {}
+    files[background.BACKGROUND_FILE] = background.to_bytes(background.sample(dataset.table, runner["seed"]))
     paddle_env.set_threads(runner["thread_num"])
     group = distributed.join(paddle_env.set_device(runner["use_gpu"], quiet=distributed.world()[0] > 0))
     say = print if group.main else (lambda *args, **kwargs: None)

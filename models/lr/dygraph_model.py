@@ -7,8 +7,7 @@ each test campaign then trains it from scratch on its seeds (infer_meta.py).
 """
 from paddle import nn
 
-import dygraph_model as metaheac
-from models import layers, pretraining
+from models import hooks, layers, pretraining
 
 
 class LRNet(nn.Layer):
@@ -21,7 +20,7 @@ class LRNet(nn.Layer):
         return nn.functional.sigmoid(self.weights(feeds).sum(axis=1) + self.bias)
 
 
-class DygraphModel(metaheac.DygraphModel):
+class DygraphModel(hooks.PerCampaignHooks):
     trains_across_campaigns = False
     HYPER_PARAMETERS = pretraining.hyper_parameters("max_idxs", "task_count", "sample_method",
                                                     "local_test_learning_rate", "optimizer.class",

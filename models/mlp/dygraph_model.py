@@ -4,11 +4,10 @@ The network is layers.MLPNet. The trainer saves its seeded initialisation
 without a pass (trains_across_campaigns); each test campaign trains it from
 there on its seeds (infer_meta.py).
 """
-import dygraph_model as metaheac
-from models import pretraining
+from models import hooks, pretraining
 
 
-class DygraphModel(metaheac.DygraphModel):
+class DygraphModel(hooks.PerCampaignHooks):
     trains_across_campaigns = False
     HYPER_PARAMETERS = pretraining.MLP_HYPER_PARAMETERS
 

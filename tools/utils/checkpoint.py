@@ -186,6 +186,15 @@ def vocabulary(path):
     return V.from_bytes(read_file(path, V.VOCAB_FILE), os.path.join(path, V.VOCAB_FILE))
 
 
+def background_users(path):
+    """The background users stored with the checkpoint (tools/utils/background.py), or None (an older one)."""
+    from . import background
+    if background.BACKGROUND_FILE not in read_meta(path).get("sha256", {}):
+        return None
+    return background.from_bytes(read_file(path, background.BACKGROUND_FILE),
+                                 os.path.join(path, background.BACKGROUND_FILE))
+
+
 def load_arrays(path, name, trust_pickle=False):
     """The arrays of one checkpoint file ({name: np.ndarray}), checked against the sha256 in meta.json.
 

@@ -134,6 +134,9 @@ KEYS = {
     "runner.infer_start_epoch": ("int >= 0", 0, "first checkpoint epoch meta-inference tests"),
     "runner.infer_end_epoch": ("int >= 1", REQUIRED, "meta-inference tests epochs [start, end)"),
     "runner.infer_train_epoch": ("int >= 0", REQUIRED, "fine-tuning passes over a test campaign's seeds"),
+    "runner.infer_seeds": ("one of labelled | positive", "labelled",
+                           "a test campaign's seeds: its labelled stage-1 rows, or its positives with background "
+                           "negatives (expand.py's protocol)"),
 }
 PATH_KEYS = ("train_data_dir", "test_data_dir", "model_save_path", "infer_load_path", "infer_output_path",
              "train_reader_path", "infer_reader_path", "visual_log_path")
@@ -141,7 +144,8 @@ TOOL_KEYS = {
     "train": ("train_data_dir", "train_reader_path", "model_save_path", "use_gpu", "seed", "thread_num",
               "train_batch_size", "epochs", "print_interval", "save_steps", "use_visual", "visual_log_path"),
     "infer": ("test_data_dir", "infer_reader_path", "infer_load_path", "infer_output_path", "use_gpu", "seed",
-              "thread_num", "infer_batch_size", "infer_start_epoch", "infer_end_epoch", "infer_train_epoch"),
+              "thread_num", "infer_batch_size", "infer_start_epoch", "infer_end_epoch", "infer_train_epoch",
+              "infer_seeds"),
     "expand": ("infer_reader_path", "infer_load_path", "use_gpu", "seed", "thread_num", "infer_batch_size",
                "infer_start_epoch", "infer_end_epoch", "infer_train_epoch"),
 }

@@ -14,11 +14,13 @@ training becomes the missing id and is counted (a new advertiser or campaign
 is the normal case). Encoded inputs must carry the checkpoint's vocabulary
 (schema.json's digest).
 
-Seeds that are all positive get negatives from the pool (NEGATIVES_RULE).
+Seeds that are all positive get negatives from background users, never a user of the pool
+(tools/utils/background.py).
 Fine-tuning is meta-inference's (tools/utils/campaign.py), and so is the
 seeding: everything random about the campaign is seeded with (seed, aid).
 """
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,9 +34,10 @@ from .errors import DataError
 from .progress import progress
 
 POOL_ROWS = 65536
-NEGATIVES_RULE = ("when the seeds hold no negatives, R x (number of seeds) users are drawn uniformly at random, "
-                  "without replacement, from the pool's users that are not seeds, and fine-tuned on as "
-                  "negatives (label 0); R is --negatives")
+HISTOGRAM_BINS = 50
+NEGATIVES_RULE = ("when the seeds hold no negatives, R x (number of seeds) background users are drawn uniformly "
+                  "at random, without replacement, among those that are neither seeds nor users of the pool, and "
+                  "fine-tuned on as negatives (label 0); R is --negatives")
 
 
 @dataclass
@@ -46,27 +49,34 @@ class Campaign:
 
 
 # ---------------------------------------------------------------- the campaign
-def read_campaign(folder, schema, vocab):
-    """The campaign of `folder`, in either format (see the module docstring)."""
+def read_campaign(folder, schema, vocab, aid=None):
+    """The campaign of `folder`, in either format (see the module docstring); `aid` picks one among several."""
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: no such campaign folder; give a data-folder stage (schema.json + "
                         "*_stage1.npz) or raw files (adFeature.csv, train.csv, userFeature.data)")
     if os.path.isfile(os.path.join(folder, D.SCHEMA_FILE)):
-        return _encoded_campaign(folder, schema)
+        return _encoded_campaign(folder, schema, aid)
     if os.path.isfile(os.path.join(folder, "adFeature.csv")):
-        return _raw_campaign(folder, vocab)
+        return _raw_campaign(folder, vocab, aid)
     raise DataError(f"{folder}: neither schema.json (a data-folder stage) nor adFeature.csv (raw files); "
                     "give one of the two formats")
 
 
-def _one_campaign(aids, source):
+def _one_campaign(aids, source, aid=None):
+    """The campaign's aid (the one of all rows, or `aid`) and which rows are its."""
     campaigns = np.unique(aids)
+    if aid is not None:
+        if aid not in campaigns:
+            raise DataError(f"{source}: no seed rows of aid {aid} (it holds {len(campaigns)} campaigns: "
+                            f"{', '.join(map(str, campaigns[:5]))}{', ...' if len(campaigns) > 5 else ''}); "
+                            "check --aid")
+        return aid, np.asarray(aids) == aid
     if len(campaigns) == 0:
         raise DataError(f"{source}: no seed rows; a campaign needs seeds to expand from")
     if len(campaigns) > 1:
         raise DataError(f"{source}: rows of {len(campaigns)} campaigns ({', '.join(map(str, campaigns[:5]))}); "
-                        "give the seeds of one campaign")
-    return int(campaigns[0])
+                        "pick one with --aid, or give the seeds of one campaign")
+    return int(campaigns[0]), np.ones(len(aids), bool)
 
 
 def _check_seed_uids(uids, source):
@@ -76,19 +86,19 @@ def _check_seed_uids(uids, source):
                         "list each seed once")
 
 
-def _encoded_campaign(folder, schema):
+def _encoded_campaign(folder, schema, aid):
     split = D.load_split(folder, stages=(1,))
     D.require_vocabulary(split["schema"], schema, folder, "the checkpoint")
-    seeds = split["stage1"]
     source = D.stage_path(folder, 1)
-    aid = _one_campaign(seeds["aid"], source)
+    aid, mine = _one_campaign(split["stage1"]["aid"], source, aid)
+    seeds = D.take(split["stage1"], np.flatnonzero(mine))
     if "uid" not in seeds:
         raise DataError(f"{source}: no 'uid' array; seeds need their uids (to keep them out of the ranking)")
     _check_seed_uids(seeds["uid"], source)
     return Campaign(aid, seeds["ad"][0].astype(np.int32), seeds)
 
 
-def _raw_campaign(folder, vocab):
+def _raw_campaign(folder, vocab, aid):
     if vocab is None:
         raise DataError(f"{folder}: raw seed files, but the checkpoint carries no vocabulary (its training data "
                         "came without raw-id maps): preprocess the raw training files with tools/preprocess.py")
@@ -98,7 +108,8 @@ def _raw_campaign(folder, vocab):
             raise DataError(f"{path}: not found; a raw campaign folder holds adFeature.csv (the campaign's row), "
                             "train.csv (aid,uid,label: its seeds) and userFeature.data (the seeds' users)")
     rows = raw_csv.read_rows(paths["train.csv"], "required")
-    aid = _one_campaign(rows["aid"], paths["train.csv"])
+    aid, mine = _one_campaign(rows["aid"], paths["train.csv"], aid)
+    rows = {k: np.asarray(v)[mine] for k, v in rows.items()}
     _check_seed_uids(rows["uid"], paths["train.csv"])
     aids, ads = raw_csv.read_ads(paths["adFeature.csv"], S.AD_FIELDS)
     at = np.searchsorted(aids, aid)
@@ -159,34 +170,33 @@ def pool_size(path):
         return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
 
 
-# ---------------------------------------------------------------- negatives
-def with_negatives(camp, pool, schema, vocab, ratio, rng, unknown):
-    """The seeds, plus sampled negatives (NEGATIVES_RULE) when they have none; returns (rows, negatives drawn)."""
-    seeds = camp.seeds
-    if (seeds["label"] == 0).any():
-        return seeds, 0
-    if ratio <= 0:
-        raise DataError("the seeds are all positive and --negatives is 0: fine-tuning needs negatives; give "
-                        "--negatives R to draw R x seeds users of the pool as negatives, or seeds labelled 0")
-    n_pool = pool_size(pool)
-    want = int(round(ratio * len(seeds["label"])))
-    extra = min(n_pool, want + len(seeds["label"]))  # enough to drop the seeds among them
-    picked = np.sort(rng.choice(n_pool, extra, replace=False))
-    found, first = [], 0
-    for chunk in pool_chunks(pool, schema, vocab, unknown):
-        n = len(chunk["uid"])
-        inside = picked[(picked >= first) & (picked < first + n)] - first
-        if len(inside):
-            found.append({k: v[inside] for k, v in chunk.items()})
-        first += n
-    drawn = {k: np.concatenate([f[k] for f in found]) for k in found[0]} if found else None
-    if drawn is None:
-        raise DataError(f"{pool}: the pool is empty; nothing to rank and no negatives to draw")
-    keep = ~np.isin(drawn["uid"], seeds["uid"])
-    order = rng.permutation(np.flatnonzero(keep))[:want]
-    negatives = _rows(drawn["uid"][order], drawn["static"][order], drawn["dynamic"][order], drawn["lengths"][order],
-                      camp.ad, camp.aid, np.zeros(len(order)))
-    return {k: np.concatenate([seeds[k], negatives[k]]) for k in seeds}, len(order)
+# ---------------------------------------------------------------- uids and background users
+def pool_uids(path):
+    """Every uid of the pool, read cheaply: the uid member of a stage file, or the first group of each line of a
+    userFeature.data (a scan of the text, no parsing of the rest)."""
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as archive:
+            if "uid" not in archive.files:
+                raise DataError(f"{path}: no 'uid' array; a pool needs its users' uids to rank them")
+            return np.asarray(archive["uid"], np.int64)
+    found = []
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24) + f.readline(), b""):
+            found.append(np.array(re.findall(rb"(?m)^uid (\d+)", block), dtype=np.int64))
+    return np.concatenate(found) if found else np.empty(0, np.int64)
+
+
+def read_users(path, schema, vocab, limit, unknown):
+    """Up to `limit` users of a pool-format file (stage .npz with uid, or userFeature.data), the first ones."""
+    parts, n = [], 0
+    for chunk in pool_chunks(path, schema, vocab, unknown):
+        parts.append({k: v[:limit - n] for k, v in chunk.items()})
+        n += len(parts[-1]["uid"])
+        if n >= limit:
+            break
+    if not n:
+        raise DataError(f"{path}: no users; --background needs a file of users to draw negatives from")
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 # ---------------------------------------------------------------- scoring
@@ -204,8 +214,11 @@ class TopK:
 
 
 def score_pool(model, net, camp, pool, schema, vocab, config, batches, k, keep_seeds, unknown, all_scores=False):
-    """Score every pool user for the campaign; returns (top K [(uid, score)], every score or None, pool users)."""
+    """Score every pool user for the campaign; returns (top K [(uid, score)], every score or None, pool users,
+    the histogram of the scores: {"edges": HISTOGRAM_BINS + 1 edges over [0, 1], "counts"})."""
     top, uids, scores = TopK(k), [], []
+    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    hist = np.zeros(HISTOGRAM_BINS, np.int64)
     seed_uids = np.sort(camp.seeds["uid"])
     first = 0
     bar = progress(total=None, desc="scoring the pool", unit="user", unit_scale=True)
@@ -216,6 +229,7 @@ def score_pool(model, net, camp, pool, schema, vocab, config, batches, k, keep_s
         s = C.score(model, net, rows, config, batches)
         ranked = np.ones(n, bool) if keep_seeds else ~np.isin(chunk["uid"], seed_uids)
         top.add(s[ranked], first + np.flatnonzero(ranked))
+        hist += np.histogram(np.clip(s, 0.0, 1.0), edges)[0]
         uids.append(chunk["uid"])
         if all_scores:
             scores.append(s)
@@ -230,4 +244,5 @@ def score_pool(model, net, camp, pool, schema, vocab, config, batches, k, keep_s
         raise DataError(f"{pool}: uid {values[np.argmax(counts > 1)]} appears {counts.max()} times; a pool lists "
                         "each user once")
     ranked = list(zip(uids[top.positions].tolist(), top.scores.tolist()))
-    return ranked, (np.concatenate(scores) if all_scores else None), len(uids)
+    histogram = {"edges": edges.round(6).tolist(), "counts": hist.tolist()}
+    return ranked, (np.concatenate(scores) if all_scores else None), len(uids), histogram

@@ -26,6 +26,8 @@ import net as net_module
 
 def campaign_scorer(net, ad_ids):
     """The layer that scores users for one campaign: (static, dynamic, lengths) -> click probability [N]."""
+    if isinstance(net, net_module.WideAndDeep):
+        return WideAndDeepCampaign(campaign_scorer(net.deep, ad_ids), net.wide)
     if isinstance(net, net_module.MetaHeacNet):
         return MetaHeacCampaign(net, ad_ids)
     return CampaignNet(net, ad_ids)
@@ -70,3 +72,17 @@ class MetaHeacCampaign(CampaignNet):
         mixed = (hidden * gate("expert_gate").transpose([1, 0]).unsqueeze(2)).sum(axis=0)  # [B, H]
         critics = paddle.nn.functional.sigmoid(paddle.matmul(mixed, p("critic_w")) + p("critic_b"))
         return (critics * gate("critic_gate")).sum(axis=1)
+
+
+class WideAndDeepCampaign(paddle.nn.Layer):
+    """net.WideAndDeep for one campaign: its deep network's campaign scorer, its logit plus the wide part."""
+
+    def __init__(self, deep, wide):
+        super().__init__()
+        self.deep, self.wide = deep, wide
+
+    def forward(self, static, dynamic, lengths):
+        p = self.deep(static, dynamic, lengths)
+        logit = paddle.log(paddle.clip(p, min=1e-12)) - paddle.log(paddle.clip(1 - p, min=1e-12))
+        return paddle.nn.functional.sigmoid(logit + self.wide({"static": static, "dynamic": dynamic,
+                                                                 "lengths": lengths}))

@@ -110,6 +110,18 @@ class UnknownIds:
     def as_dict(self):
         return {f: {"ids": self.seen[f], "unknown": self.unknown[f]} for f in FIELDS}
 
+    def mismatch(self, most=0.5):
+        """Why these ids look encoded for another dataset, or None: every ad id unknown (a new campaign keeps
+        at least its creative size or product type), or more than `most` of the user ids unknown."""
+        problems = []
+        ads = [sum(getattr(self, kind)[f] for f in S.AD_FIELDS) for kind in ("seen", "unknown")]
+        if ads[0] and ads[0] == ads[1]:
+            problems.append(f"all {ads[0]} of its ad ids")
+        user = [sum(getattr(self, kind)[f] for f in S.STATIC_FIELDS + S.DYNAMIC_FIELDS) for kind in ("seen", "unknown")]
+        if user[0] and user[1] > most * user[0]:
+            problems.append(f"{user[1] / user[0]:.0%} of its seeds' user ids ({user[1]} of {user[0]})")
+        return " and ".join(problems) + " are not in the checkpoint's vocabulary" if problems else None
+
 
 def encode_users(static, dynamic, vocab, unknown):
     """Encode raw user tables (static [N, 7], dynamic [N, 50]; -1 missing or padding) with the vocabulary."""

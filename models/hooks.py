@@ -1,0 +1,36 @@
+"""The model hooks every baseline shares: MetaHeac's feeds, loss and optimiser (the functions of the top-level
+dygraph_model.py, not its class), fine-tuning and scoring steps. A baseline subclasses PerCampaignHooks, so
+what MetaHeac adds to its own hooks (its meta-step, its wide part) never reaches the baselines."""
+import paddle
+
+import dygraph_model as metaheac
+
+
+class PerCampaignHooks:
+    """Holds no state; tools/trainer.py and tools/infer_meta.py call these. A subclass gives create_model and
+    HYPER_PARAMETERS, and train_forward when it trains across campaigns (trains_across_campaigns)."""
+
+    def create_feeds(self, batch):
+        return metaheac.create_feeds(batch)
+
+    def create_loss(self, pred, label, weight=None):
+        return metaheac.bce(pred, label, weight)
+
+    def create_optimizer(self, net, config, learning_rate=None):
+        """Adam; lr from hyper_parameters.optimizer unless given (fine-tuning gives its own)."""
+        lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
+        return metaheac.adam(net, lr)
+
+    def create_metrics(self):
+        return ["loss"]
+
+    def infer_train_forward(self, net, batch, config):
+        """Plain loss on one fine-tune batch; the caller runs backward and the optimiser step."""
+        feeds = self.create_feeds(batch)
+        loss = self.create_loss(net(feeds), feeds["label"])
+        return loss, {"loss": float(loss)}
+
+    def infer_forward(self, net, batch, config):
+        """Click probabilities [B] as a NumPy array."""
+        with paddle.no_grad():
+            return net(self.create_feeds(batch)).numpy()
