@@ -183,7 +183,7 @@ def multi_hot(layout, batch):
         inside = np.arange(hi - lo) < np.asarray(batch["lengths"])[:, j:j + 1]
         rows.append(np.nonzero(inside)[0])
         cols.append(np.asarray(batch["dynamic"])[:, lo:hi][inside] + starts[len(layout.static) + j])
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    rows, cols = np.concatenate(rows).astype(np.int32), np.concatenate(cols).astype(np.int32)  # liblinear's
     return scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, starts[-1]))  # repeats add up
 
 

@@ -1,6 +1,7 @@
 """tools/benchmark.py at its smallest: 3 methods x 2 seeds on a tiny generated dataset."""
 import csv
 import importlib.util
+import itertools
 import json
 import math
 import re
@@ -12,7 +13,7 @@ from helpers import write_split
 from tools import benchmark
 from tools.utils import dataset as D
 
-METHODS = ["lr", "mlp_pretrain", "metaheac"]
+METHODS = ["lr", "lookalike_lr", "mlp_pretrain", "metaheac"]
 SEEDS = [2021, 2022]
 SMALL = ["hyper_parameters.embed_dim=4", "hyper_parameters.mlp_dims=[8,8]", "runner.train_batch_size=16",
          "runner.infer_batch_size=16"]
@@ -46,24 +47,26 @@ def report(data, tmp_path_factory):
     return out, run(data, out)
 
 
-def test_the_table_has_the_papers_layout_and_real_metrics(report):
+def test_a_table_per_protocol_leads_with_the_per_campaign_metrics(report):
     out, _ = report
     text = (out / "results.md").read_text()
-    rows = [line for line in text.splitlines() if line.startswith("|")]
-    head = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert head == ["Method", "cold AUC", "cold P@5%", "cold R@5%", "cold GAUC",
-                    "hot AUC", "hot P@5%", "hot R@5%", "hot GAUC", "train s", "test s"]
-    labels = [r.strip("|").split("|")[0].strip() for r in rows[2:]]
-    assert labels == [benchmark.METHODS[m][0] for m in METHODS] + ["Oracle (the generator's true probabilities)"]
-    for row in rows[2:]:
-        cells = [c.strip() for c in row.strip("|").split("|")][1:9]
-        for c in cells:
-            m = re.fullmatch(r"(\d\.\d{4})(?: ± (\d\.\d{4}))?", c)
-            assert m and 0 <= float(m.group(1)) <= 1, (row, c)
-            assert (m.group(2) is None) == row.startswith("| Oracle"), row  # std for methods, none for the oracle
+    tables = [block for block in text.split("\n\n") if block.startswith("| Method")]
+    assert len(tables) == 2 and "*labelled seeds:" in text and "*positive seeds only:" in text
+    for table in tables:
+        rows = table.splitlines()
+        head = [c.strip() for c in rows[0].strip("|").split("|")]
+        assert head == ["Method", "cold GAUC", "cold P@5%", "hot GAUC", "hot P@5%", "cold pooled AUC",
+                        "hot pooled AUC", "train s", "test s"]
+        labels = [r.strip("|").split("|")[0].strip() for r in rows[2:]]
+        assert labels == [benchmark.METHODS[m][0] for m in METHODS] + ["Oracle (the generator's true probabilities)"]
+        for row in rows[2:]:
+            for c in [c.strip() for c in row.strip("|").split("|")][1:7]:
+                m = re.fullmatch(r"(\d\.\d{4})(?: ± (\d\.\d{4}))?", c)
+                assert m and 0 <= float(m.group(1)) <= 1, (row, c)
+                assert (m.group(2) is None) == row.startswith("| Oracle"), row  # std for methods, not the oracle
     assert "Seeds: 2021, 2022" in text and "Pinterest" in text
     if importlib.util.find_spec("matplotlib"):  # optional (requirements-dev.txt): no chart without it
-        assert (out / "auc.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / "gauc.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_json_and_csv_hold_every_run_and_std_over_seeds(report):
@@ -71,20 +74,21 @@ def test_json_and_csv_hold_every_run_and_std_over_seeds(report):
     saved = json.loads((out / "results.json").read_text())
     assert [m["name"] for m in saved["methods"]] == METHODS
     csv_rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(csv_rows) == (len(METHODS) + 1) * 2 * 4
+    assert len(csv_rows) == (2 * len(METHODS) + 1) * 2 * 4
     for m in saved["methods"]:
         assert [r["seed"] for r in m["runs"]] == SEEDS
         assert m["summary"]["train_seconds"] >= 0 and m["summary"]["test_seconds"] > 0
-        for split in ("cold", "hot"):
-            for key in ("auc", "precision", "recall", "gauc"):
-                values = [r["metrics"][split][key] for r in m["runs"]]
-                assert all(math.isfinite(v) and 0 <= v <= 1 for v in values)
-                stat = m["summary"][split][key]
-                assert stat["values"] == values
-                assert stat["mean"] == pytest.approx(np.mean(values), abs=1e-12)
-                assert stat["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
-                row = next(r for r in csv_rows if (r["method"], r["split"], r["metric"]) == (m["name"], split, key))
-                assert float(row["mean"]) == pytest.approx(stat["mean"]) and row["seeds"] == "2"
+        for protocol, split, key in itertools.product(("labelled", "positive"), ("cold", "hot"),
+                                                      ("auc", "precision", "recall", "gauc")):
+            values = [r["metrics"][protocol][split][key] for r in m["runs"]]
+            assert all(math.isfinite(v) and 0 <= v <= 1 for v in values)
+            stat = m["summary"][protocol][split][key]
+            assert stat["values"] == values
+            assert stat["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+            assert stat["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+            row = next(r for r in csv_rows
+                       if (r["method"], r["protocol"], r["split"], r["metric"]) == (m["name"], protocol, split, key))
+            assert float(row["mean"]) == pytest.approx(stat["mean"]) and row["seeds"] == "2"
     oracle = saved["oracle"]
     assert oracle["hot"]["auc"] > 0.6 and 0 <= oracle["cold"]["precision"] <= 1
 

@@ -32,6 +32,6 @@ def test_a_quick_run_is_labelled_a_smoke_test_in_its_table_and_chart(tmp_path):
     note = "SMOKE TEST (--quick): embed_dim 8, 1 seeds, 1 epoch(s); it checks that the methods run, its numbers " \
            "are not results (docs/results.md has those)"
     table = done.stdout[done.stdout.index(f"**{note}**"):]
-    assert re.match(r"\*\*SMOKE TEST[^\n]*\*\*\n\n\| Method \|", table)  # the note heads the printed table
-    assert f"**{note}**\n\n| Method |" in (out / "results.md").read_text()
-    assert png_text(out / "auc.png")["Description"] == note
+    assert re.match(r"\*\*SMOKE TEST[^\n]*\*\*\n\n\*labelled seeds[^\n]*\n\n\| Method \|", table)  # heads it
+    assert f"**{note}**\n\n*labelled seeds" in (out / "results.md").read_text()
+    assert png_text(out / "gauc.png")["Description"] == note

@@ -1,23 +1,29 @@
-"""The paper's Tables 2 and 4 on one dataset: every method, several seeds, one command.
+"""The paper's Tables 2 and 4 on one dataset, and the look-alike baselines: every method, several seeds, one command.
 
-    python tools/benchmark.py [--data data] [--methods lr,mlp,...] [--seeds 3] [--epochs 1]
+    python tools/benchmark.py [--data data] [--methods lr,mlp,...] [--seeds 3] [--epochs 1] [--protocols P,...]
                               [--jobs 1] [--threads 1] [--out output_benchmark] [--set KEY=VALUE ...] [--quick]
 
 Every method is a model folder (models/<name>/, MetaHeac is the top level;
-its ablations are -o overrides of the top-level config) run exactly as its
-command lines run it: tools/trainer.py, then tools/infer_meta.py --split both,
-once per seed (runner.seed = 2021, 2022, ...), each run in its own folder
-OUT/<method>/seed<S>/. The data folder (train, test_hot, test_cold) and its
-vocabulary maxima are passed to every config with -o, as are runner.epochs
-(methods that train across campaigns; the checkpoint of the last epoch is
-tested) and runner.thread_num. --set adds overrides to every method whose
-config has that key (e.g. --set runner.train_batch_size=64).
+its ablations and the paper's protocol are -o overrides of the top-level
+config) run exactly as its command lines run it: tools/trainer.py, then
+tools/infer_meta.py --split both once per protocol, once per seed
+(runner.seed = 2021, 2022, ...), each run in its own folder
+OUT/<method>/seed<S>/. The protocols (runner.infer_seeds): "labelled", each
+test campaign adapted to its labelled stage-1 rows (the paper's), and
+"positive", to its positive seeds and background negatives (what
+tools/expand.py does with a seed list). The data folder (train, test_hot,
+test_cold) is passed to every config with -o, as are runner.epochs (methods
+that train across campaigns; the checkpoint of the last epoch is tested) and
+runner.thread_num. --set adds overrides to every method that has that key
+(e.g. --set runner.train_batch_size=64).
 
-Writes OUT/results.md (the table: cold and hot AUC, P@5%, R@5% and GAUC, mean
-± sample standard deviation over the seeds, the oracle row when the data has
-the generator's true probabilities), results.csv, results.json and auc.png.
-A run whose run.json records the same commands is not repeated, so an
-interrupted benchmark resumes; delete OUT to rerun everything.
+Writes OUT/results.md (a table per protocol: per campaign AUC (GAUC) and P@5%
+of the cold and hot campaigns first, what an advertiser gets, then the pooled
+AUC; mean ± sample standard deviation over the seeds; the oracle row when the
+data has the generator's true probabilities), results.csv, results.json and
+gauc.png (tools/utils/benchmark_report.py). A run whose run.json records the
+same commands is not repeated, so an interrupted benchmark resumes; delete OUT
+to rerun everything.
 
 Runs execute in --jobs worker processes (Paddle is imported once per worker);
 each run seeds everything it uses, so the numbers do not depend on --jobs.
@@ -38,10 +44,10 @@ import time
 
 import numpy as np
 
-from tools.utils import cli, metrics
+from tools.utils import benchmark_report, cli, metrics
 from tools.utils import dataset as D
 from tools.utils.errors import UserError
-from tools.utils.files import write_json, write_text
+from tools.utils.files import write_json
 from tools.utils.model_folder import ROOT
 
 # name: (row label, config relative to ROOT, extra overrides, trains across campaigns)
@@ -52,7 +58,12 @@ METHODS = {
     "mlp_pretrain": ("MLP + pre-training", "models/mlp_pretrain/config.yaml", (), True),
     "shared_bottom": ("Shared-Bottom + pre-training", "models/shared_bottom/config.yaml", (), True),
     "mmoe": ("MMoE + pre-training", "models/mmoe/config.yaml", (), True),
+    "lookalike_lr": ("Look-alike LR (scikit-learn, C by cross-validation)", "models/lookalike_lr/config.yaml", (),
+                     False),
+    "lookalike_centroid": ("Seed centroid (cosine)", "models/lookalike_centroid/config.yaml", (), False),
     "metaheac": ("MetaHeac", "config.yaml", (), True),
+    "metaheac_paper": ("MetaHeac, the paper's (no wide part)", "config.yaml", ("hyper_parameters.wide_weight=0",),
+                       True),
     "metaheac_one_critic": ("MetaHeac without hybrid critics", "config.yaml",
                             ("hyper_parameters.num_output=1",), True),
     "metaheac_one_expert": ("MetaHeac without hybrid experts", "config.yaml",
@@ -60,10 +71,12 @@ METHODS = {
     "metaheac_no_meta": ("MetaHeac without meta-learning", "models/metaheac_no_meta/config.yaml", (), True),
 }
 QUICK = {"methods": ["lr", "mlp_pretrain", "metaheac"], "seeds": 2, "set": ["hyper_parameters.embed_dim=8"]}
-SPLITS = (("cold", "test_cold"), ("hot", "test_hot"))
-METRICS = (("auc", "AUC"), ("precision", "P@5%"), ("recall", "R@5%"), ("gauc", "GAUC"))
 FIRST_SEED = 2021
-RESULTS = "results/metrics_test_hot+test_cold.json"
+PROTOCOLS = ("labelled", "positive")
+
+
+def results_file(protocol):
+    return os.path.join(f"results_{protocol}", "metrics_test_hot+test_cold.json")
 
 
 class BenchmarkError(UserError):
@@ -82,9 +95,9 @@ def config_keys(config_path):
     return {key for key in cfg.KEYS if cfg.get(config, key) is not None} | set(cfg.hyper_parameters_of(model))
 
 
-def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys):
-    """[(method, seed, trainer argv, infer_meta argv, run folder)] for every method x seed; keys: config_keys of
-    every method."""
+def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys, protocols=PROTOCOLS):
+    """[(method, seed, trainer argv, {protocol: infer_meta argv}, run folder)] for every method x seed; keys:
+    config_keys of every method."""
     data_dir = os.path.abspath(data_dir)
     D.read_schema(os.path.join(data_dir, "train"))  # a data folder, before any run starts
     unused = [item for item in extra if not any(item.partition("=")[0] in keys[m] for m in methods)]
@@ -102,10 +115,11 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys):
             last = epochs if trains else 1
             train = ["-m", config, "-o", *common, f"runner.epochs={last}",
                      f"runner.model_save_path={os.path.join(folder, 'model')}"]
-            infer = ["-m", config, "--split", "both", "-o", *common,
-                     f"runner.infer_start_epoch={last - 1}", f"runner.infer_end_epoch={last}",
-                     f"runner.infer_load_path={os.path.join(folder, 'model')}",
-                     f"runner.infer_output_path={os.path.join(folder, 'results')}"]
+            infer = {protocol: ["-m", config, "--split", "both", "-o", *common, f"runner.infer_seeds={protocol}",
+                                f"runner.infer_start_epoch={last - 1}", f"runner.infer_end_epoch={last}",
+                                f"runner.infer_load_path={os.path.join(folder, 'model')}",
+                                f"runner.infer_output_path={os.path.join(folder, f'results_{protocol}')}"]
+                     for protocol in protocols}
             runs.append((method, seed, train, infer, folder))
     return runs
 
@@ -136,9 +150,10 @@ def _import_paddle():
 
 
 def run_one(method, seed, train, infer, folder):
-    """Train and test one method with one seed (or reuse a finished run.json of the same commands)."""
+    """Train and test one method with one seed under each protocol of `infer` (or reuse a finished run.json of
+    the same commands)."""
     record_path = os.path.join(folder, "run.json")
-    commands = [["tools/trainer.py", *train], ["tools/infer_meta.py", *infer]]
+    commands = [["tools/trainer.py", *train]] + [["tools/infer_meta.py", *argv] for argv in infer.values()]
     if os.path.isfile(record_path):
         with open(record_path) as f:
             record = json.load(f)
@@ -147,11 +162,12 @@ def run_one(method, seed, train, infer, folder):
     os.makedirs(folder, exist_ok=True)
     cwd = os.getcwd()
     os.chdir(ROOT)  # the configs' names are relative to the project folder
+    seconds = {"train": 0.0, "test": 0.0}
     try:
         with open(os.path.join(folder, "log.txt"), "w") as log:
-            seconds = {}
-            for (name, argv), key in zip((("trainer", train), ("infer_meta", infer)), ("train", "test")):
-                code, seconds[key] = _tool(name, argv, log)
+            for name, argv in [("trainer", train)] + [("infer_meta", argv) for argv in infer.values()]:
+                code, took = _tool(name, argv, log)
+                seconds["train" if name == "trainer" else "test"] += took
                 if code != 0:
                     break
     finally:
@@ -161,10 +177,13 @@ def run_one(method, seed, train, infer, folder):
             tail = [line for line in f.read().replace("\r", "\n").splitlines() if line.strip()][-3:]
         raise BenchmarkError(f"{method} seed {seed}: tools/{name}.py failed; log {folder}/log.txt ends: "
                              + " | ".join(tail))
-    with open(os.path.join(folder, RESULTS)) as f:
-        results = {run["split"]: run["overall"] for run in json.load(f)}
+    found = {}
+    for protocol in infer:
+        with open(os.path.join(folder, results_file(protocol))) as f:
+            results = {run["split"]: run["overall"] for run in json.load(f)}
+        found[protocol] = {short: results[split] for short, split in benchmark_report.SPLITS}
     record = {"method": method, "seed": seed, "commands": commands, "train_seconds": seconds["train"],
-              "test_seconds": seconds["test"], "metrics": {short: results[split] for short, split in SPLITS}}
+              "test_seconds": seconds["test"], "metrics": found}
     write_json(record_path, record)
     return record
 
@@ -176,16 +195,18 @@ def mean_std(values):
     return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None)
 
 
-def summarise(records):
-    """{split: {metric: {"mean", "std", "values"}}, "train_seconds": mean, "test_seconds": mean}."""
+def summarise(records, protocols):
+    """{protocol: {split: {metric: {"mean", "std", "values"}}}, "train_seconds": mean, "test_seconds": mean}."""
     records = sorted(records, key=lambda r: r["seed"])
     out = {}
-    for short, _ in SPLITS:
-        out[short] = {}
-        for key, _ in METRICS:
-            values = [r["metrics"][short][key] for r in records]
-            mean, std = mean_std(values)
-            out[short][key] = {"mean": mean, "std": std, "values": values}
+    for protocol in protocols:
+        out[protocol] = {}
+        for short, _ in benchmark_report.SPLITS:
+            out[protocol][short] = {}
+            for key, _ in benchmark_report.METRICS:
+                values = [r["metrics"][protocol][short][key] for r in records]
+                mean, std = mean_std(values)
+                out[protocol][short][key] = {"mean": mean, "std": std, "values": values}
     for key in ("train_seconds", "test_seconds"):
         out[key] = float(np.mean([r[key] for r in records]))
     return out
@@ -194,7 +215,7 @@ def summarise(records):
 def oracle(data_dir):
     """Metrics of the generator's true probabilities per split, or None where the data has none."""
     out = {}
-    for short, split in SPLITS:
+    for short, split in benchmark_report.SPLITS:
         split_dir = os.path.join(data_dir, split)
         stage2 = D.load_split(split_dir, stages=(1, 2))["stage2"]
         probs = D.load_oracle(D.stage_path(split_dir, 2), len(stage2["label"]))
@@ -219,119 +240,12 @@ def data_summary(data_dir):
     return out
 
 
-# ---------------------------------------------------------------- writing
-def cell(stat):
-    if stat["mean"] is None or math.isnan(stat["mean"]):
-        return "-"
-    return f"{stat['mean']:.4f}" + ("" if stat["std"] is None else f" ± {stat['std']:.4f}")
-
-
-def quick_note(extra, seeds, epochs):
-    """What a --quick table and chart say about themselves: a smoke test, with the embedding width it ran at."""
-    widths = [item.partition("=")[2] for item in extra if item.partition("=")[0] == "hyper_parameters.embed_dim"]
-    dim = widths[-1] if widths else "as configured"
-    return (f"SMOKE TEST (--quick): embed_dim {dim}, {seeds} seeds, {epochs} epoch(s); it checks that the methods run, "
-            "its numbers are not results (docs/results.md has those)")
-
-
-def markdown_table(report):
-    head = ["Method"] + [f"{short} {name}" for short, _ in SPLITS for _, name in METRICS] + ["train s", "test s"]
-    lines = ([f"**{report['note']}**", ""] if report.get("note") else []) + \
-        ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in report["methods"]:
-        s = m["summary"]
-        lines.append("| " + " | ".join([m["label"]] + [cell(s[short][key]) for short, _ in SPLITS
-                                                       for key, _ in METRICS]
-                                       + [f"{s['train_seconds']:.0f}", f"{s['test_seconds']:.0f}"]) + " |")
-    if report["oracle"]:
-        lines.append("| Oracle (the generator's true probabilities) | " + " | ".join(
-            cell({"mean": report["oracle"][short][key], "std": None}) for short, _ in SPLITS for key, _ in METRICS)
-            + " | - | - |")
-    return "\n".join(lines)
-
-
-def write_markdown(path, report):
-    seeds = report["seeds"]
-    data = report["data_summary"]
-    lines = [
-        "# Look-alike benchmark (the paper's Tables 2 and 4)", "",
-        f"Command: `{report['command']}`", "",
-        f"Data: `{report['data']}`: " + "; ".join(
-            f"{split} {v['stage1']['campaigns']} campaigns, {v['stage1']['rows']} stage-1 rows"
-            + (f", {v['stage2']['rows']} stage-2 rows" if "stage2" in v else "") for split, v in data.items()) + ".",
-        f"Seeds: {', '.join(map(str, seeds))}; epochs (methods trained across campaigns): {report['epochs']}; "
-        f"threads per run: {report['threads']}; parallel runs: {report['jobs']}.", "",
-        "Each cell: mean ± sample standard deviation (ddof 1) over the seeds. AUC pooled over a split's "
-        "candidates; P@5% and R@5% per campaign (top 5% by score), averaged; GAUC the mean per-campaign AUC. "
-        "Wall times: mean seconds per run (train, then fine-tune and score both splits).", "",
-        markdown_table(report), "",
-        "Fine-tuning on each test campaign's seeds (Adam, from the checkpoint): " + "; ".join(
-            f"{p} passes, lr {lr:g}, batch {b}: " + ", ".join(m["label"] for m in report["methods"]
-                                                          if tuple(m["fine_tune"].values()) == (p, lr, b))
-            for p, lr, b in dict.fromkeys(tuple(m["fine_tune"].values()) for m in report["methods"])) + ".", "",
-        f"Sum of the runs' wall times: {report['run_seconds']:.0f} s; this invocation: "
-        f"{report['total_seconds']:.0f} s ({report['reused']} finished runs reused). Pinterest (KDD'19) and Hubble (KDD'20) need systems "
-        "outside this project and are not run.",
-    ]
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def write_csv(path, report):
-    import csv
-    import io
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(["method", "label", "split", "metric", "mean", "std", "seeds"])
-    for m in report["methods"]:
-        for short, _ in SPLITS:
-            for key, _ in METRICS:
-                stat = m["summary"][short][key]
-                writer.writerow([m["name"], m["label"], short, key, stat["mean"], stat["std"], len(stat["values"])])
-    for short, _ in SPLITS:
-        for key, _ in METRICS:
-            if report["oracle"]:
-                writer.writerow(["oracle", "Oracle", short, key, report["oracle"][short][key], "", ""])
-    write_text(path, table.getvalue())
-
-
-def write_chart(path, report):
-    """auc.png: AUC per method (mean, std as error bar), cold and hot side by side; False without matplotlib."""
-    try:
-        import matplotlib
-    except ImportError:
-        return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    methods = report["methods"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(methods) + 1.8), sharey=True)
-    y = np.arange(len(methods))
-    for ax, (short, _) in zip(axes, SPLITS):
-        stats = [m["summary"][short]["auc"] for m in methods]
-        ax.barh(y, [s["mean"] for s in stats], xerr=[s["std"] or 0.0 for s in stats], color="tab:blue", alpha=0.8)
-        right = max(s["mean"] for s in stats) + 0.05
-        if report["oracle"]:
-            ax.axvline(report["oracle"][short]["auc"], color="tab:red", linestyle="--", label="oracle")
-            ax.legend(loc="lower right")
-            right = max(right, report["oracle"][short]["auc"] + 0.02)
-        ax.axvline(0.5, color="grey", linewidth=0.8)
-        ax.set_xlim(0.45, min(1.0, max(0.8, right)))
-        ax.set_title(f"{short} campaigns: AUC")
-    axes[0].set_yticks(y, [m["label"] for m in methods])
-    axes[0].invert_yaxis()
-    if report.get("note"):
-        fig.suptitle(report["note"], color="tab:red", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Description": report.get("note") or "look-alike benchmark: AUC"})
-    plt.close(fig)
-    return True
-
-
 # ---------------------------------------------------------------- the whole benchmark
 def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, extra=(), command="", log=print,
-              note=None):
+              note=None, protocols=PROTOCOLS):
     """Run (or reuse) every method x seed, write the four result files; returns the report dict.
 
-    note: a line the table and the chart show first (--quick: quick_note)."""
+    note: a line the tables and the chart show first (--quick: benchmark_report.quick_note)."""
     start = time.perf_counter()
     records = {}
     # fork: the workers inherit sys.path; the parent never imports Paddle, so forking it is safe
@@ -341,7 +255,7 @@ def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, ex
         configs = {os.path.join(ROOT, METHODS[m][1]) for m in methods}
         config_keys_of = dict(zip(configs, pool.map(config_keys, configs)))
         keys = {m: config_keys_of[os.path.join(ROOT, METHODS[m][1])] for m in methods}
-        runs = plan(methods, seeds, data_dir, out_dir, epochs, threads, list(extra), keys)
+        runs = plan(methods, seeds, data_dir, out_dir, epochs, threads, list(extra), keys, protocols)
         futures = {pool.submit(run_one, *run): run[:2] for run in runs}
         for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
             record = future.result()
@@ -349,28 +263,30 @@ def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, ex
             log(f"[{done}/{len(runs)}] {record['method']} seed {record['seed']}: "
                 + ("reused" if record.get("reused") else
                    f"train {record['train_seconds']:.0f} s, test {record['test_seconds']:.0f} s")
-                + ", " + ", ".join(f"{short} AUC {record['metrics'][short]['auc']:.4f}" for short, _ in SPLITS))
+                + ", " + ", ".join(f"{protocol} {short} GAUC {record['metrics'][protocol][short]['gauc']:.4f}"
+                                   for protocol in protocols for short, _ in benchmark_report.SPLITS))
     finally:
         pool.shutdown(cancel_futures=True)  # after a failed run, start no other
     report = {
-        "command": command, "note": note, "data": data_dir, "data_summary": data_summary(data_dir), "seeds": list(seeds),
-        "epochs": epochs, "threads": threads, "jobs": jobs, "oracle": oracle(data_dir),
+        "command": command, "note": note, "data": data_dir, "data_summary": data_summary(data_dir),
+        "seeds": list(seeds), "protocols": list(protocols), "epochs": epochs, "threads": threads, "jobs": jobs,
+        "oracle": oracle(data_dir),
         "methods": [{"name": m, "label": METHODS[m][0], "config": METHODS[m][1], "overrides": list(METHODS[m][2]),
                      "trains_across_campaigns": METHODS[m][3],
                      "fine_tune": dict(zip(("passes", "learning_rate", "batch"),
                                            fine_tune_protocol(m, extra, keys[m]))),
                      "runs": [records[(m, s)] for s in seeds],
-                     "summary": summarise([records[(m, s)] for s in seeds])} for m in methods],
+                     "summary": summarise([records[(m, s)] for s in seeds], protocols)} for m in methods],
     }
     report["total_seconds"] = time.perf_counter() - start
     report["run_seconds"] = sum(r["train_seconds"] + r["test_seconds"] for r in records.values())
     report["reused"] = sum(bool(r.get("reused")) for r in records.values())
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "results.json"), report)
-    write_csv(os.path.join(out_dir, "results.csv"), report)
-    write_markdown(os.path.join(out_dir, "results.md"), report)
-    if not write_chart(os.path.join(out_dir, "auc.png"), report):
-        log("note: matplotlib is not installed; auc.png not written")
+    benchmark_report.write_csv(os.path.join(out_dir, "results.csv"), report)
+    benchmark_report.write_markdown(os.path.join(out_dir, "results.md"), report)
+    if not benchmark_report.write_chart(os.path.join(out_dir, "gauc.png"), report):
+        log("note: matplotlib is not installed; gauc.png not written")
     return report
 
 
@@ -382,6 +298,8 @@ def parse_args(argv):
     ap.add_argument("--seeds", type=int, help=f"seeds per method: {FIRST_SEED}, {FIRST_SEED + 1}, ... (default 3)")
     ap.add_argument("--epochs", type=int, default=1, help="training epochs of the methods that train across "
                     "campaigns (default 1); the last epoch's checkpoint is tested")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS),
+                    help=f"comma-separated test protocols, of {','.join(PROTOCOLS)} (default: both)")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
     ap.add_argument("--threads", type=int, default=1, help="Paddle threads per run (default 1)")
     ap.add_argument("--out", default="output_benchmark", help="output folder (default output_benchmark)")
@@ -400,7 +318,10 @@ def main(argv=None):
     unknown = [m for m in methods if m not in METHODS]
     seeds = args.seeds if args.seeds is not None else (QUICK["seeds"] if args.quick else 3)
     extra = (QUICK["set"] if args.quick else []) + args.set
+    protocols = args.protocols.split(",")
     problems = [f"--methods: unknown {unknown}; choose from {','.join(METHODS)}"] if unknown else []
+    if not protocols or set(protocols) - set(PROTOCOLS):
+        problems.append(f"--protocols {args.protocols}: choose from {','.join(PROTOCOLS)}")
     counts = {"seeds": seeds, "epochs": args.epochs, "jobs": args.jobs, "threads": args.threads}
     problems += [f"--{name} must be >= 1" for name, value in counts.items() if value < 1]
     if problems:
@@ -408,8 +329,9 @@ def main(argv=None):
     command = "python tools/benchmark.py " + " ".join(argv)
     report = benchmark(methods, [FIRST_SEED + i for i in range(seeds)], os.path.abspath(args.data), args.out,
                        args.epochs, args.jobs, args.threads, extra, command,
-                       note=quick_note(extra, seeds, args.epochs) if args.quick else None)
-    print(markdown_table(report))
+                       note=benchmark_report.quick_note(extra, seeds, args.epochs) if args.quick else None,
+                       protocols=protocols)
+    print("\n\n".join(benchmark_report.markdown_table(report, protocol) for protocol in protocols))
     print(f"results: {', '.join(os.path.join(args.out, n) for n in ('results.md', 'results.csv', 'results.json'))}"
           f"; total {report['total_seconds']:.0f} s")
 
