@@ -100,7 +100,8 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys, protoc
     config_keys of every method."""
     data_dir = os.path.abspath(data_dir)
     D.read_schema(os.path.join(data_dir, "train"))  # a data folder, before any run starts
-    unused = [item for item in extra if not any(item.partition("=")[0] in keys[m] for m in methods)]
+    unused = [item for item in extra if item not in QUICK["set"]  # --quick's settings apply where they can
+              and not any(item.partition("=")[0] in keys[m] for m in methods)]
     if unused:
         raise BenchmarkError(f"--set {unused}: no selected method has that key")
     runs = []
