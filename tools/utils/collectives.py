@@ -1,0 +1,120 @@
+"""What the ranks of a run exchange when they arrive together (gloo on CPUs, NCCL on GPUs): every meta-step's
+gradient and metrics, and the starting state (docs/distributed.md).
+
+The gradient sum is the hot path of a run across processes: two all-reduces
+per meta-step. A model may say that a parameter's gradient is zero outside
+some rows (net.grad_rows, {parameter name: sorted row ids}, which MetaHeac's
+meta-step sets for its embedding tables: dygraph_model.read_rows).
+The ranks first sum which rows of every parameter each of them has a gradient
+on (one int32 per row), then the gradients of the union of those rows, in one
+flat buffer, each rank's weighted by its share of the meta-batch. For 5 tasks
+x (1024 + 1024) rows at the Tencent shapes that is about 3 M numbers of 22 M.
+
+Paddle 3.3's gloo ends a collective with an error after 30 s (not configurable
+from Python); a peer that died is noticed within about a second (its sockets
+close), one that hangs after those 30 s. ReduceOp.AVG fails on CPU, so sums
+are taken and scaled.
+"""
+import numpy as np
+
+
+class Collectives:
+    """Collective calls of one rank of `size`; lost(what, error) turns a failed call into the run's
+    DistributedError (tools/utils/store_channel.StoreChannel.lost)."""
+
+    def __init__(self, paddle, size, lost):
+        self.paddle, self.size, self.lost = paddle, size, lost
+
+    def all_reduce(self, array, what, op="sum"):
+        """The element-wise sum (or max) of a NumPy array over the ranks."""
+        paddle = self.paddle
+        tensor = paddle.to_tensor(array)
+        reduce_op = {"sum": paddle.distributed.ReduceOp.SUM, "max": paddle.distributed.ReduceOp.MAX}[op]
+        with paddle.no_grad():
+            self._call(paddle.distributed.all_reduce, tensor, op=reduce_op, what=what)
+        return tensor.numpy()
+
+    def broadcast_bytes(self, data, what, main):
+        """Rank 0's bytes `data` on every rank (`main`: this is rank 0)."""
+        paddle = self.paddle
+        size = paddle.to_tensor(np.array([len(data) if main else 0], np.int64))
+        with paddle.no_grad():
+            self._call(paddle.distributed.broadcast, size, src=0, what=what)
+            buf = paddle.to_tensor(np.frombuffer(data, np.uint8)) if main else \
+                paddle.zeros([int(size.numpy()[0])], dtype="uint8")
+            self._call(paddle.distributed.broadcast, buf, src=0, what=what)
+        return data if main else buf.numpy().tobytes()
+
+    def sum_gradients(self, net, share, what):
+        """Every parameter's .grad becomes the sum over the ranks of share x its gradient on that rank.
+
+        A parameter no rank's gradient reached keeps no gradient (as in one process). net.grad_rows is
+        consumed: the next meta-step names its own rows.
+        """
+        paddle = self.paddle
+        params = [p for _, p in net.named_parameters()]
+        rows = self._rows_to_sum(net, params, what)
+        summed = [(p, ids) for p, ids in zip(params, rows) if ids is not None]
+        with paddle.no_grad():
+            parts = [_rows_of_grad(paddle, p, ids).reshape([-1]) for p, ids in summed]
+            if not parts:
+                return
+            buffer = paddle.concat(parts)
+            if share != 1:
+                buffer = buffer * share
+            self._call(paddle.distributed.all_reduce, buffer, what=what)
+            for (p, ids), part in zip(summed, paddle.split(buffer, [int(np.prod(x.shape)) for x in parts])):
+                _write_grad(paddle, p, ids, part)
+
+    def _rows_to_sum(self, net, params, what):
+        """Per parameter: None if no rank's gradient reached it, else the sorted ids of the rows (of its first
+        axis) any rank's gradient may be non-zero on, or slice(None) for all of them.
+
+        One int32 all-reduce: per parameter a slot counting the ranks it reached, then one per row counting the
+        ranks whose gradient may be non-zero there (every row, unless net.grad_rows names some).
+        """
+        named_rows = dict(net.__dict__.pop("grad_rows", None) or {})
+        names = [name for name, _ in net.named_parameters()]
+        sizes = [1 + (p.shape[0] if p.shape else 1) for p in params]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        touched = np.zeros(offsets[-1], np.int32)
+        for name, p, start, stop in zip(names, params, offsets, offsets[1:]):
+            if p.grad is not None:
+                touched[start] = 1
+                if name in named_rows:
+                    touched[start + 1 + np.asarray(named_rows[name], np.int64)] = 1
+                else:
+                    touched[start + 1:stop] = 1
+        touched = self.all_reduce(touched, what)
+        rows = []
+        for start, stop in zip(offsets, offsets[1:]):
+            ids = np.flatnonzero(touched[start + 1:stop])
+            rows.append(None if not touched[start] else slice(None) if len(ids) == stop - start - 1 else ids)
+        return rows
+
+    def _call(self, collective, *args, what, **kwargs):
+        try:
+            collective(*args, **kwargs)
+        except (RuntimeError, ValueError, OSError) as e:  # gloo: "[.../pair.cc:584] TIMEOUT ..." and the like
+            raise self.lost(what, e) from e
+
+
+def _rows_of_grad(paddle, p, ids):
+    """This rank's gradient of p (zeros where it has none) on rows `ids` (slice(None): all of it)."""
+    if isinstance(ids, slice):
+        return p.grad if p.grad is not None else paddle.zeros_like(p)
+    if p.grad is None:
+        return paddle.zeros([len(ids)] + p.shape[1:], dtype=p.dtype)
+    return paddle.gather(p.grad, paddle.to_tensor(ids))
+
+
+def _write_grad(paddle, p, ids, part):
+    """Write the summed gradient of rows `ids` (slice(None): all of it) into p.grad, in place (its other rows are
+    zero on every rank)."""
+    if p.grad is None:
+        p.grad = paddle.zeros_like(p)
+    grad = p.grad
+    if isinstance(ids, slice):
+        paddle.assign(part.reshape(p.shape), grad)
+    elif len(ids):
+        paddle.scatter_(grad, paddle.to_tensor(ids), part.reshape([len(ids)] + p.shape[1:]), overwrite=True)
