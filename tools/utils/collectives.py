@@ -4,11 +4,11 @@ gradient and metrics, and the starting state (docs/distributed.md).
 The gradient sum is the hot path of a run across processes: two all-reduces
 per meta-step. A model may say that a parameter's gradient is zero outside
 some rows (net.grad_rows, {parameter name: sorted row ids}, which MetaHeac's
-meta-step sets for its embedding tables: dygraph_model.read_rows).
-The ranks first sum which rows of every parameter each of them has a gradient
-on (one int32 per row), then the gradients of the union of those rows, in one
-flat buffer, each rank's weighted by its share of the meta-batch. For 5 tasks
-x (1024 + 1024) rows at the Tencent shapes that is about 3 M numbers of 22 M.
+meta-step sets for its embedding tables: dygraph_model.read_rows). The ranks
+first learn which rows of every parameter any of them has a gradient on (a
+byte per row), then sum the gradients of those rows in one flat buffer, each
+rank's weighted by its share of the meta-batch. For 5 tasks x (1024 + 1024)
+rows at the Tencent shapes that is about 3 M numbers of 22 M.
 
 Paddle 3.3's gloo ends a collective with an error after 30 s (not configurable
 from Python); a peer that died is noticed within about a second (its sockets
@@ -70,14 +70,14 @@ class Collectives:
         """Per parameter: None if no rank's gradient reached it, else the sorted ids of the rows (of its first
         axis) any rank's gradient may be non-zero on, or slice(None) for all of them.
 
-        One int32 all-reduce: per parameter a slot counting the ranks it reached, then one per row counting the
-        ranks whose gradient may be non-zero there (every row, unless net.grad_rows names some).
+        One all-reduce (max) of a byte per parameter, 1 if its gradient reached any rank, followed by a byte per
+        row, 1 if any rank's gradient may be non-zero there (every row, unless net.grad_rows names some).
         """
         named_rows = dict(net.__dict__.pop("grad_rows", None) or {})
         names = [name for name, _ in net.named_parameters()]
         sizes = [1 + (p.shape[0] if p.shape else 1) for p in params]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        touched = np.zeros(offsets[-1], np.int32)
+        touched = np.zeros(offsets[-1], np.uint8)
         for name, p, start, stop in zip(names, params, offsets, offsets[1:]):
             if p.grad is not None:
                 touched[start] = 1
@@ -85,7 +85,7 @@ class Collectives:
                     touched[start + 1 + np.asarray(named_rows[name], np.int64)] = 1
                 else:
                     touched[start + 1:stop] = 1
-        touched = self.all_reduce(touched, what)
+        touched = self.all_reduce(touched, what, op="max")
         rows = []
         for start, stop in zip(offsets, offsets[1:]):
             ids = np.flatnonzero(touched[start + 1:stop])
