@@ -52,33 +52,41 @@ class Collectives:
         consumed: the next meta-step names its own rows.
         """
         paddle = self.paddle
-        params = [p for _, p in net.named_parameters()]
-        rows = self._rows_to_sum(net, params, what)
-        summed = [(p, ids) for p, ids in zip(params, rows) if ids is not None]
+        named = list(net.named_parameters())
+        rows = self._rows_to_sum(named, net.__dict__.pop("grad_rows", None) or {}, what)
+        summed = [(p, ids) for (_, p), ids in zip(named, rows) if ids is not None]
         with paddle.no_grad():
-            parts = [_rows_of_grad(paddle, p, ids).reshape([-1]) for p, ids in summed]
-            if not parts:
+            for p, _ in summed:  # a gradient on every rank where any rank has one
+                if p.grad is None:
+                    p.grad = paddle.zeros_like(p)
+            summed = [(p, ids) for p, ids in summed if isinstance(ids, slice) or len(ids)]
+            if not summed:
                 return
+            parts = [(p.grad if isinstance(ids, slice) else paddle.gather(p.grad, paddle.to_tensor(ids))).reshape([-1])
+                     for p, ids in summed]
             buffer = paddle.concat(parts)
             if share != 1:
                 buffer = buffer * share
             self._call(paddle.distributed.all_reduce, buffer, what=what)
             for (p, ids), part in zip(summed, paddle.split(buffer, [int(np.prod(x.shape)) for x in parts])):
-                _write_grad(paddle, p, ids, part)
+                grad = p.grad
+                if isinstance(ids, slice):
+                    paddle.assign(part.reshape(p.shape), grad)
+                else:  # the other rows are zero on every rank
+                    paddle.scatter_(grad, paddle.to_tensor(ids), part.reshape([len(ids)] + p.shape[1:]),
+                                    overwrite=True)
 
-    def _rows_to_sum(self, net, params, what):
-        """Per parameter: None if no rank's gradient reached it, else the sorted ids of the rows (of its first
-        axis) any rank's gradient may be non-zero on, or slice(None) for all of them.
+    def _rows_to_sum(self, named, named_rows, what):
+        """Per parameter of `named` [(name, parameter)]: None if no rank's gradient reached it, else the sorted ids
+        of the rows (of its first axis) any rank's gradient may be non-zero on, or slice(None) for all of them.
 
-        One all-reduce (max) of a byte per parameter, 1 if its gradient reached any rank, followed by a byte per
-        row, 1 if any rank's gradient may be non-zero there (every row, unless net.grad_rows names some).
+        One all-reduce (max) of a byte per parameter, 1 if its gradient reached a rank, followed by a byte per
+        row, 1 if a rank's gradient may be non-zero there (every row, unless named_rows names some).
         """
-        named_rows = dict(net.__dict__.pop("grad_rows", None) or {})
-        names = [name for name, _ in net.named_parameters()]
-        sizes = [1 + (p.shape[0] if p.shape else 1) for p in params]
+        sizes = [1 + (p.shape[0] if p.shape else 1) for _, p in named]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         touched = np.zeros(offsets[-1], np.uint8)
-        for name, p, start, stop in zip(names, params, offsets, offsets[1:]):
+        for (name, p), start, stop in zip(named, offsets, offsets[1:]):
             if p.grad is not None:
                 touched[start] = 1
                 if name in named_rows:
@@ -98,23 +106,3 @@ class Collectives:
         except (RuntimeError, ValueError, OSError) as e:  # gloo: "[.../pair.cc:584] TIMEOUT ..." and the like
             raise self.lost(what, e) from e
 
-
-def _rows_of_grad(paddle, p, ids):
-    """This rank's gradient of p (zeros where it has none) on rows `ids` (slice(None): all of it)."""
-    if isinstance(ids, slice):
-        return p.grad if p.grad is not None else paddle.zeros_like(p)
-    if p.grad is None:
-        return paddle.zeros([len(ids)] + p.shape[1:], dtype=p.dtype)
-    return paddle.gather(p.grad, paddle.to_tensor(ids))
-
-
-def _write_grad(paddle, p, ids, part):
-    """Write the summed gradient of rows `ids` (slice(None): all of it) into p.grad, in place (its other rows are
-    zero on every rank)."""
-    if p.grad is None:
-        p.grad = paddle.zeros_like(p)
-    grad = p.grad
-    if isinstance(ids, slice):
-        paddle.assign(part.reshape(p.shape), grad)
-    elif len(ids):
-        paddle.scatter_(grad, paddle.to_tensor(ids), part.reshape([len(ids)] + p.shape[1:]), overwrite=True)
