@@ -21,9 +21,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from helpers import ROOT, fake_model_folder
+from helpers import ROOT, TINY_HP, fake_model_folder, random_batch, schema
 from tools.utils import checkpoint as ckpt
 from tools.utils import distributed
+from tools.utils.collectives import Collectives
 from tools.utils.errors import ConfigError
 
 CONFIG = os.path.join(ROOT, "config.yaml")
@@ -305,6 +306,50 @@ def test_a_rank_without_a_task_is_refused_with_the_fix(monkeypatch):
     monkeypatch.delenv("PADDLE_TRAINERS_NUM")
     assert distributed.world() == (0, 1) and isinstance(distributed.SINGLE, distributed.Single)
     distributed.require_enough_tasks(1, "c.yaml")
+
+
+class TwoRanksInNumpy(Collectives):
+    """The byte all-reduce (max) of two ranks done in NumPy: the rank built with `first` answers with the element-wise
+    max of what it sends and what `first` sent. Only for the row bookkeeping; the sums themselves are checked by the
+    launcher runs above."""
+
+    def __init__(self, first=None):
+        super().__init__(None, 2, None)
+        self.first, self.sent = first, None
+
+    def all_reduce(self, array, what, op="sum"):
+        assert op == "max"
+        self.sent = array
+        return array if self.first is None else np.maximum(array, self.first.sent)
+
+
+def test_the_gradient_sum_takes_every_rank_s_touched_table_rows_and_every_dense_weight_whole():
+    import dygraph_model as dm
+    model = dm.DygraphModel()
+    max_idxs = {"static": [40] * 7, "dynamic": [300] * 7, "ad": [60] * 6}  # more rows than 3 tasks touch
+    config = {"data_schema": schema(max_idxs), "hyper_parameters": {**TINY_HP, "embedding_init": "normal",
+                                                                    "local_lr": 0.1, "meta_order": 2}}
+    rng = np.random.default_rng(3)
+    meta_batch = [tuple(random_batch(rng, n, max_idxs) for n in (6, 5)) for _ in range(3)]
+    rank_1 = TwoRanksInNumpy()  # sends first
+    rank_0 = TwoRanksInNumpy(rank_1)
+    rows = []
+    for collectives, tasks in ((rank_1, meta_batch[2:]), (rank_0, meta_batch[:2])):
+        net = model.create_model(config)
+        loss, _ = model.train_forward(net, tasks, config)
+        loss.backward()
+        net.critic_b.clear_gradient(False)  # a parameter no rank's gradient reached
+        named, named_rows = list(net.named_parameters()), net.grad_rows
+        rows.append((named_rows, collectives._rows_to_sum(named, named_rows, "test")))
+    (rows_1, _), (rows_0, summed) = rows
+    for (name, p), ids in zip(named, summed):
+        if name in rows_0:  # a table: the rows either rank touched, a part of the table
+            union = np.union1d(rows_0[name], rows_1[name])
+            assert len(union) < p.shape[0], name
+            np.testing.assert_array_equal(ids, union, err_msg=name)
+        else:
+            assert ids == (None if name == "critic_b" else slice(None)), name
+    assert len(rows_0) == 20
 
 
 def test_scores_travel_to_rank_0_unchanged():
