@@ -14,6 +14,8 @@ one batch (the query batches likewise), and the inner gradient of the sum of
 the tasks' support losses gives every task its own gradient, since task t's
 loss depends only on copy t and on task t's rows.
 """
+import functools
+
 import numpy as np
 import paddle
 
@@ -91,6 +93,36 @@ def gather_rows(tables, row_ids):
     return [paddle.gather(table, paddle.to_tensor(ids)) for table, ids in zip(tables, row_ids)]
 
 
+def read_rows(net, row_ids):
+    """The rows row_ids[t] (sorted, unique) of each of net's tables, as leaf tensors whose gradient goes to the table.
+
+    A gather from the table itself would make backward build a gradient of the
+    table's full size (kw1: 263 k x 64) and add it to the table's .grad, the
+    rest of it zeros. Here backward stops at the rows, and a hook adds their
+    gradient to the table's .grad at those rows only (index_add_): the same
+    .grad, without the table-sized temporary. net.grad_rows records the rows
+    ({table name: row ids}): the gradient is zero outside them, so a run across
+    processes sums only those rows (tools/utils/collectives.py).
+    """
+    names, rows = net.layout.table_names, []
+    for name, ids in zip(names, row_ids):
+        table, index = getattr(net, name), paddle.to_tensor(ids)
+        with paddle.no_grad():
+            leaf = paddle.gather(table, index)
+        leaf.stop_gradient = False
+        leaf.register_hook(functools.partial(_add_to_grad, table, index))
+        rows.append(leaf)
+    net.grad_rows = dict(zip(names, row_ids))
+    return rows
+
+
+def _add_to_grad(table, index, rows_grad):
+    with paddle.no_grad():
+        if table.grad is None:
+            table.grad = paddle.zeros_like(table)
+        paddle.index_add_(table.grad, index, 0, rows_grad)
+
+
 class StackedMetaBatch:
     """A meta-batch [(support, query), ...] of T tasks as two stacked batches and the rows they touch.
 
@@ -103,9 +135,9 @@ class StackedMetaBatch:
     mean over the T tasks is the meta-loss (query).
 
     The rows are gathered in two levels: the rows of the whole meta-batch from
-    each table, then every task's rows from those. The backward of a gather
-    from a table writes a table-sized gradient (kw1: 67 MB), so one gather per
-    table makes one such write per meta-step instead of one per task.
+    each table (read_rows: backward writes their gradient into the table's
+    .grad at those rows, nothing table-sized), then every task's rows from
+    those.
     """
 
     def __init__(self, meta_batch, layout):
@@ -132,7 +164,7 @@ class StackedMetaBatch:
         """Every parameter of net as the tasks' copies: a dense weight expanded to [T, *shape], a table as the
         rows the tasks touch (task 0's, then task 1's, ...), both differentiable with respect to net's own."""
         names = self.layout.table_names
-        meta_rows = gather_rows([getattr(net, name) for name in names], self._meta_row_ids)
+        meta_rows = read_rows(net, self._meta_row_ids)
         return {**{name: p.unsqueeze(0).expand([self.tasks] + p.shape)
                    for name, p in net.named_parameters() if name not in names},
                 **dict(zip(names, gather_rows(meta_rows, self._task_row_ids)))}

@@ -4,8 +4,8 @@ Every distributed run here is a real `python -m paddle.distributed.launch
 --nproc_per_node 2` subprocess (gloo on CPU, one thread per rank, its logs in
 tmp_path), every one-process run the plain command line, so what is compared
 is what a user runs. The exactness runs use MetaHeac on the shipped sample
-(small: embeddings of 8, 9 meta-steps of 4 tasks); the failure runs use the fake
-model folder (tests/fake_model), whose meta-steps take milliseconds, with a
+(small: embeddings of 8, 9 meta-steps of 5 tasks, so blocks of 3 and 2); the
+failure runs use the fake model folder (tests/fake_model), whose meta-steps take milliseconds, with a
 hook that kills one rank at a chosen meta-step.
 """
 import json
@@ -21,14 +21,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from helpers import ROOT, fake_model_folder
+from helpers import ROOT, TINY_HP, fake_model_folder, random_batch, schema
 from tools.utils import checkpoint as ckpt
 from tools.utils import distributed
+from tools.utils.collectives import Collectives
 from tools.utils.errors import ConfigError
 
 CONFIG = os.path.join(ROOT, "config.yaml")
-SMALL = ("runner.thread_num=1", "hyper_parameters.task_count=4", "hyper_parameters.embed_dim=8",
-         "runner.train_batch_size=4096")  # 9 meta-steps of 4 tasks on the sample
+SMALL = ("runner.thread_num=1", "hyper_parameters.task_count=5", "hyper_parameters.embed_dim=8",
+         "runner.train_batch_size=4096")  # 9 meta-steps of 5 tasks on the sample: 3 on rank 0, 2 on rank 1
 
 
 # Every rank of a run refused for a user error exits 2 (each rank's log is checked); the launcher passes on
@@ -175,15 +176,29 @@ def assert_resumes_to_the_reference(fake, out, log_dir, resumed_from):
         np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
-def test_a_task_count_the_ranks_cannot_share_stops_before_any_work(fake, tmp_path):
-    done = launch("trainer.py", fake / "config.yaml", tmp_path / "log", "-o", f"runner.model_save_path={tmp_path}/out",
-                  cwd=fake)  # the fake model's task_count is 3
+def test_a_task_count_below_the_ranks_stops_before_any_work(fake, tmp_path):
+    done = launch("trainer.py", fake / "config.yaml", tmp_path / "log", "-o", "hyper_parameters.task_count=1",
+                  f"runner.model_save_path={tmp_path}/out", cwd=fake)
     assert done.returncode in USER_ERROR, done.stdout[-3000:]
-    message = "hyper_parameters.task_count 3 is not divisible by the 2 ranks of this run"
-    assert message in done.stdout and "-o hyper_parameters.task_count=4 or 2" in done.stdout
+    message = "hyper_parameters.task_count 1 is less than the 2 ranks of this run"
+    assert message in done.stdout and "-o hyper_parameters.task_count=2 or more" in done.stdout
     for rank in (0, 1):
         assert last_line(done.logs(rank)).startswith("error: ") and message in done.logs(rank)
     assert not (tmp_path / "out").exists()
+
+
+def test_uneven_blocks_of_tasks_train_to_the_weights_of_one_process(fake, tmp_path):
+    """3 tasks on 2 ranks (blocks of 2 and 1): each rank's gradient weighted by its share; every parameter's
+    gradient summed whole (the fake model names no rows)."""
+    uneven = ("hyper_parameters.task_count=3", "runner.epochs=1")
+    one = plain("trainer.py", fake / "config.yaml", "-o", *uneven, f"runner.model_save_path={tmp_path / 'one'}",
+                cwd=fake)
+    two = launch("trainer.py", fake / "config.yaml", tmp_path / "log", "-o", *uneven,
+                 f"runner.model_save_path={tmp_path / 'two'}", cwd=fake)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stdout[-2000:]
+    a, b = params(tmp_path / "one" / "0"), params(tmp_path / "two" / "0")
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
 def test_a_killed_rank_ends_the_run_with_a_clear_message_and_whole_checkpoints(fake, tmp_path):
@@ -268,25 +283,73 @@ def test_an_error_on_rank_0_stops_every_rank_with_its_message(fake, tmp_path):
 
 
 # ---------------------------------------------------------------- the pieces, without a launcher
-@pytest.mark.parametrize("ranks", [1, 2, 3, 6])
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4, 6])
 def test_every_task_and_campaign_goes_to_exactly_one_rank(ranks):
-    tasks, campaigns = list(range(6)), 11
+    campaigns = 11
     groups = [SimpleNamespace(rank=r, size=ranks) for r in range(ranks)]
-    shares = [distributed.Group.tasks(g, tasks) for g in groups]
-    assert sum(shares, []) == tasks and len({len(s) for s in shares}) == 1  # contiguous blocks, in order
+    for tasks in (list(range(6)), list(range(ranks, 2 * ranks + 1))):  # even, and one task more than that
+        shares = [distributed.Group.tasks(g, tasks) for g in groups]
+        assert sum(shares, []) == tasks  # contiguous blocks, in order
+        sizes = [len(share) for share in shares]
+        assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True) and min(sizes) >= 1
     spread = [list(distributed.Group.campaigns(g, campaigns)) for g in groups]
     assert sorted(sum(spread, [])) == list(range(campaigns)) and spread[0][:2] == [0, ranks][:len(spread[0][:2])]
 
 
-def test_the_divisibility_check_names_the_fix(monkeypatch):
+def test_a_rank_without_a_task_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setenv("PADDLE_TRAINERS_NUM", "4")
-    distributed.require_divisible(8, "c.yaml")
-    with pytest.raises(ConfigError, match=r"c.yaml: hyper_parameters.task_count 5 is not divisible by the 4 ranks.*"
-                                          r"task_count=8 or 4"):
-        distributed.require_divisible(5, "c.yaml")
+    distributed.require_enough_tasks(5, "c.yaml")
+    distributed.require_enough_tasks(4, "c.yaml")
+    with pytest.raises(ConfigError, match=r"c.yaml: hyper_parameters.task_count 3 is less than the 4 ranks.*"
+                                          r"task_count=4 or more.*at most 3 ranks"):
+        distributed.require_enough_tasks(3, "c.yaml")
     monkeypatch.delenv("PADDLE_TRAINERS_NUM")
     assert distributed.world() == (0, 1) and isinstance(distributed.SINGLE, distributed.Single)
-    distributed.require_divisible(5, "c.yaml")
+    distributed.require_enough_tasks(1, "c.yaml")
+
+
+class TwoRanksInNumpy(Collectives):
+    """The byte all-reduce (max) of two ranks done in NumPy: the rank built with `first` answers with the element-wise
+    max of what it sends and what `first` sent. Only for the row bookkeeping; the sums themselves are checked by the
+    launcher runs above."""
+
+    def __init__(self, first=None):
+        super().__init__(None, 2, None)
+        self.first, self.sent = first, None
+
+    def all_reduce(self, array, what, op="sum"):
+        assert op == "max"
+        self.sent = array
+        return array if self.first is None else np.maximum(array, self.first.sent)
+
+
+def test_the_gradient_sum_takes_every_rank_s_touched_table_rows_and_every_dense_weight_whole():
+    import dygraph_model as dm
+    model = dm.DygraphModel()
+    max_idxs = {"static": [40] * 7, "dynamic": [300] * 7, "ad": [60] * 6}  # more rows than 3 tasks touch
+    config = {"data_schema": schema(max_idxs), "hyper_parameters": {**TINY_HP, "embedding_init": "normal",
+                                                                    "local_lr": 0.1, "meta_order": 2}}
+    rng = np.random.default_rng(3)
+    meta_batch = [tuple(random_batch(rng, n, max_idxs) for n in (6, 5)) for _ in range(3)]
+    rank_1 = TwoRanksInNumpy()  # sends first
+    rank_0 = TwoRanksInNumpy(rank_1)
+    rows = []
+    for collectives, tasks in ((rank_1, meta_batch[2:]), (rank_0, meta_batch[:2])):
+        net = model.create_model(config)
+        loss, _ = model.train_forward(net, tasks, config)
+        loss.backward()
+        net.critic_b.clear_gradient(False)  # a parameter no rank's gradient reached
+        named, named_rows = list(net.named_parameters()), net.grad_rows
+        rows.append((named_rows, collectives._rows_to_sum(named, named_rows, "test")))
+    (rows_1, _), (rows_0, summed) = rows
+    for (name, p), ids in zip(named, summed):
+        if name in rows_0:  # a table: the rows either rank touched, a part of the table
+            union = np.union1d(rows_0[name], rows_1[name])
+            assert len(union) < p.shape[0], name
+            np.testing.assert_array_equal(ids, union, err_msg=name)
+        else:
+            assert ids == (None if name == "critic_b" else slice(None)), name
+    assert len(rows_0) == 20
 
 
 def test_scores_travel_to_rank_0_unchanged():

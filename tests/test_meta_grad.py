@@ -160,6 +160,19 @@ def test_each_task_adapts_only_the_table_rows_its_batches_touch(setup):
             assert weights[name].shape == [len(meta_batch)] + p.shape
 
 
+def test_the_meta_step_names_the_table_rows_outside_which_the_gradient_is_zero(setup):
+    """net.grad_rows, the rows a run across processes sums (tools/utils/collectives.py): every id the
+    meta-batch holds, and the tables' gradients (written by read_rows' hook) are zero on every other row."""
+    model, net, meta_batch = setup
+    _, grads = train_forward_grads(model, net, meta_batch, meta_order=2)
+    lay = net.layout
+    for t, name in enumerate(lay.table_names):
+        ids = np.unique(np.concatenate([lay.columns(b)[:, lay.column_table == t].ravel()
+                                        for pair in meta_batch for b in pair]))
+        np.testing.assert_array_equal(net.grad_rows[name], ids)
+        assert not np.delete(grads[name], ids, axis=0).any() and grads[name][ids].any(), name
+
+
 def test_stacked_batches_pad_short_tasks_with_rows_of_weight_zero():
     rng = np.random.default_rng(19)
     meta_batch = [(random_batch(rng, 3), random_batch(rng, 2)), (random_batch(rng, 5), random_batch(rng, 4))]

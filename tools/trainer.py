@@ -15,9 +15,9 @@ Across processes and machines, with PaddlePaddle's launcher (docs/distributed.md
 
     python -m paddle.distributed.launch --nproc_per_node N tools/trainer.py -m CONFIG [...]
 
-every rank trains on task_count / N tasks of each meta-batch and the gradients
-are summed (tools/utils/distributed.py); rank 0 alone writes the folder and
-prints.
+every rank trains on a block of about task_count / N tasks of each meta-batch
+and the gradients are summed (tools/utils/distributed.py); rank 0 alone writes
+the folder and prints.
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -50,14 +50,14 @@ EXAMPLES = (
 def prepare(config, untrained=False):
     """Load and check everything training needs before anything is written: (model, reader dataset).
 
-    Under paddle.distributed.launch the meta-batch's tasks must split evenly among the ranks (unless nothing
+    Under paddle.distributed.launch every rank needs at least one task of each meta-batch (unless nothing
     is trained: untrained, or a model that does not train across campaigns).
     """
     runner = config["runner"]
     model = model_folder.model_module(config).DygraphModel()
     cfg.validate(config, "train", model)
     if not untrained and getattr(model, "trains_across_campaigns", True):
-        distributed.require_divisible(config["hyper_parameters"]["task_count"], config["config_path"])
+        distributed.require_enough_tasks(config["hyper_parameters"]["task_count"], config["config_path"])
     cfg.attach_schema(config, D.read_schema(runner["train_data_dir"]), runner["train_data_dir"])
     reader = model_folder.load_module(runner["train_reader_path"], config["config_path"])
     dataset = reader.RecDataset(config, runner["train_data_dir"])

@@ -15,9 +15,10 @@ run_epoch drives the model's train_forward over the reader's meta-batches and:
 Across processes (tools/utils/distributed.py, under paddle.distributed.launch)
 the same loop runs on every rank: each draws the whole meta-batch (the reader
 stream, and so a step checkpoint, is the same on every rank) and trains on its
-share of the tasks; the group sums the gradients, the metrics and the stop
-requests, so every check above sees the whole meta-batch and every rank
-decides alike; rank 0 writes the checkpoints.
+share of the tasks; the group sums the gradients (weighted by each rank's
+share of the tasks), the metrics and the stop requests, so every check above
+sees the whole meta-batch and every rank decides alike; rank 0 writes the
+checkpoints. In one process those sums are the identity.
 """
 import math
 import signal
@@ -107,12 +108,15 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
     with StopRequests() as stop:
         for meta_batch in bar:
             step = dataset.step
+            where = f"epoch {epoch}, meta-step {step}"
             tasks = group.tasks(meta_batch)
+            share = len(tasks) / len(meta_batch)
             loss, values = model.train_forward(net, tasks, config)
-            loss, values, stopping = group.backward(net, loss, values, len(tasks), len(meta_batch),
-                                                    stop.signal or 0, f"epoch {epoch}, meta-step {step}")
+            loss.backward()
+            group.sum_gradients(net, share, where)
+            loss, values, stopping = group.agree(float(loss), values, share, stop.signal or 0, where)
             if not math.isfinite(loss):
-                raise TrainingError(f"epoch {epoch}, meta-step {step}: the loss is {loss}; training diverged. "
+                raise TrainingError(f"{where}: the loss is {loss}; training diverged. "
                                     "Lower hyper_parameters.optimizer.learning_rate or local_lr; finished "
                                     f"checkpoints stay in {folder.path}")
             optimizer.step()
