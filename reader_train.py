@@ -28,6 +28,7 @@ import numpy as np
 
 from tools.utils.dataset import CampaignIndex, load_split, require_vocabulary, take
 from tools.utils.errors import DataError
+from tools.utils.validation import held_out
 
 SAMPLE_METHODS = {"normal": lambda rows: rows, "sqrt": np.sqrt, "unit": np.ones_like}
 
@@ -35,14 +36,17 @@ SAMPLE_METHODS = {"normal": lambda rows: rows, "sqrt": np.sqrt, "unit": np.ones_
 class RecDataset:
     """Iterable over the meta-batches of one epoch; len() is the number of meta-batches.
 
-    campaigns: the sorted aids of the training campaigns.
+    campaigns: the sorted aids of the training campaigns; valid_campaigns: those held out of meta-training as
+    validation campaigns (runner.valid_campaigns, tools/utils/validation.py), whose rows are not drawn.
     """
 
     def __init__(self, config, data_dir):
         runner, hp = config["runner"], config["hyper_parameters"]
         split = load_split(data_dir, stages=(1,))
         require_vocabulary(split["schema"], config["data_schema"], data_dir, "the config")
-        self.table = split["stage1"]
+        self.valid_campaigns = held_out(data_dir, np.unique(split["stage1"]["aid"]), runner.get("valid_campaigns", 0),
+                                        runner["seed"], config.get("config_path", "config"))
+        self.table = take(split["stage1"], np.flatnonzero(~np.isin(split["stage1"]["aid"], self.valid_campaigns)))
         self.index = CampaignIndex(self.table["aid"])
         self.campaigns = self.index.aids
         self.batch_size, self.task_count = runner["train_batch_size"], hp["task_count"]

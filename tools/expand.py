@@ -30,6 +30,7 @@ writes the adapted model for Paddle Inference (tools/utils/serving.py).
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
 
+import argparse
 import csv
 import io
 import os
@@ -67,7 +68,8 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     cfg.validate(config, "expand", model)
     epoch = runner["infer_end_epoch"] - 1 if epoch is None else epoch
     path = ckpt.require(runner["infer_load_path"], epoch,
-                        f"python tools/trainer.py -m {config['config_path']} -o runner.epochs={epoch + 1}")
+                        f"python tools/trainer.py -m {config['config_path']} -o runner.epochs="
+                        f"{epoch + 1 if epoch != 'best' else runner['infer_end_epoch']}")
     meta = ckpt.read_meta(path)
     cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", path), path)
     config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", path)
@@ -189,6 +191,12 @@ def _report(summary, camp, pool_unknown, out_dir, chart):
            + (f"; exported the model to {summary['export']}" if "export" in summary else ""))
 
 
+def _epoch(text):
+    if text == "best" or (text.isdigit()):
+        return text if text == "best" else int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: give an epoch number or best")
+
+
 def main(argv=None):
     parser = cli.argument_parser("Rank a pool of users by their likeness to a campaign's seeds.", EXAMPLES,
                                  "runner.infer_load_path=output_2epochs runner.infer_train_epoch=3")
@@ -200,7 +208,8 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, required=True, metavar="K", help="how many users to return")
     parser.add_argument("--out", required=True,
                         help="output folder: top_k.csv, expand.json, expand.png, all_scores.npy")
-    parser.add_argument("--epoch", type=int, help="checkpoint epoch (default: runner.infer_end_epoch - 1)")
+    parser.add_argument("--epoch", type=_epoch, help="checkpoint epoch, or best (the best on validation campaigns; "
+                        "default: runner.infer_end_epoch - 1)")
     parser.add_argument("--negatives", type=float, default=background.NEGATIVES_PER_SEED, metavar="R",
                         help=f"negatives per seed drawn from background users when the seeds are all positive "
                              f"(default {background.NEGATIVES_PER_SEED})")

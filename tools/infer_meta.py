@@ -195,8 +195,9 @@ def write_metrics(out_dir, tag, runs):
     return json_path, csv_path
 
 
-def checkpoints(config, trainer_command, trust_pickle=False):
-    """{epoch: folder} of the finished checkpoints to test; the model's data facts taken from the first.
+def checkpoints(config, trainer_command, trust_pickle=False, best=False):
+    """{epoch: folder} of the finished checkpoints to test ({"best": folder} with best); the model's data facts
+    taken from the first.
 
     A checkpoint of an earlier version (trusted pickles) does not hold them: they come from the training data.
     """
@@ -205,6 +206,8 @@ def checkpoints(config, trainer_command, trust_pickle=False):
     make = f"{trainer_command} -m {config['config_path']} -o runner.epochs={epochs[-1] + 1}"
     if os.path.normpath(load_dir) != os.path.normpath(runner.get("model_save_path", load_dir)):
         make += f" runner.model_save_path={load_dir}"
+    if best:
+        epochs = ["best"]
     paths = {epoch: ckpt.require(load_dir, epoch, make) for epoch in epochs}
     first = paths[epochs[0]]
     meta = ckpt.read_meta(first)
@@ -217,7 +220,7 @@ def checkpoints(config, trainer_command, trust_pickle=False):
     return paths
 
 
-def infer(config, split=None, trainer_command="python tools/trainer.py", trust_pickle=False):
+def infer(config, split=None, trainer_command="python tools/trainer.py", trust_pickle=False, best=False):
     """Meta-inference of runner's checkpoints on the test split(s); returns the runs (split x epoch results),
     on rank 0 of a distributed run ([] on the other ranks, which print and write nothing)."""
     runner = config["runner"]
@@ -227,7 +230,7 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
     if runner["infer_train_epoch"] == 0:
         say("note: fine-tuning is off (runner.infer_train_epoch 0): every campaign is scored by the "
             "checkpoint's weights as they are")
-    paths = checkpoints(config, trainer_command, trust_pickle)
+    paths = checkpoints(config, trainer_command, trust_pickle, best)
     reader = model_folder.load_module(runner["infer_reader_path"], config["config_path"])
     datasets = {d: reader.RecDataset(config, d) for d in split_dirs(runner["test_data_dir"], split)}
     for data_dir, dataset in datasets.items():
@@ -275,13 +278,17 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
 def main(argv=None):
     parser = cli.argument_parser("Fine-tune meta-trained weights on each test campaign and score its candidates.",
                                  EXAMPLES, "runner.infer_load_path=output_2epochs runner.infer_train_epoch=3")
+    parser.add_argument("--best", action="store_true",
+                        help="test the checkpoint of the best validation GAUC (training with runner.valid_campaigns) "
+                             "instead of the epochs [infer_start_epoch, infer_end_epoch)")
     parser.add_argument("--split", choices=sorted(SPLIT_FOLDERS),
                         help="test_hot / test_cold next to runner.test_data_dir (default: test_data_dir itself)")
     parser.add_argument("--trust-pickled-checkpoints", action="store_true",
                         help="read checkpoints of an earlier version (pickled; only ones you made)")
     args = parser.parse_args(argv)
     trainer = os.path.relpath(os.path.join(model_folder.ROOT, "tools", "trainer.py"))
-    infer(cfg.load_config(args.config_yaml, args.opt), args.split, f"python {trainer}", args.trust_pickled_checkpoints)
+    infer(cfg.load_config(args.config_yaml, args.opt), args.split, f"python {trainer}", args.trust_pickled_checkpoints,
+          args.best)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from tools.utils import config as cfg
 from tools.utils import curves as C
 from tools.utils import dataset as D
 from tools.utils import background, distributed, model_folder, vocabulary
-from tools.utils.run_folder import RunFolder
+from tools.utils import validation
+from tools.utils.run_folder import BEST, RunFolder
 from tools.utils.training import require_finite, run_epoch
 
 
@@ -103,10 +104,16 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
             path = step_checkpoint or os.path.join(folder.path, str(done[-1]))
             resume = group.on_main(lambda: ckpt.resume(path, net, optimizer, trust_pickle), f"reading {path}")
             say(f"resuming from {path}")
+        if resume and resume.get("stopped_early"):
+            say(f"nothing to do: {path} is where validation stopped this run (rerun with --overwrite to train "
+                "again); its best checkpoint is in " + os.path.join(folder.path, BEST))
+            return
         group.sync_state(net, optimizer)  # every rank starts from rank 0's weights and optimizer state
         curves = C.for_run(runner, group.main) if not untrained else C.NO_CURVES
         meta = {"seed": runner["seed"], "config_path": config["config_path"],
                 "data_schema": config["data_schema"], "train_campaigns": config["train_campaigns"]}
+        validate = None if untrained or not len(dataset.valid_campaigns) else Validate(
+            model, net, optimizer, dataset, config, folder, curves, say, resume, meta)
         for epoch in range(start, epochs):
             if untrained:
                 require_finite(net, "the initialisation")
@@ -115,14 +122,62 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
                 continue
             paddle_env.seed_all(paddle_env.derived_seed(runner["seed"], epoch))
             stats = run_epoch(model, net, optimizer, dataset, config, epoch, folder,
-                              resume if step_checkpoint and epoch == start else None, group, curves)
-            path = folder.save_epoch(epoch, net, optimizer, {**meta, "stats": stats, **group_meta(group)})
+                              resume if step_checkpoint and epoch == start else None, group, curves, validate)
+            if stats.get("stopped_early", len(dataset)) < len(dataset):
+                say(f"epoch {epoch}: stopped early at meta-step {stats['stopped_early']}: "
+                    f"{runner['valid_patience']} validations without a better GAUC; {validate.summary()}")
+                break
+            history = {"validation": validate.validator.history} if validate else {}
+            path = folder.save_epoch(epoch, net, optimizer, {**meta, "stats": stats, **history,
+                                                             **({"stopped_early": True} if "stopped_early" in stats
+                                                                else {}), **group_meta(group)})
             say(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in model.create_metrics())
                 + f"; {stats['samples']} samples in {stats['seconds']:.1f} s "
                 f"({stats['samples'] / max(stats['seconds'], 1e-9):.0f}/s"
                 + (f" on {group.size} ranks" if group.size > 1 else "") + f"); saved {path}")
+            if "stopped_early" in stats:
+                say(f"stopped early after epoch {epoch}: {runner['valid_patience']} validations without a better "
+                    f"GAUC; {validate.summary()}")
+                break
         for line in curves.finish():
             say(line)
+
+
+class Validate:
+    """run_epoch's validate hook: the validation campaigns (tools/utils/validation.py) scored when due, the best
+    checkpoint saved, the curves fed, and whether to stop."""
+
+    def __init__(self, model, net, optimizer, dataset, config, folder, curves, say, resume, meta):
+        runner = config["runner"]
+        batches = model_folder.load_module(runner["infer_reader_path"], config["config_path"]).batches
+        users = background.sample(dataset.table, runner["seed"])
+        self.validator = validation.Validator(model, config, runner["train_data_dir"], dataset.valid_campaigns,
+                                              batches, users, (resume or {}).get("validation", ()))
+        self.net, self.optimizer, self.steps = net, optimizer, len(dataset)
+        self.folder, self.curves, self.say, self.meta = folder, curves, say, meta
+        say(f"validation: {len(dataset.valid_campaigns)} training campaigns held out "
+            f"({', '.join(map(str, dataset.valid_campaigns[:8]))}{', ...' if len(dataset.valid_campaigns) > 8 else ''})"
+            f", scored every {runner['valid_interval'] or self.steps} meta-steps")
+
+    @property
+    def history(self):
+        return self.validator.history
+
+    def __call__(self, epoch, step):
+        if not self.validator.due(step, self.steps):
+            return False
+        record = self.validator.evaluate(self.net, epoch, step, epoch * self.steps + step)
+        for key in (validation.METRIC, "precision", "auc"):
+            self.curves.add(f"valid/{key}", record[key], record["at"])
+        if record["improved"]:
+            self.folder.save_best(self.net, self.optimizer, {**self.meta, "epoch": epoch, "step": step,
+                                                             "validation": self.history})
+        self.say(validation.describe(record) + ("; the best so far, saved as " + BEST if record["improved"] else ""))
+        return self.validator.stop()
+
+    def summary(self):
+        best = self.validator.best()
+        return f"the best, {validation.describe(best)}, is {os.path.join(self.folder.path, BEST)}"
 
 
 def group_meta(group):

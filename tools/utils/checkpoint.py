@@ -40,6 +40,7 @@ def run_identity(config):
         "train_reader_path": os.path.relpath(runner["train_reader_path"], config["config_abs_dir"]),
         "train_batch_size": runner["train_batch_size"],
         "seed": runner["seed"],
+        **({"valid_campaigns": runner["valid_campaigns"]} if runner.get("valid_campaigns") else {}),
     }
 
 
@@ -155,8 +156,12 @@ def save(path, net, optimizer, meta, files=None):
 
 # ---------------------------------------------------------------- reading
 def require(save_dir, epoch, how_to_make):
-    """The folder of a finished epoch checkpoint, or a CheckpointError naming it and the command that makes it."""
+    """The folder of a finished epoch checkpoint (epoch "best": the best one on validation campaigns), or a
+    CheckpointError naming it and the command that makes it."""
     path = os.path.join(save_dir, str(epoch))
+    if epoch == "best" and not is_finished(path):
+        raise CheckpointError(f"{path}: no best checkpoint; the trainer keeps one when it holds out validation "
+                              "campaigns (-o runner.valid_campaigns=N): retrain with it, or test an epoch")
     if not is_finished(path):
         raise CheckpointError(f"{path}: no finished checkpoint of epoch {epoch} (no {DONE_FILE}); "
                               f"make it with `{how_to_make}`")

@@ -129,6 +129,10 @@ KEYS = {
     "runner.epochs": ("int >= 1", REQUIRED, "meta-training epochs"),
     "runner.print_interval": ("int >= 1", 10, "meta-steps between progress updates and no-learning checks"),
     "runner.save_steps": ("int >= 0", 0, "meta-steps between step checkpoints (0: at the end of epochs only)"),
+    "runner.valid_campaigns": ("number >= 0", 0, "training campaigns held out as validation campaigns: a count, "
+                               "or a fraction below 1 (0: none, the paper's protocol)"),
+    "runner.valid_interval": ("int >= 0", 0, "meta-steps between validations (0: at the end of each epoch)"),
+    "runner.valid_patience": ("int >= 0", 0, "validations without a better GAUC before training stops (0: never)"),
     "runner.use_visual": ("bool", False, "write the training curves for VisualDL and a PNG of them"),
     "runner.visual_log_path": ("text", None, "where the curves go (default <model_save_path>/visualdl)"),
     "runner.infer_start_epoch": ("int >= 0", 0, "first checkpoint epoch meta-inference tests"),
@@ -142,7 +146,9 @@ PATH_KEYS = ("train_data_dir", "test_data_dir", "model_save_path", "infer_load_p
              "train_reader_path", "infer_reader_path", "visual_log_path")
 TOOL_KEYS = {
     "train": ("train_data_dir", "train_reader_path", "model_save_path", "use_gpu", "seed", "thread_num",
-              "train_batch_size", "epochs", "print_interval", "save_steps", "use_visual", "visual_log_path"),
+              "train_batch_size", "epochs", "print_interval", "save_steps", "use_visual", "visual_log_path",
+              "valid_campaigns", "valid_interval", "valid_patience", "infer_reader_path", "infer_batch_size",
+              "infer_train_epoch"),
     "infer": ("test_data_dir", "infer_reader_path", "infer_load_path", "infer_output_path", "use_gpu", "seed",
               "thread_num", "infer_batch_size", "infer_start_epoch", "infer_end_epoch", "infer_train_epoch",
               "infer_seeds"),

@@ -11,6 +11,8 @@
   the data and the model have all been checked.
 - Step checkpoints (runner.save_steps) keep the last KEEP_STEPS; those of an
   epoch go when the epoch's own checkpoint lands.
+- With validation campaigns, BEST holds the checkpoint of the best
+  validation metric so far, replaced whole or not at all.
 - In a run across processes only rank 0 opens the RunFolder
   (tools/utils/distributed.SharedFolder); the other ranks never touch the
   folder or its lock.
@@ -26,6 +28,7 @@ from .errors import CheckpointError
 
 KEEP_STEPS = 2
 LOCK_FILE = ".lock"
+BEST = "best"  # the checkpoint with the best validation metric (runner.valid_campaigns)
 _TEMP = re.compile(r"\.tmp\d+$")
 
 
@@ -60,6 +63,9 @@ class RunFolder:
         self._lock.close()  # closing releases the flock
 
     def _remove_leftovers(self):
+        best, old = os.path.join(self.path, BEST), os.path.join(self.path, BEST + "-old")
+        if not os.path.isdir(best) and ckpt.is_finished(old):  # killed between the two renames of save_best
+            os.rename(old, best)
         for name in os.listdir(self.path):
             path = os.path.join(self.path, name)
             if _TEMP.search(name):
@@ -102,6 +108,26 @@ class RunFolder:
                 shutil.rmtree(os.path.join(self.path, ckpt.step_name(e, s)))
         return path
 
+    def save_best(self, net, optimizer, meta):
+        """Write BEST (the checkpoint with the best validation metric so far) in place of the last one: built
+        as BEST-new, then swapped in, so a kill at any moment leaves one whole BEST (see _remove_leftovers)."""
+        best, new, old = (os.path.join(self.path, BEST + suffix) for suffix in ("", "-new", "-old"))
+        for leftover in (new, old):
+            if os.path.isdir(leftover):
+                shutil.rmtree(leftover)
+        path = ckpt.save(new, net, optimizer, {**meta, "identity": self.identity}, self.files)
+        if os.path.isdir(best):
+            os.rename(best, old)
+        os.rename(path, best)
+        if os.path.isdir(old):
+            shutil.rmtree(old)
+        return best
+
+    def best_meta(self):
+        """The meta.json of BEST, or None."""
+        path = os.path.join(self.path, BEST)
+        return ckpt.read_meta(path) if ckpt.is_finished(path) else None
+
     def save_step(self, epoch, step, net, optimizer, meta):
         path = ckpt.save(os.path.join(self.path, ckpt.step_name(epoch, step)), net, optimizer,
                          {**meta, "identity": self.identity, "epoch": epoch, "step": step}, self.files)
@@ -111,4 +137,4 @@ class RunFolder:
 
 
 def _is_checkpoint_name(name):
-    return name.isdigit() or re.fullmatch(r"epoch\d+-step\d+", name) is not None
+    return name.isdigit() or re.fullmatch(rf"epoch\d+-step\d+|{BEST}(-new|-old)?", name) is not None

@@ -83,13 +83,15 @@ def require_finite(net, what):
                                 "checkpoints before it are kept")
 
 
-def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None, group=SINGLE, curves=NO_CURVES):
+def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None, group=SINGLE, curves=NO_CURVES,
+              validate=None):
     """One pass over the reader (or the rest of one, from a step checkpoint's meta `resume`).
 
     group: this process's rank in a distributed run (tools/utils/distributed.py); folder: a RunFolder, or the
     group's SharedFolder; curves: where each meta-step's metrics go, as train/<metric> at the meta-step counted
-    across epochs (tools/utils/curves.py). Returns the epoch's statistics {"meta_batches", "samples", "seconds",
-    <metric>: mean}.
+    across epochs (tools/utils/curves.py); validate(epoch, step) after a meta-step: True to stop training there
+    (tools/trainer.py's validation campaigns). Returns the epoch's statistics {"meta_batches", "samples",
+    "seconds", <metric>: mean}, with "stopped_early": the meta-step, when validate stopped it.
     """
     runner, hp = config["runner"], config["hyper_parameters"]
     names = model.create_metrics()
@@ -100,10 +102,12 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
     bar = progress(dataset, total=len(dataset), desc=f"epoch {epoch}", unit="step", initial=dataset.step,
                    disable=not group.main)
 
-    def save_step(step):
+    def save_step(step, **meta):
         totals["seconds"] = time.perf_counter() - start
         require_finite(net, f"epoch {epoch}, meta-step {step}")
-        return folder.save_step(epoch, step, net, optimizer, {"reader": dataset.state(), "totals": totals})
+        history = {"validation": validate.history} if validate is not None else {}
+        return folder.save_step(epoch, step, net, optimizer, {"reader": dataset.state(), "totals": totals,
+                                                              **history, **meta})
 
     with StopRequests() as stop:
         for meta_batch in bar:
@@ -140,6 +144,12 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
                 path = save_step(step)
                 raise Stopped(f"stopped by {signal.Signals(stopping).name} after epoch {epoch}, meta-step {step}: "
                               f"saved {path}; rerun the same command to resume there", 128 + stopping)
+            if validate is not None and validate(epoch, step):
+                bar.close()
+                if step < len(dataset):
+                    save_step(step, stopped_early=True)
+                return {"stopped_early": step, "meta_batches": step, "samples": totals["samples"],
+                        "seconds": time.perf_counter() - start, **{n: totals[n] / step for n in names}}
             if runner["save_steps"] and step % runner["save_steps"] == 0 and step < len(dataset):
                 save_step(step)
     bar.close()

@@ -1,0 +1,61 @@
+"""Validation campaigns during meta-training (tools/utils/validation.py): held out of training, scored with the
+test protocol, the best checkpoint kept and early stopping, checked on the fake model folder."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import fake_model_folder, run, write_split
+from tools.utils import dataset as D
+
+VALID = ["runner.valid_campaigns=2", "runner.valid_interval=2", "runner.valid_patience=3", "runner.epochs=4"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = fake_model_folder(tmp_path_factory.mktemp("valid_model"))
+    train = folder / "data" / "train"
+    for name in os.listdir(train):
+        os.remove(train / name)
+    rows = {1: 120, 2: 80, 3: 60, 4: 50, 5: 40, 6: 60}
+    write_split(train, rows, {aid: 80 for aid in rows}, seed=1)  # training campaigns with candidates
+    done = run("trainer.py", folder, "-o", *VALID)
+    assert done.returncode == 0, done.stderr
+    return folder, done
+
+
+def test_early_stopping_keeps_the_checkpoint_of_the_best_validation_gauc(trained, tmp_path):
+    folder, done = trained
+    best = json.loads((folder / "out" / "best" / "meta.json").read_text())
+    history = best["validation"]
+    gaucs = [h["gauc"] for h in history]
+    top = int(np.argmax(gaucs))  # the first of the best
+    assert (best["epoch"], best["step"]) == (history[top]["epoch"], history[top]["step"])
+    final = json.loads(max((folder / "out").glob("*/meta.json"), key=os.path.getmtime).read_text())["validation"]
+    assert final[:len(history)] == history
+    assert "stopped early" in done.stdout  # this run (seeded) stops: 3 validations after the best, none better
+    assert len(final) - 1 - int(np.argmax([h["gauc"] for h in final])) == 3 and max(gaucs) == max(
+        h["gauc"] for h in final)
+    # the saved weights give that GAUC again when meta-inference tests them on the validation campaigns
+    held = sorted({h for h in range(1, 7)} - set(best["train_campaigns"]))
+    assert len(held) == 2
+    split = D.load_split(str(folder / "data" / "train"))
+    (tmp_path / "valid").mkdir()
+    D.write_schema(str(tmp_path / "valid"), split["schema"]["max_idxs"])
+    for k in (1, 2):
+        rows = np.flatnonzero(np.isin(split[f"stage{k}"]["aid"], held))
+        D.save_stage(str(tmp_path / "valid" / f"test_stage{k}.npz"), D.take(split[f"stage{k}"], rows))
+    again = run("infer_meta.py", folder, "--best", "-o", f"runner.test_data_dir={tmp_path / 'valid'}",
+                f"runner.infer_output_path={tmp_path / 'results'}")
+    assert again.returncode == 0, again.stderr
+    result = json.loads((tmp_path / "results" / "metrics_valid.json").read_text())[0]
+    assert result["overall"]["gauc"] == pytest.approx(history[top]["gauc"], abs=1e-12)
+
+
+def test_a_rerun_after_early_stopping_trains_nothing_and_best_needs_validation(trained):
+    folder, _ = trained
+    again = run("trainer.py", folder, "-o", *VALID)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
+    missing = run("infer_meta.py", folder, "--best", "-o", "runner.infer_load_path=elsewhere")
+    assert missing.returncode == 2 and "no best checkpoint" in missing.stderr
