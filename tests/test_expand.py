@@ -1,4 +1,5 @@
 """tools/expand.py: one campaign's seeds in, a ranked audience and a servable model out (on the shipped sample)."""
+import json
 import os
 import shutil
 import subprocess
@@ -173,3 +174,64 @@ def test_bad_input_is_one_line_and_writes_nothing(sample_model, hot, raw, tmp_pa
     D.write_schema(os.path.dirname(other), D.read_schema(HOT)["max_idxs"], "f" * 64)
     one_line(capsys, base + ["--campaign", campaign, "--pool", other], "encoded with other raw-id maps")
     assert not (tmp_path / "out").exists()
+
+
+def shifted(raw, folder, offset):
+    """The sample's raw files with every id but the uids and aids moved by `offset`: data of another encoding."""
+    os.makedirs(folder, exist_ok=True)
+    ads = (raw / "adFeature.csv").read_text().splitlines()
+    (folder / "adFeature.csv").write_text("\n".join(
+        [ads[0]] + [",".join([v if j == 0 else str(int(v) + offset) for j, v in enumerate(line.split(","))])
+                    for line in ads[1:]]) + "\n")
+    users = []
+    for line in (raw / "userFeature.data").read_text().splitlines():
+        groups = [g.split(" ") for g in line.split("|")]
+        users.append("|".join(" ".join([g[0]] + [v if g[0] == "uid" else str(int(v) + offset) for v in g[1:]])
+                              for g in groups))
+    (folder / "userFeature.data").write_text("\n".join(users) + "\n")
+    shutil.copy(raw / "train.csv", folder)
+    return folder
+
+
+def test_an_aid_from_raw_files_positive_seeds_quality_refusal_and_the_served_model(sample_model, hot, raw,
+                                                                                     tmp_path):
+    """issue 19: --aid takes one campaign's seeds from the whole raw files; positive-only seeds get background
+    negatives; expand.json holds the quality estimate; a checkpoint of other data is refused; the exported model
+    scored through tools/score.py gives expand.py's scores."""
+    model_dir, _ = sample_model
+    aid = next(iter(hot))
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    for name in ("adFeature.csv", "userFeature.data"):
+        os.symlink(raw / name, folder / name)
+    lines = (raw / "train.csv").read_text().splitlines()
+    (folder / "train.csv").write_text("\n".join([lines[0]] + [x for x in lines[1:] if x.endswith(",1")]) + "\n")
+    pool = stage_folder(tmp_path / "pool", "pool_stage2.npz", hot[aid][2])
+    out, exported = tmp_path / "out", tmp_path / "served"
+    done = run_expand(model_dir, "--campaign", str(folder), "--aid", str(aid), "--pool", pool, "--top-k", "50",
+                      "--out", str(out), "--all-scores", "--export", str(exported))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "expand.json").read_text())
+    seeds = summary["seeds"]
+    assert summary["campaign"] == aid and seeds["negative"] == 0 and seeds["positive"] > 10
+    assert summary["negatives"]["drawn"] == 19 * seeds["positive"] and "background.npz" in summary["negatives"]["from"]
+    q = summary["quality"]
+    assert q["folds"] == 5 and len(q["auc"]["values"]) == 5 and q["auc_vs_negatives"] is None
+    assert 0.5 < q["auc"]["mean"] <= 1 and 0 <= q["lift_at_5"]["mean"] <= 20
+    assert q["auc"]["std"] == pytest.approx(np.std(q["auc"]["values"]))
+    scores = np.load(out / "all_scores.npy")
+    assert sum(summary["score_histogram"]["counts"]) == len(scores)
+    assert summary["score_at_rank_k"] == pytest.approx(float(np.sort(scores)[::-1][49]), rel=1e-6)
+    scored = tmp_path / "scored"
+    served = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "score.py"), "--model", str(exported),
+                             "--pool", pool, "--out", str(scored)], cwd=ROOT, capture_output=True, text=True)
+    assert served.returncode == 0, served.stderr
+    np.testing.assert_allclose(np.load(scored / "scores.npy"), scores, rtol=0, atol=1e-6)
+    other = shifted(raw, tmp_path / "other", 10_000_000)
+    refused = run_expand(model_dir, "--campaign", str(other), "--aid", str(aid), "--pool", pool, "--top-k", "5",
+                         "--out", str(tmp_path / "no"))
+    assert refused.returncode == 2 and "all 6 of its ad ids" in refused.stderr and "--allow-unknown" in refused.stderr
+    assert not (tmp_path / "no").exists()
+    allowed = run_expand(model_dir, "--campaign", str(other), "--aid", str(aid), "--pool", pool, "--top-k", "5",
+                         "--out", str(tmp_path / "yes"), "--allow-unknown", "--folds", "0")
+    assert allowed.returncode == 0, allowed.stderr
