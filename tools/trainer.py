@@ -57,6 +57,8 @@ def prepare(config, untrained=False):
     runner = config["runner"]
     model = model_folder.model_module(config).DygraphModel()
     cfg.validate(config, "train", model)
+    if config["runner"]["valid_campaigns"]:
+        cfg.validate(config, "validate", model)
     if not untrained and getattr(model, "trains_across_campaigns", True):
         distributed.require_enough_tasks(config["hyper_parameters"]["task_count"], config["config_path"])
     cfg.attach_schema(config, D.read_schema(runner["train_data_dir"]), runner["train_data_dir"])
