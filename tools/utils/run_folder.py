@@ -4,6 +4,9 @@
   whole run; a second trainer is refused, naming the first one's pid. The
   kernel releases the lock when its process dies however it dies, so a lock
   left by a killed run (a stale pid in the file) never blocks the next one.
+  The lock file is opened without following links and must be a plain file
+  of its own (one link): a `.lock` that is a symbolic or hard link to
+  another file is refused, since taking the lock writes the pid into it.
 - Under the lock, leftovers of killed writes are removed first: temporary
   files (`*.tmp<pid>`) and checkpoint folders without their done marker.
 - Checkpoints of another run (another identity) are refused; --overwrite
@@ -15,8 +18,10 @@
   (tools/utils/distributed.SharedFolder); the other ranks never touch the
   folder or its lock.
 """
+import errno
 import fcntl
 import os
+import stat
 import re
 import shutil
 import socket
@@ -40,7 +45,7 @@ class RunFolder:
     # -------------------------------------------------------------- one writer
     def __enter__(self):
         os.makedirs(self.path, exist_ok=True)
-        self._lock = open(os.path.join(self.path, LOCK_FILE), "a+")
+        self._lock = _open_lock(os.path.join(self.path, LOCK_FILE))
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -108,6 +113,23 @@ class RunFolder:
         for e, s in ckpt.finished(self.path)[1][:-KEEP_STEPS]:
             shutil.rmtree(os.path.join(self.path, ckpt.step_name(e, s)))
         return path
+
+
+def _open_lock(path):
+    """The lock file opened for reading and writing, refusing a link (symbolic or hard) to another file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        what = "a symbolic link" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror})"
+        raise CheckpointError(f"{path}: {what}; the trainer's lock must be a plain file of its own, since taking "
+                              "the lock writes into it. Remove it (rm) and rerun") from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a plain file"
+        raise CheckpointError(f"{path}: {what}; the trainer's lock must be a plain file of its own, since taking "
+                              "the lock writes into it. Remove it (rm) and rerun")
+    return os.fdopen(fd, "r+")
 
 
 def _is_checkpoint_name(name):
