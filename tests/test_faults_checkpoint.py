@@ -72,3 +72,17 @@ def test_a_lock_that_is_a_link_is_refused_and_the_file_it_names_is_untouched(fol
         assert train(folder, out) == 2
         error_line(capsys, f"{out / '.lock'}: {kind}", "Remove it")
         assert victim.read_text() == "keep me" and sorted(os.listdir(out)) == [".lock"]
+
+
+def test_a_checkpoint_entry_that_is_a_link_is_refused_in_one_line(folder, trained, tmp_path, capsys):
+    """Issue 20 #8: a link named like a checkpoint was an `OSError: Cannot call rmtree on a symbolic link`."""
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(trained / "0", elsewhere)
+    before = snapshot(elsewhere)
+    for name in ("5", "epoch1-step3"):
+        out = copy_of(trained, tmp_path / name)
+        os.symlink(elsewhere, out / name)
+        for options in ((), ("--overwrite",)):
+            assert train(folder, out, *options) == 2
+            error_line(capsys, f"{out / name}: a symbolic link among the checkpoints", "Remove the link")
+            assert snapshot(elsewhere) == before and (out / name).is_symlink() and ckpt.is_finished(str(out / "0"))

@@ -7,6 +7,8 @@
   The lock file is opened without following links and must be a plain file
   of its own (one link): a `.lock` that is a symbolic or hard link to
   another file is refused, since taking the lock writes the pid into it.
+- Checkpoint entries (`<epoch>`, `epoch<E>-step<S>`) that are symbolic links
+  are refused: resuming would read, and cleaning up delete, what they point to.
 - Under the lock, leftovers of killed writes are removed first: temporary
   files (`*.tmp<pid>`) and checkpoint folders without their done marker.
 - Checkpoints of another run (another identity) are refused; --overwrite
@@ -58,11 +60,20 @@ class RunFolder:
         self._lock.truncate()
         self._lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         self._lock.flush()
+        self._refuse_linked_checkpoints()
         self._remove_leftovers()
         return self
 
     def __exit__(self, *exc):
         self._lock.close()  # closing releases the flock
+
+    def _refuse_linked_checkpoints(self):
+        for name in sorted(os.listdir(self.path)):
+            path = os.path.join(self.path, name)
+            if _is_checkpoint_name(name) and os.path.islink(path):
+                raise CheckpointError(f"{path}: a symbolic link among the checkpoints; the trainer would resume from, "
+                                      "or delete, what it points to. Remove the link (the checkpoints are folders "
+                                      "the trainer writes), or give this run another runner.model_save_path")
 
     def _remove_leftovers(self):
         for name in os.listdir(self.path):
