@@ -70,8 +70,8 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
     paddle_env.set_threads(runner["thread_num"])
     group = distributed.join(paddle_env.set_device(runner["use_gpu"], quiet=distributed.world()[0] > 0))
     say = print if group.main else (lambda *args, **kwargs: None)
-    with group.session(), \
-            distributed.SharedFolder(group, RunFolder(runner["model_save_path"], identity, files)) as folder:
+    run_folder = RunFolder(runner["model_save_path"], identity, files, runner["train_data_dir"])
+    with group.session(), distributed.SharedFolder(group, run_folder) as folder:
         done, step_checkpoint = ([], None) if overwrite else folder.resume_point()
         start = done[-1] + 1 if done else 0
         if start >= epochs:

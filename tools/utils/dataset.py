@@ -15,6 +15,7 @@ Layout of a split folder (`data/train`, `data/test_hot`, `data/test_cold`):
     <prefix>_stage{1,2}_oracle.npy  true click probability per row, synthetic
                                 data only; never an input feature
 """
+import hashlib
 import json
 import os
 import zipfile
@@ -274,6 +275,21 @@ def load_split(split_dir, stages=(1, 2)):
             raise DataError(f"{split_dir}: no *_stage1.npz file; a data folder needs at least stage 1")
         out[f"stage{k}"] = load_stage(path, sch) if path else None
     return out
+
+
+def data_digest(split_dir):
+    """{file name: sha256 of its bytes} of what a reader of the folder may read: schema.json, vocabulary.npz and
+    every stage file (not the oracles). A checkpoint records it so that a resume on changed data is refused."""
+    names = [n for n in sorted(os.listdir(split_dir)) if n in (SCHEMA_FILE, "vocabulary.npz")
+             or (n.endswith(".npz") and "_stage" in n)]
+    digests = {}
+    for name in names:
+        h = hashlib.sha256()
+        with open(os.path.join(split_dir, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        digests[name] = h.hexdigest()
+    return digests
 
 
 def oracle_path(stage_file):

@@ -11,6 +11,9 @@
   are refused: resuming would read, and cleaning up delete, what they point to.
 - Under the lock, leftovers of killed writes are removed first: temporary
   files (`*.tmp<pid>`) and checkpoint folders without their done marker.
+- Every checkpoint records the sha256 of the training data's files
+  (dataset.data_digest); a resume on data that changed under the same path
+  is refused, naming the file.
 - Checkpoints of another run (another identity) are refused; --overwrite
   deletes them, but only when training is about to start, after the config,
   the data and the model have all been checked.
@@ -29,6 +32,7 @@ import shutil
 import socket
 
 from . import checkpoint as ckpt
+from . import dataset
 from .errors import CheckpointError
 
 KEEP_STEPS = 2
@@ -36,13 +40,17 @@ LOCK_FILE = ".lock"
 _TEMP = re.compile(r"\.tmp\d+$")
 
 
+DATA_KEY = "train_data_sha256"  # meta.json: {file name: sha256} of the training data folder
+
+
 class RunFolder:
     """path: the folder; identity: the run's (checkpoint.run_identity); files: {name: bytes} every checkpoint
-    of the run carries (the training data's vocabulary.npz)."""
+    of the run carries (the training data's vocabulary.npz); data_dir: the training data folder, whose files'
+    digests every checkpoint records and a resume must match."""
 
-    def __init__(self, path, identity, files=None):
-        self.path, self.identity, self.files = path, identity, files or {}
-        self._lock = None
+    def __init__(self, path, identity, files=None, data_dir=None):
+        self.path, self.identity, self.files, self.data_dir = path, identity, files or {}, data_dir
+        self._lock, self.data = None, None
 
     # -------------------------------------------------------------- one writer
     def __enter__(self):
@@ -62,6 +70,8 @@ class RunFolder:
         self._lock.flush()
         self._refuse_linked_checkpoints()
         self._remove_leftovers()
+        if self.data_dir is not None:
+            self.data = dataset.data_digest(self.data_dir)
         return self
 
     def __exit__(self, *exc):
@@ -100,9 +110,21 @@ class RunFolder:
                     "resuming needs the same hyper_parameters, train data, reader, batch size and seed. "
                     "Use another runner.model_save_path (-o runner.model_save_path=...) or pass --overwrite "
                     "to replace the old checkpoints")
+            self._require_same_data(os.path.join(self.path, name))
         last = epochs[-1] if epochs else -1
         later = [(e, s) for e, s in steps if e == last + 1]
         return epochs, (os.path.join(self.path, ckpt.step_name(*later[-1])) if later else None)
+
+    def _require_same_data(self, path):
+        saved = ckpt.read_meta(path).get(DATA_KEY)
+        if saved is None or self.data is None or saved == self.data:  # older checkpoints did not record it
+            return
+        name = sorted(n for n in set(saved) | set(self.data) if saved.get(n) != self.data.get(n))[0]
+        how = ("is new" if name not in saved else "is gone" if name not in self.data else "has other bytes")
+        raise CheckpointError(f"{os.path.join(self.data_dir, name)}: {how} since {path} was saved (the sha256 of "
+                              "the training data differs from the checkpoint's); resuming needs the same training "
+                              "data. Restore it, or pass --overwrite to train anew on this data (or give this run "
+                              "another runner.model_save_path)")
 
     def delete_checkpoints(self):
         for name in os.listdir(self.path):
@@ -112,15 +134,19 @@ class RunFolder:
     # -------------------------------------------------------------- writing
     def save_epoch(self, epoch, net, optimizer, meta):
         path = ckpt.save(os.path.join(self.path, str(epoch)), net, optimizer,
-                         {**meta, "identity": self.identity, "epoch": epoch}, self.files)
+                         {**meta, **self._data_meta(), "identity": self.identity, "epoch": epoch}, self.files)
         for e, s in ckpt.finished(self.path)[1]:
             if e <= epoch:
                 shutil.rmtree(os.path.join(self.path, ckpt.step_name(e, s)))
         return path
 
+    def _data_meta(self):
+        return {DATA_KEY: self.data} if self.data is not None else {}
+
     def save_step(self, epoch, step, net, optimizer, meta):
         path = ckpt.save(os.path.join(self.path, ckpt.step_name(epoch, step)), net, optimizer,
-                         {**meta, "identity": self.identity, "epoch": epoch, "step": step}, self.files)
+                         {**meta, **self._data_meta(), "identity": self.identity, "epoch": epoch, "step": step},
+                         self.files)
         for e, s in ckpt.finished(self.path)[1][:-KEEP_STEPS]:
             shutil.rmtree(os.path.join(self.path, ckpt.step_name(e, s)))
         return path
