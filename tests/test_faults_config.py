@@ -46,6 +46,30 @@ def test_a_config_that_is_not_utf8_is_one_line_naming_the_line(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+# ---------------------------------------------------------------- 17: repeated keys
+@pytest.mark.parametrize("text, line, first, key", [
+    ("  epochs: 1\n  epochs: 5\n", 5, 4, "'epochs'"),
+    ("  epochs: 1\nrunner:\n  seed: 3\n", 5, 2, "'runner'"),
+    ("hyper_parameters:\n  optimizer: {learning_rate: 0.1, learning_rate: 0.2}\n", 5, 5, "'learning_rate'"),
+])
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, capsys, text, line, first, key):
+    """Issue 20 #17: `epochs: 1` then `epochs: 5`, or two runner: sections, were taken in silence (the last won)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(f"base: {CONFIG}\nrunner:\n  model_save_path: {tmp_path / 'out'}\n" + text)
+    assert trainer(path) == 2
+    error_line(capsys, f"{path}: not valid YAML (line {line}, column ", f"key {key} appears twice in one mapping "
+               f"(first at line {first})", "keep one")
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_merge_keys_still_override_without_being_called_repeated(tmp_path):
+    from tools.utils import config as cfg
+    path = tmp_path / "config.yaml"
+    path.write_text(f"base: {CONFIG}\nrunner:\n  <<: {{epochs: 3, seed: 5}}\n  epochs: 4\n")
+    runner = cfg.load_config(str(path))["runner"]
+    assert (runner["epochs"], runner["seed"]) == (4, 5)
+
+
 # ---------------------------------------------------------------- what held: keep it held
 @pytest.mark.parametrize("override, says", [
     ("hyper_parameters.local_lr=.nan", "hyper_parameters.local_lr must be a number > 0, got nan"),
