@@ -5,6 +5,7 @@ The tools run in this process (tools/utils/cli.run, as their command lines do); 
 one short line on stderr naming the file and the fix, and that nothing was written.
 """
 import os
+import time
 
 import pytest
 
@@ -68,6 +69,51 @@ def test_yaml_merge_keys_still_override_without_being_called_repeated(tmp_path):
     path.write_text(f"base: {CONFIG}\nrunner:\n  <<: {{epochs: 3, seed: 5}}\n  epochs: 4\n")
     runner = cfg.load_config(str(path))["runner"]
     assert (runner["epochs"], runner["seed"]) == (4, 5)
+
+
+# ---------------------------------------------------------------- 10: alias bombs and huge values
+def alias_bomb(levels, width=9):
+    """`[&a [x, ... x], &b [*a, ... *a], ...]`: `levels` anchors of `width` aliases each, width^levels values."""
+    names = [chr(ord("a") + i) for i in range(levels)]
+    parts = [f"&{names[0]} [{', '.join(['lol'] * width)}]"]
+    parts += [f"&{name} [{', '.join(['*' + below] * width)}]" for below, name in zip(names, names[1:])]
+    return "[" + ", ".join(parts) + "]"
+
+
+@pytest.mark.parametrize("levels", [6, 9])
+def test_an_alias_bomb_is_refused_at_once(tmp_path, capsys, levels):
+    """Issue 20 #10: nine levels of nine aliases in runner.model_save_path: the message repr()'d the expanded
+    value, 93 s and 3.4 GB, then MemoryError."""
+    path = config_file(tmp_path, f"  train_data_dir: {alias_bomb(levels)}\n")
+    start = time.perf_counter()
+    assert trainer(path) == 2
+    assert time.perf_counter() - start < 5
+    error_line(capsys, f"{path}: not valid YAML (line 4, column ", "expand it to more than 10,000 values")
+    path = tmp_path / "recursive.yaml"
+    path.write_text(f"base: {CONFIG}\nrunner:\n  model_save_path: &x [1, *x]\n")
+    assert trainer(path) == 2
+    error_line(capsys, "an alias (*name) inside the value it names")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("override, says", [
+    ("runner.model_save_path=[" + "x" * 100_000 + "]", "runner.model_save_path must be a path or name, got ['xxxxx"),
+    ("runner.epochs=" + "9" * 5000 + "x", "runner.epochs must be an integer >= 1, got '99999"),
+    ("runner.epochs=[" + ", ".join(["[1, 2, 3]"] * 2000) + "]", "runner.epochs must be an integer >= 1, got [["),
+    ("runner.epochs=" + "[" * 5000, "-o value '[[[[["),
+    ("x" * 100_000, "-o 'xxxx"),
+])
+def test_huge_values_are_quoted_by_a_short_prefix(tmp_path, capsys, override, says):
+    """Issue 20 #10: every quoted value in a config message is cut to a short prefix."""
+    assert trainer(CONFIG, f"runner.model_save_path={tmp_path / 'out'}", override) == 2
+    error_line(capsys, says, limit=350)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_unknown_key_is_quoted_by_a_short_prefix(tmp_path, capsys):
+    path = config_file(tmp_path, "hyper_parameters:\n  ? " + "k" * 100_000 + "\n  : 1\n")
+    assert trainer(path) == 2
+    error_line(capsys, f"{path}: unknown key 'hyper_parameters.kkkk", limit=350)
 
 
 # ---------------------------------------------------------------- what held: keep it held

@@ -26,14 +26,20 @@ import re
 import yaml
 
 from .dataset import max_idxs_list
-from .errors import ConfigError
+from .errors import ConfigError, quoted
 
 SECTIONS = ("runner", "hyper_parameters")
+MAX_VALUES = 10_000  # values a YAML document may expand to, aliases counted as often as they are used
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 as a float (YAML 1.2 does; PyYAML's YAML 1.1 gives a string) and refuses a key
-    repeated in one mapping (PyYAML keeps the last in silence)."""
+    """SafeLoader that reads 1e-3 as a float (YAML 1.2 does; PyYAML's YAML 1.1 gives a string), refuses a key
+    repeated in one mapping (PyYAML keeps the last in silence) and a document whose aliases expand it past
+    MAX_VALUES values (an "alias bomb": a few lines that stand for billions of values)."""
+
+    def construct_document(self, node):
+        _expanded_size(node)
+        return super().construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         first = {}
@@ -47,10 +53,37 @@ class _Loader(yaml.SafeLoader):
                 continue
             if repeated:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping (first at line {first[key]}); "
+                    None, None, f"key {quoted(key)} appears twice in one mapping (first at line {first[key]}); "
                     "the second would silently replace the first: keep one", key_node.start_mark)
             first[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
+
+
+def _expanded_size(root):
+    """The values a composed YAML node stands for once every alias is expanded (each node counted once per
+    use); a YAMLError past MAX_VALUES or for a node that contains itself. Linear in the distinct nodes."""
+    sizes, open_nodes, stack = {}, set(), [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_VALUES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"its aliases (*name) expand it to more than {MAX_VALUES:,} values; a config holds a "
+                    "few dozen: write the values out", node.start_mark)
+            continue
+        if id(node) in open_nodes:
+            raise yaml.constructor.ConstructorError(None, None, "an alias (*name) inside the value it names; "
+                                                    "a config value cannot contain itself", node.start_mark)
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
 
 
 def _yaml_problem(e):
@@ -164,7 +197,7 @@ def parse_value(text):
         return yaml.load(text, Loader=_Loader)
     except (yaml.YAMLError, RecursionError) as e:
         problem = _yaml_problem(e) if isinstance(e, yaml.YAMLError) else "nested too deeply"
-        raise ConfigError(f"-o value {text!r} is not valid YAML ({problem}); quote strings with special "
+        raise ConfigError(f"-o value {quoted(text)} is not valid YAML ({problem}); quote strings with special "
                           "characters") from None
 
 
@@ -183,7 +216,7 @@ def load_config(path, overrides=()):
         if value is not None:
             need = check(value)
             if need:
-                raise ConfigError(f"{config['config_path']}: {key} must be {need}, got {value!r} ({what}); "
+                raise ConfigError(f"{config['config_path']}: {key} must be {need}, got {quoted(value)} ({what}); "
                                   f"fix the YAML or pass -o {key}=...")
     return config
 
@@ -214,7 +247,7 @@ def _read(path, seen):
     unknown = sorted(set(data) - set(SECTIONS) - {"base"}, key=str)
     if unknown:
         hint = _hint(unknown[0], SECTIONS + ("base",))
-        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r}{hint}; a config has the sections "
+        raise ConfigError(f"{path}: unknown top-level key {quoted(unknown[0])}{hint}; a config has the sections "
                           "runner and hyper_parameters (and optionally base)")
     folder = os.path.dirname(path)
     for section in SECTIONS:
@@ -225,7 +258,7 @@ def _read(path, seen):
     if base is None:
         return data
     if not isinstance(base, str):
-        raise ConfigError(f"{path}: base must be the path of another config, got {base!r}")
+        raise ConfigError(f"{path}: base must be the path of another config, got {quoted(base)}")
     merged = _read(os.path.normpath(os.path.join(folder, base)), seen + (path,))
     return _merge(merged, data)
 
@@ -233,13 +266,13 @@ def _read(path, seen):
 def _check_keys(node, prefix, path):
     """Every key under `prefix` is declared; every section is a mapping."""
     if not isinstance(node, dict):
-        raise ConfigError(f"{path}: {prefix} must be a section (a mapping of keys to values), got {node!r}")
+        raise ConfigError(f"{path}: {prefix} must be a section (a mapping of keys to values), got {quoted(node)}")
     for key, value in node.items():
         dotted = f"{prefix}.{key}"
         if dotted in _SECTION_KEYS:
             _check_keys(value, dotted, path)
         elif dotted not in KEYS:
-            raise ConfigError(f"{path}: unknown key {dotted!r}{_hint(dotted, KEYS)}; "
+            raise ConfigError(f"{path}: unknown key {quoted(dotted)}{_hint(dotted, KEYS)}; "
                               "the keys a config may hold are listed in tools/utils/config.py (KEYS)")
 
 
@@ -274,7 +307,7 @@ def apply_override(config, item, path="config"):
     """Set one declared `section.key=value` in place."""
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"-o {item!r}: expected key=value, e.g. -o runner.epochs=2")
+        raise ConfigError(f"-o {quoted(item)}: expected key=value, e.g. -o runner.epochs=2")
     if key not in KEYS:
         what = "a section, not a value" if key in _SECTION_KEYS else "no such key"
         raise ConfigError(f"-o {key[:100]}: {what}{_hint(key, KEYS)}; the keys are listed in tools/utils/config.py")
@@ -323,7 +356,7 @@ def attach_schema(config, schema, source):
     want = max_idxs_list(schema)
     got = config["hyper_parameters"].get("max_idxs", "schema")
     if got != "schema" and got != want:
-        raise ConfigError(f"{config['config_path']}: hyper_parameters.max_idxs is {got!r} but {source} has "
+        raise ConfigError(f"{config['config_path']}: hyper_parameters.max_idxs is {quoted(got)} but {source} has "
                           f"{want}; the embedding tables need one row per id of the data: set max_idxs: schema")
     config["hyper_parameters"]["max_idxs"] = want
     config["data_schema"] = schema
