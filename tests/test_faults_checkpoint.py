@@ -114,3 +114,133 @@ def test_a_resume_on_changed_training_data_is_refused_naming_the_file(folder, tm
     assert train(folder, out, "runner.epochs=2", *options) == 0  # the same data again: resumed
     assert "resuming from" in capsys.readouterr().out and ckpt.finished(str(out)) == ([0, 1], [])
     assert train(folder, out, "runner.epochs=2", *options, "--overwrite") == 0  # and --overwrite trains anew
+
+
+# ---------------------------------------------------------------- 7: hand-edited checkpoints, consistent checksums
+def infer(folder, load, tmp_path):
+    from tools import infer_meta
+    return cli.run(infer_meta.main, ["-m", str(folder / "config.yaml"), "-o", f"runner.infer_load_path={load}",
+                                     "runner.infer_end_epoch=1", f"runner.infer_output_path={tmp_path / 'results'}"])
+
+
+def edit_checkpoint(path, meta=None, arrays=None, raw=None):
+    """Rewrite a checkpoint as a careful hand would: meta(meta dict) -> meta.json content, arrays: {file: {name:
+    array}} re-saved, raw: {file: bytes}; the sha256 in meta.json follow every changed file."""
+    import hashlib
+    import io
+    with open(path / ckpt.META_FILE) as f:
+        content = json.load(f)
+    files = dict(raw or {})
+    for name, new in (arrays or {}).items():
+        buf = io.BytesIO()
+        np.savez(buf, **new)
+        files[name] = buf.getvalue()
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+        content["sha256"][name] = hashlib.sha256(data).hexdigest()
+    (path / ckpt.META_FILE).write_text(json.dumps(meta(content) if meta else content))
+
+
+def as_type(dtype, only=None):
+    """The checkpoint's parameters (or only those whose name has `only`), re-saved as dtype."""
+    def edit(arrays):
+        return {k: v.astype(dtype) if only is None or only in k else v for k, v in arrays.items()}
+    return edit
+
+
+META_EDITS = [
+    (lambda m: [1], "meta.json: holds [1], not a mapping of keys to values"),
+    (lambda m: None, "meta.json: holds None, not a mapping"),
+    (lambda m: {**m, "sha256": []}, "meta.json: sha256 must be a map of file names to sha256 digests, got []"),
+    (lambda m: {k: v for k, v in m.items() if k != "sha256"}, "meta.json: no sha256"),
+    (lambda m: {**m, "data_schema": "x"}, "meta.json: data_schema must be the data's schema (as its schema.json), "
+                                          "got 'x'"),
+    (lambda m: {**m, "data_schema": {k: v for k, v in m["data_schema"].items() if k != "max_idxs"}},
+     "meta.json: data_schema must be the data's schema"),
+    (lambda m: {**m, "train_campaigns": "1,2"}, "meta.json: train_campaigns must be a list of campaign ids"),
+    (lambda m: {**m, "identity": [1]}, "meta.json: identity must be a mapping"),
+    (lambda m: {**m, "epoch": -1}, "meta.json: epoch must be an integer >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("edit, says", META_EDITS)
+def test_a_hand_edited_meta_json_is_one_line_for_the_trainer_and_meta_inference(folder, trained, tmp_path, capsys,
+                                                                                 edit, says):
+    """Issue 20 #7: meta.json holding [1] or null, "sha256": [], a data_schema of "x" or incomplete were
+    tracebacks."""
+    out = copy_of(trained, tmp_path)
+    edit_checkpoint(out / "0", meta=edit)
+    saved = snapshot(out)
+    assert train(folder, out, "runner.epochs=2") == 2
+    error_line(capsys, f"{out / '0'}/{says}", f"delete the folder {out / '0'} or retrain it")
+    assert infer(folder, out, tmp_path) == 2
+    error_line(capsys, f"{out / '0'}/{says}")
+    assert snapshot(out) == saved and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("file, edit, says", [
+    (ckpt.PARAMS_FILE, as_type(np.float64), "params.npz: does not fit this network (wrong dtypes ['bias float64 vs "
+                                            "float32', 'weight float64 vs float32'])"),
+    (ckpt.PARAMS_FILE, as_type(np.int64, "weight"), "params.npz: does not fit this network (wrong dtypes "
+                                                    "['weight int64 vs float32'])"),
+    (ckpt.OPT_FILE, as_type(np.float64, "moment1"), "optimizer.npz: state 'weight_moment1_0' is float64 [62, 1], "
+                                                    "but its parameter weight is float32 [62, 1]"),
+    (ckpt.OPT_FILE, lambda a: {**a, "weight_moment2_0": a["weight_moment2_0"][:3]},
+     "optimizer.npz: state 'weight_moment2_0' is float32 [3, 1], but its parameter weight is float32 ["),
+])
+def test_arrays_re_saved_with_other_dtypes_or_shapes_are_one_line(folder, trained, tmp_path, capsys, file, edit,
+                                                                  says):
+    """Issue 20 #7: parameters re-saved as float64 / int64 (checksums updated) were Paddle tracebacks."""
+    out = copy_of(trained, tmp_path)
+    edit_checkpoint(out / "0", arrays={file: edit(ckpt.load_arrays(str(out / "0"), file))})
+    saved = snapshot(out)
+    assert train(folder, out, "runner.epochs=2") == 2
+    error_line(capsys, f"{out / '0'}/{says}")
+    if file == ckpt.PARAMS_FILE:
+        assert infer(folder, out, tmp_path) == 2
+        error_line(capsys, says)
+    assert snapshot(out) == saved
+
+
+def test_a_step_checkpoint_with_an_edited_reader_position_is_one_line(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train(folder, out, "runner.epochs=1", "runner.save_steps=5") == 0
+    step = out / "epoch0-step10"
+    shutil.copytree(out / "0", tmp_path / "kept")
+    shutil.copytree(tmp_path / "kept", step)  # a step checkpoint of epoch 0 is what a stop leaves; make one
+    os.remove(step / ckpt.DONE_FILE)
+    shutil.rmtree(out / "0")
+    for edit, says in ((lambda m: {**m, "step": 10}, "a step checkpoint without the reader's position"),
+                       (lambda m: {**m, "step": 10, "totals": {"samples": 1}, "reader": {"step": 10, "generator": {
+                           "bit_generator": "PCG64", "state": {"state": "x", "inc": 1}}}},
+                        "reader must be the reader's position")):
+        edit_checkpoint(step, meta=edit)
+        (step / ckpt.DONE_FILE).write_text("")
+        assert train(folder, out, "runner.epochs=1", "runner.save_steps=5") == 2
+        error_line(capsys, f"{step}/meta.json: {says}")
+
+
+# ---------------------------------------------------------------- what held: keep it held
+def test_object_arrays_pickles_named_npz_and_truncated_archives_are_refused(folder, trained, tmp_path, capsys):
+    import io
+    import pickle
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    weights = ckpt.load_arrays(str(trained / "0"), ckpt.PARAMS_FILE)
+    objects = io.BytesIO()
+    np.savez(objects, **{**weights, "weight": np.array([Payload()], dtype=object)})
+    whole = (trained / "0" / ckpt.PARAMS_FILE).read_bytes()
+    for data, says in ((objects.getvalue(), "not a checkpoint archive of arrays"),
+                       (pickle.dumps(weights), "not a checkpoint archive of arrays"),
+                       (whole[:len(whole) // 2], "not a checkpoint archive of arrays")):
+        out = copy_of(trained, tmp_path / str(len(data)))
+        edit_checkpoint(out / "0", raw={ckpt.PARAMS_FILE: data})
+        assert train(folder, out, "runner.epochs=2") == 2
+        error_line(capsys, f"{out / '0' / ckpt.PARAMS_FILE}: {says}", "retrain it")
+        assert infer(folder, out, tmp_path) == 2
+        error_line(capsys, says)
+    assert not marker.exists()

@@ -23,7 +23,7 @@ import zipfile
 import numpy as np
 
 from . import schema as S
-from .errors import DataError
+from .errors import DataError, quoted
 from .files import atomic_write, write_json
 
 SCHEMA_FILE = "schema.json"
@@ -83,26 +83,35 @@ def read_schema(split_dir):
         raise DataError(f"{path}: no schema file; every data folder needs the schema.json "
                         "written by tools/preprocess.py or tools/import_pickle.py")
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:
             sch = json.load(f)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:
         raise DataError(f"{path}: not valid JSON ({e}); regenerate it with tools/preprocess.py") from e
+    problem = schema_problem(sch)
+    if problem:
+        raise DataError(f"{path}: {problem}; regenerate it with tools/preprocess.py (or tools/import_pickle.py)")
+    return sch
+
+
+def schema_problem(sch):
+    """What is wrong with a schema dict (schema.json's, or a checkpoint's copy), or None."""
     if not isinstance(sch, dict):
-        raise DataError(f"{path}: holds a JSON {type(sch).__name__}, not the schema object; "
-                        "regenerate it with tools/preprocess.py")
+        return f"holds a JSON {type(sch).__name__}, not the schema object"
     expected = make_schema(S.TENCENT_MAX_IDXS)  # only its field lists are compared
     for key in ("static_fields", "dynamic_fields", "dynamic_widths", "ad_fields"):
         if sch.get(key) != expected[key]:
-            raise DataError(f"{path}: field {key!r} is {sch.get(key)!r}, this code expects "
-                            f"{expected[key]!r}; the data was made for another field layout")
+            return (f"field {key!r} is {quoted(sch.get(key))}, this code expects {expected[key]!r} (the data was "
+                    "made for another field layout)")
     mx = sch.get("max_idxs")
     for group, fields in S.GROUP_FIELDS.items():
         vals = None if not isinstance(mx, dict) else mx.get(group)
         if not (isinstance(vals, list) and len(vals) == len(fields)
-                and all(isinstance(v, int) and v >= 0 for v in vals)):
-            raise DataError(f"{path}: max_idxs.{group} must be {len(fields)} non-negative integers "
-                            f"(one per field {list(fields)}), got {vals!r}")
-    return sch
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in vals)):
+            return (f"max_idxs.{group} must be {len(fields)} non-negative integers (one per field {list(fields)}), "
+                    f"got {quoted(vals)}")
+    if not isinstance(sch.get("vocabulary_sha256", ""), str):
+        return f"vocabulary_sha256 must be a text digest, got {quoted(sch['vocabulary_sha256'])}"
+    return None
 
 
 def max_idxs_list(sch):
