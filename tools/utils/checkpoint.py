@@ -19,8 +19,6 @@ import io
 import json
 import os
 import re
-import zipfile
-import zlib
 
 import numpy as np
 
@@ -278,12 +276,11 @@ def load_arrays(path, name, trust_pickle=False):
     if name in PICKLED.values():
         from .paddle_env import paddle
         return {k: np.asarray(v) for k, v in paddle.load(io.BytesIO(data)).items()}
+    from .dataset import ArchiveError, read_npz
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-        raise CheckpointError(f"{file_path}: not a checkpoint archive of arrays ({quoted(str(e), 120)}); retrain "
-                              "it") from e
+        return read_npz(data)
+    except ArchiveError as e:
+        raise CheckpointError(f"{file_path}: not a checkpoint archive of arrays ({e}); retrain it") from e
 
 
 def _dtype(tensor):
