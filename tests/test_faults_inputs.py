@@ -120,3 +120,78 @@ def test_vocabulary_maxima_beyond_int32_ids_are_refused(folder, tmp_path, capsys
     assert train(folder, tmp_path / "out", f"runner.train_data_dir={data}") == 2
     error_line(capsys, f"{data / D.SCHEMA_FILE}: max_idxs.dynamic must be 7 integers in 0..2,147,483,646")
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- 11: a network larger than the machine
+TINY = ("runner.thread_num=1", "hyper_parameters.embed_dim=8", "hyper_parameters.mlp_dims=[16]",
+        "hyper_parameters.num_expert=2", "hyper_parameters.num_output=2", "runner.train_batch_size=16")
+
+
+@pytest.fixture(scope="module")
+def tiny_metaheac(tmp_path_factory):
+    """The top-level MetaHeac, tiny, trained one epoch on tiny data: (data folder, checkpoint folder)."""
+    from helpers import ROOT, write_split
+    root = tmp_path_factory.mktemp("tiny_metaheac")
+    write_split(root / "train", {1: 60, 2: 50, 3: 40, 4: 30, 5: 20}, seed=4)
+    write_split(root / "test_hot", {1: 20, 6: 10}, {1: 40, 6: 30}, seed=5)
+    out = root / "out"
+    from tools import trainer
+    assert cli.run(trainer.main, ["-m", os.path.join(ROOT, "config.yaml"), "-o", *TINY,
+                                  f"runner.train_data_dir={root / 'train'}", f"runner.model_save_path={out}"]) == 0
+    return root, out
+
+
+@pytest.mark.parametrize("hp", [dict(embed_dim=8, mlp_dims=[16], num_expert=2, num_output=2),
+                                dict(embed_dim=5, mlp_dims=[7, 3, 4], num_expert=3, num_output=1)])
+def test_the_parameter_estimate_is_the_networks_count(hp):
+    from helpers import ROOT, schema
+    from tools.utils import config as cfg
+    from tools.utils import model_folder, resources
+    config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"hyper_parameters.{k}={v}" for k, v in hp.items()])
+    cfg.attach_schema(config, schema(), "test")
+    net = model_folder.model_module(config).DygraphModel().create_model(config)
+    assert resources.parameter_estimate(config["hyper_parameters"]) == sum(int(np.prod(p.shape))
+                                                                           for p in net.parameters())
+
+
+def huge_schema_rows():
+    """A kw1 maximum whose table alone (embed_dim 64) needs twice this machine's memory (within int32 ids)."""
+    from tools.utils import resources
+    return min(2 * resources.memory_limit() // (resources.BYTES_PER_PARAMETER * 64), D.MAX_ID)
+
+
+@pytest.mark.parametrize("option", ["hyper_parameters.embed_dim=10000000", "hyper_parameters.num_expert=1000000000",
+                                    "huge schema"])
+def test_a_network_that_cannot_fit_is_refused_before_anything_is_built(tiny_metaheac, tmp_path, capsys, option):
+    """Issue 20 #11: embed_dim=10^7 or num_expert=10^9 was Paddle's MemoryError traceback and a .lock left behind;
+    a schema maximum of 3 * 10^8 tried to allocate a 9.6 GB table."""
+    import json
+    from helpers import ROOT
+    from tools import infer_meta, trainer
+    from tools.utils import config as cfg
+    from tools.utils import resources
+    data, trained = tiny_metaheac
+    if option == "huge schema":
+        shutil.copytree(data / "train", tmp_path / "train")
+        data, option = tmp_path, "hyper_parameters.embed_dim=64"
+        schema = json.loads((data / "train" / D.SCHEMA_FILE).read_text())
+        schema["max_idxs"]["dynamic"][3] = huge_schema_rows()
+        (data / "train" / D.SCHEMA_FILE).write_text(json.dumps(schema))
+    config = os.path.join(ROOT, "config.yaml")
+    options = [*TINY, f"runner.train_data_dir={data / 'train'}", option]
+    hp = cfg.load_config(config, options)["hyper_parameters"]
+    cfg.attach_schema({"hyper_parameters": hp, "config_path": config}, D.read_schema(str(data / "train")), "x")
+    count = resources.parameter_estimate(hp)
+    assert count * resources.BYTES_PER_PARAMETER > resources.memory_limit()
+    out = tmp_path / "out"
+    assert cli.run(trainer.main, ["-m", config, "-o", *options, f"runner.model_save_path={out}"]) == 2
+    error_line(capsys, f"{config}: the network would have about {count:,} parameters", "more than the ",
+               "lower hyper_parameters.embed_dim, num_expert or mlp_dims")
+    assert not out.exists()
+    if data != tiny_metaheac[0]:
+        return  # meta-inference takes the schema from the checkpoint
+    assert cli.run(infer_meta.main, ["-m", config, "-o", *options, f"runner.infer_load_path={trained}",
+                                     f"runner.test_data_dir={data / 'test_hot'}", "runner.infer_end_epoch=1",
+                                     f"runner.infer_output_path={out}"]) == 2
+    error_line(capsys, f"the network would have about {count:,} parameters")
+    assert not out.exists()

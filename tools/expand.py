@@ -35,7 +35,7 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import expansion as E
-from tools.utils import campaign, model_folder, serving
+from tools.utils import campaign, model_folder, resources, serving
 from tools.utils import vocabulary as V
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
@@ -56,6 +56,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
     meta = ckpt.read_meta(path)
     cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", path), path)
     config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", path)
+    resources.require_memory(config)
     vocab = ckpt.vocabulary(path)
     camp = E.read_campaign(campaign_dir, config["data_schema"], vocab)
     if not os.path.exists(pool):

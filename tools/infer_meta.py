@@ -42,7 +42,7 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import dataset as D
-from tools.utils import campaign, distributed, metrics, model_folder
+from tools.utils import campaign, distributed, metrics, model_folder, resources
 from tools.utils.errors import TrainingError
 from tools.utils.files import plain, write_json, write_text
 from tools.utils.progress import progress
@@ -180,6 +180,7 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
         say("note: fine-tuning is off (runner.infer_train_epoch 0): every campaign is scored by the "
             "checkpoint's weights as they are")
     paths = checkpoints(config, trainer_command, trust_pickle)
+    resources.require_memory(config)
     reader = model_folder.load_module(runner["infer_reader_path"], config["config_path"])
     datasets = {d: reader.RecDataset(config, d) for d in split_dirs(runner["test_data_dir"], split)}
     for data_dir, dataset in datasets.items():

@@ -29,7 +29,7 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import dataset as D
-from tools.utils import distributed, model_folder, vocabulary
+from tools.utils import distributed, model_folder, resources, vocabulary
 from tools.utils.run_folder import RunFolder
 from tools.utils.training import require_finite, run_epoch
 
@@ -46,6 +46,7 @@ def prepare(config, untrained=False):
     if not untrained and getattr(model, "trains_across_campaigns", True):
         distributed.require_divisible(config["hyper_parameters"]["task_count"], config["config_path"])
     cfg.attach_schema(config, D.read_schema(runner["train_data_dir"]), runner["train_data_dir"])
+    resources.require_memory(config)
     reader = model_folder.load_module(runner["train_reader_path"], config["config_path"])
     dataset = reader.RecDataset(config, runner["train_data_dir"])
     config["train_campaigns"] = [int(aid) for aid in dataset.campaigns]
