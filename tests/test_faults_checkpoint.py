@@ -244,3 +244,47 @@ def test_object_arrays_pickles_named_npz_and_truncated_archives_are_refused(fold
         assert infer(folder, out, tmp_path) == 2
         error_line(capsys, says)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 6: the disk fills up while a checkpoint is saved
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device that is always full)")
+def test_a_full_disk_while_saving_a_step_is_one_line_and_the_rerun_resumes_bitwise(folder, trained, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """Issue 20 #6: disk full while saving a step checkpoint was a 40-line `OSError: [Errno 28]` traceback.
+
+    The device is real: once the trainer is past its start-up, the temporary file of a later step checkpoint
+    is made a link to /dev/full, where every write fails with ENOSPC, as on a full disk."""
+    import threading
+    out = copy_of(trained, tmp_path)
+    epoch0 = snapshot(out / "0")
+    full = out / "epoch1-step4"
+
+    def fill_the_disk():
+        while not ckpt.is_finished(str(out / "epoch1-step2")):
+            if done.is_set():
+                return
+            done.wait(0.005)
+        full.mkdir()
+        os.symlink("/dev/full", full / f"{ckpt.PARAMS_FILE}.tmp{os.getpid()}")
+
+    done = threading.Event()
+    filler = threading.Thread(target=fill_the_disk)
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.2")  # two meta-steps for the filler to act in
+    filler.start()
+    try:
+        code = train(folder, out, "runner.save_steps=2")
+    finally:
+        done.set()
+        filler.join()
+    assert code == 2
+    size = (out / "0" / ckpt.PARAMS_FILE).stat().st_size  # the same network: the same bytes to write
+    error_line(capsys, f"{full / ckpt.PARAMS_FILE}: no space left on its device (writing it needs {size:,} bytes); "
+               f"the checkpoint {full} is unfinished", "the finished ones before it are whole",
+               "Free space and rerun the same command to resume")
+    assert os.listdir(full) == [] and snapshot(out / "0") == epoch0 and ckpt.finished(str(out)) == ([0], [(1, 2)])
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0")
+    assert train(folder, out, "runner.save_steps=2") == 0
+    assert f"resuming from {out / 'epoch1-step2'}" in capsys.readouterr().out
+    assert train(folder, tmp_path / "whole") == 0  # uninterrupted
+    resumed, whole = (ckpt.load_arrays(str(path / "1"), ckpt.PARAMS_FILE) for path in (out, tmp_path / "whole"))
+    assert resumed.keys() == whole.keys() and all(np.array_equal(resumed[k], whole[k]) for k in whole)

@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from .errors import CheckpointError, quoted
+from .errors import CheckpointError, DiskFull, quoted
 from .files import atomic_write, write_json
 
 PARAMS_FILE = "params.npz"
@@ -206,7 +206,7 @@ def state_bytes(net, optimizer):
 
 
 def _write(path, data):
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data), len(data))
     return hashlib.sha256(data).hexdigest()
 
 
@@ -219,11 +219,15 @@ def save(path, net, optimizer, meta, files=None):
     if is_finished(path):
         os.remove(os.path.join(path, DONE_FILE))  # the folder is incomplete until the new marker lands
     params, opt = state_bytes(net, optimizer)
-    sha = {PARAMS_FILE: _write(os.path.join(path, PARAMS_FILE), params),
-           OPT_FILE: _write(os.path.join(path, OPT_FILE), opt),
-           **{name: _write(os.path.join(path, name), data) for name, data in (files or {}).items()}}
-    write_json(os.path.join(path, META_FILE), {**meta, "sha256": sha})
-    _write(os.path.join(path, DONE_FILE), b"")
+    try:
+        sha = {PARAMS_FILE: _write(os.path.join(path, PARAMS_FILE), params),
+               OPT_FILE: _write(os.path.join(path, OPT_FILE), opt),
+               **{name: _write(os.path.join(path, name), data) for name, data in (files or {}).items()}}
+        write_json(os.path.join(path, META_FILE), {**meta, "sha256": sha})
+        _write(os.path.join(path, DONE_FILE), b"")
+    except DiskFull as e:
+        raise DiskFull(e.path, e.needed, f"the checkpoint {path} is unfinished (removed at the next start) and the "
+                       "finished ones before it are whole", "Free space and rerun the same command to resume") from None
     return path
 
 

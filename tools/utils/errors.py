@@ -41,6 +41,15 @@ class DistributedError(UserError, RuntimeError):
     """A run across processes cannot go on: another rank failed, died or stopped answering."""
 
 
+class DiskFull(UserError, OSError):
+    """A write found its device full (or the quota spent): the file, the bytes it needed, what that left."""
+
+    def __init__(self, path, needed, left="nothing was replaced (the file there before, if any, is whole)",
+                 fix="Free space and rerun"):
+        super().__init__(f"{path}: no space left on its device (writing it needs {needed}); {left}. {fix}")
+        self.path, self.needed = path, needed
+
+
 class Stopped(Exception):
     """The run was stopped by a signal (SIGTERM from a scheduler, Ctrl-C) after keeping what it had.
 

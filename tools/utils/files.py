@@ -1,11 +1,18 @@
 """Writing files so that a crash never leaves a torn one: a temporary file in the same folder, fsync, rename."""
+import errno
 import json
 import os
 import shutil
 
+from .errors import DiskFull
 
-def atomic_write(path, write):
-    """Call write(file_object) on a temporary file, then move it over `path`."""
+
+def atomic_write(path, write, size=None):
+    """Call write(file_object) on a temporary file, then move it over `path`.
+
+    A full device (or spent quota) is a DiskFull naming the file and `size`, the bytes being written (when the
+    caller knows them; else how many were written when the device filled): the old file was not touched.
+    """
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -13,13 +20,20 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        written = os.path.getsize(tmp) if os.path.isfile(tmp) else 0
+        needed = f"{size:,} bytes" if size is not None else f"more than the {written:,} bytes written"
+        raise DiskFull(path, needed) from None
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 
 def write_text(path, text):
-    atomic_write(path, lambda f: f.write(text.encode()))
+    data = text.encode()
+    atomic_write(path, lambda f: f.write(data), len(data))
 
 
 def write_json(path, obj):
