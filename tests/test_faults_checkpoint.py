@@ -288,3 +288,53 @@ def test_a_full_disk_while_saving_a_step_is_one_line_and_the_rerun_resumes_bitwi
     assert train(folder, tmp_path / "whole") == 0  # uninterrupted
     resumed, whole = (ckpt.load_arrays(str(path / "1"), ckpt.PARAMS_FILE) for path in (out, tmp_path / "whole"))
     assert resumed.keys() == whole.keys() and all(np.array_equal(resumed[k], whole[k]) for k in whole)
+
+
+# ---------------------------------------------------------------- 5: a place that cannot be written
+@pytest.fixture
+def unwritable():
+    """make(folder): the folder cannot be written any more, by root too (chattr +i; chmod for other users);
+    the test is skipped where neither works. Undone afterwards."""
+    import subprocess
+    made = []
+
+    def make(path):
+        path.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+        else:
+            path.chmod(0o555)
+        made.append(path)
+        try:
+            (path / "probe").write_text("")
+        except OSError:
+            return path
+        pytest.skip("cannot make a folder unwritable here (no chattr +i)")
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        path.chmod(0o755)
+
+
+def test_an_output_place_that_cannot_be_written_is_refused_before_any_work(folder, trained, tmp_path, capsys,
+                                                                          unwritable):
+    """Issue 20 #5: a read-only model_save_path: the trainer resumed, trained a whole epoch, then died with a
+    PermissionError traceback; meta-inference failed the same way after all its work."""
+    out = copy_of(trained, tmp_path)
+    before = snapshot(out)
+    unwritable(out)
+    assert train(folder, out, "runner.epochs=2") == 2
+    error_line(capsys, f"{out}: cannot be written (Operation not permitted" if os.geteuid() == 0 else
+               f"{out}: cannot be written (Permission denied", "give a writable runner.model_save_path")
+    assert snapshot(out) == before
+    locked = unwritable(tmp_path / "locked")
+    assert train(folder, locked / "out") == 2  # a folder that would be made inside it
+    error_line(capsys, f"{locked} (where {locked / 'out'} would be made): cannot be written")
+    for results in (locked, locked / "results"):
+        from tools import infer_meta
+        assert cli.run(infer_meta.main, ["-m", str(folder / "config.yaml"), "-o", f"runner.infer_load_path={out}",
+                                         "runner.infer_end_epoch=1", f"runner.infer_output_path={results}"]) == 2
+        captured = capsys.readouterr()
+        assert "test_hot epoch 0" not in captured.err + captured.out  # refused before evaluating
+        assert captured.err.strip().startswith("error: ") and "give a writable runner.infer_output_path" in captured.err

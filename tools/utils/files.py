@@ -4,7 +4,7 @@ import json
 import os
 import shutil
 
-from .errors import DiskFull
+from .errors import DiskFull, UserError
 
 
 def atomic_write(path, write, size=None):
@@ -29,6 +29,26 @@ def atomic_write(path, write, size=None):
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
+
+
+def require_writable(folder, fix):
+    """A UserError naming `folder` and `fix` unless a file can be made in it (or, when it does not exist yet, in
+    the nearest folder above it, where it would be created): a real try, so read-only mounts, immutable folders
+    and permissions all count, before any work whose result would be lost."""
+    existing = os.path.abspath(folder)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{existing}: not a folder, and {folder} must be one (or be made inside one); {fix}")
+    probe = os.path.join(existing, f".write-test.tmp{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.remove(probe)
+    except FileNotFoundError:  # made, then removed by a trainer cleaning leftovers (*.tmp<pid>): writable
+        pass
+    except OSError as e:
+        what = folder if existing == os.path.abspath(folder) else f"{existing} (where {folder} would be made)"
+        raise UserError(f"{what}: cannot be written ({e.strerror}); {fix}") from None
 
 
 def write_text(path, text):

@@ -9,6 +9,8 @@
   another file is refused, since taking the lock writes the pid into it.
 - Checkpoint entries (`<epoch>`, `epoch<E>-step<S>`) that are symbolic links
   are refused: resuming would read, and cleaning up delete, what they point to.
+- Before anything is read or trained, the folder must be writable (a real
+  try: read-only, immutable and permission-denied folders are refused).
 - Under the lock, leftovers of killed writes are removed first: temporary
   files (`*.tmp<pid>`) and checkpoint folders without their done marker.
 - Every checkpoint records the sha256 of the training data's files
@@ -34,6 +36,7 @@ import socket
 from . import checkpoint as ckpt
 from . import dataset
 from .errors import CheckpointError
+from .files import require_writable
 
 KEEP_STEPS = 2
 LOCK_FILE = ".lock"
@@ -54,6 +57,8 @@ class RunFolder:
 
     # -------------------------------------------------------------- one writer
     def __enter__(self):
+        require_writable(self.path, "give a writable runner.model_save_path (-o runner.model_save_path=...) or "
+                                    "make this one writable")  # a .lock already there would open anyway
         os.makedirs(self.path, exist_ok=True)
         self._lock = _open_lock(os.path.join(self.path, LOCK_FILE))
         try:
