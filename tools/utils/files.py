@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 
 from .errors import DiskFull, UserError
@@ -71,6 +72,39 @@ def plain(value):
     if isinstance(value, (float, np.floating)):
         return None if value != value else float(value)
     return value.item() if isinstance(value, np.generic) else value
+
+
+# ---------------------------------------------------------------- leftovers of killed writes
+def leftover_pid(name, prefix=None):
+    """The pid in a temporary name: `<anything>.tmp<pid>` (atomic_write's), or, given a prefix, exactly
+    `<prefix><pid>` (a staging folder, e.g. `.preprocess.tmp<pid>`); None for any other name."""
+    found = re.fullmatch(re.escape(prefix) + r"(\d+)" if prefix else r".*\.tmp(\d+)", name, re.DOTALL)
+    return int(found.group(1)) if found else None
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_leftovers(folder, prefix):
+    """Remove the entries of folder named `<prefix><pid>` whose process is gone: what a killed run (kill -9,
+    a crash) left of its staging. Those of a live process are kept."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        pid = leftover_pid(name, prefix)
+        if pid is not None and not process_alive(pid):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
 
 
 # ---------------------------------------------------------------- replacing whole folders

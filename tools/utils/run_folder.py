@@ -36,11 +36,10 @@ import socket
 from . import checkpoint as ckpt
 from . import dataset
 from .errors import CheckpointError
-from .files import require_writable
+from .files import leftover_pid, require_writable
 
 KEEP_STEPS = 2
 LOCK_FILE = ".lock"
-_TEMP = re.compile(r"\.tmp\d+$")
 
 
 DATA_KEY = "train_data_sha256"  # meta.json: {file name: sha256} of the training data folder
@@ -93,14 +92,14 @@ class RunFolder:
     def _remove_leftovers(self):
         for name in os.listdir(self.path):
             path = os.path.join(self.path, name)
-            if _TEMP.search(name):
+            if leftover_pid(name) is not None:
                 os.remove(path)
             elif os.path.isdir(path) and _is_checkpoint_name(name):
                 if not ckpt.is_finished(path):
                     shutil.rmtree(path)
                 else:
                     for inner in os.listdir(path):
-                        if _TEMP.search(inner):
+                        if leftover_pid(inner) is not None:
                             os.remove(os.path.join(path, inner))
 
     # -------------------------------------------------------------- what is there
