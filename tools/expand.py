@@ -73,7 +73,8 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
 
     pool_unknown = V.UnknownIds()
     rng = np.random.default_rng([runner["seed"], camp.aid % 2**32, 1])  # the negatives' draw
-    rows, drawn = E.with_negatives(camp, pool, config["data_schema"], vocab, negatives, rng, pool_unknown)
+    rows, drawn = E.with_negatives(camp, pool, config["data_schema"], vocab, negatives, rng,
+                                   V.UnknownIds())  # the pool's unknown ids are counted once, while scoring
     tuned = time.perf_counter()
     campaign.adapt(model, net, params, rows, config, camp.aid, batches)
     scoring = time.perf_counter()

@@ -1,0 +1,85 @@
+"""Fault injection on tools/expand.py (issue 20): seeds with nothing to expand from, output places that cannot
+take the outputs, arguments that are not numbers, and the unknown ids counted twice.
+
+expand runs in this process (tools/utils/cli.run, as its command line does) on the model the shipped config
+trains on the sample (tests/conftest.py: sample_model, shared with test_expand.py).
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import ROOT
+from tools import expand
+from tools.utils import checkpoint as ckpt
+from tools.utils import cli
+from tools.utils import dataset as D
+from tools.utils import vocabulary as V
+
+CONFIG = os.path.join(ROOT, "config.yaml")
+HOT = os.path.join(ROOT, "data", "test_hot")
+
+
+@pytest.fixture(scope="module")
+def hot(tmp_path_factory):
+    """One hot campaign of the sample: (its seeds folder, a pool of its candidates, the seeds)."""
+    split, out = D.load_split(HOT), tmp_path_factory.mktemp("expand_faults")
+    aid = np.unique(split["stage1"]["aid"])[0]
+    seeds = {k: v[split["stage1"]["aid"] == aid] for k, v in split["stage1"].items()}
+    pool = {k: v[split["stage2"]["aid"] == aid] for k, v in split["stage2"].items()}
+    return stage(out / "campaign", "test_stage1.npz", seeds), stage(out / "pool", "pool_stage2.npz", pool), seeds
+
+
+def stage(folder, name, rows):
+    """A data-folder stage: the hot split's schema.json and vocabulary, and one stage file; returns the folder."""
+    os.makedirs(folder, exist_ok=True)
+    for f in (D.SCHEMA_FILE, V.VOCAB_FILE):
+        shutil.copy(os.path.join(HOT, f), folder)
+    D.save_stage(os.path.join(folder, name), rows)
+    return str(folder)
+
+
+def run(sample_model, *argv):
+    return cli.run(expand.main, ["-m", CONFIG, "-o", f"runner.infer_load_path={sample_model[0]}", "--top-k", "5",
+                                 *map(str, argv)])
+
+
+def error_line(capsys, *fragments):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err[-5:]
+    for fragment in fragments:
+        assert fragment in err[0], (fragment, err[0])
+
+
+def listing(folder):
+    return sorted(os.listdir(folder))
+
+
+# ---------------------------------------------------------------- 16: unknown ids counted once
+def test_unknown_pool_ids_are_counted_once_with_positive_only_seeds(sample_model, hot, tmp_path, capsys):
+    """Issue 20 #16: with positive-only seeds the raw pool was encoded twice (negatives, then scoring) and
+    expand.json counted its unknown ids twice ("4.2% of kw1 ids (12812)" against 6,406)."""
+    campaign, _, seeds = hot
+    positives = stage(tmp_path / "positives", "test_stage1.npz", {k: v[seeds["label"] == 1] for k, v in seeds.items()})
+    vocab = ckpt.vocabulary(str(sample_model[0] / "0"))
+    rng = np.random.default_rng(5)
+    lines, seen, unknown = [], dict.fromkeys(V.FIELDS, 0), dict.fromkeys(V.FIELDS, 0)
+    for user in range(300):
+        groups = []
+        for field, count in (("age", 1), ("LBS", 1), ("kw1", 3), ("interest2", 2)):
+            known = rng.choice(vocab[field][1:], count)
+            ids = np.where(rng.random(count) < 0.3, vocab[field][-1] + 1 + rng.integers(0, 50, count), known)
+            groups.append(f"{field} " + " ".join(map(str, ids)))
+            seen[field] += count
+            unknown[field] += int((~np.isin(ids, vocab[field])).sum())
+        lines.append(f"uid {10**8 + user}|" + "|".join(groups))
+    pool = tmp_path / "userFeature.data"
+    pool.write_text("\n".join(lines) + "\n")
+    assert unknown["kw1"] > 100
+    out = tmp_path / "out"
+    assert run(sample_model, "--campaign", positives, "--pool", pool, "--out", out, "--negatives", "1") == 0
+    assert "negatives drawn from the pool" in capsys.readouterr().out
+    counted = json.loads((out / "expand.json").read_text())["unknown_ids"]["pool"]
+    assert counted == {f: {"ids": seen[f], "unknown": unknown[f]} for f in V.FIELDS}
