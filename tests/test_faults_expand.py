@@ -57,6 +57,17 @@ def listing(folder):
     return sorted(os.listdir(folder))
 
 
+# ---------------------------------------------------------------- 3: nothing to expand from
+def test_seeds_without_a_positive_are_refused(sample_model, hot, tmp_path, capsys):
+    """Issue 20 #3: only negative seeds ranked the pool anyway and exited 0."""
+    campaign, pool, seeds = hot
+    negatives = stage(tmp_path / "negatives", "test_stage1.npz", {k: v[seeds["label"] == 0] for k, v in seeds.items()})
+    assert run(sample_model, "--campaign", negatives, "--pool", os.path.join(pool, "pool_stage2.npz"),
+               "--out", tmp_path / "out") == 2
+    error_line(capsys, f"{negatives}: the seeds hold no positive (label 1) user, so there is nothing to expand from")
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- 16: unknown ids counted once
 def test_unknown_pool_ids_are_counted_once_with_positive_only_seeds(sample_model, hot, tmp_path, capsys):
     """Issue 20 #16: with positive-only seeds the raw pool was encoded twice (negatives, then scoring) and

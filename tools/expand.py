@@ -59,6 +59,9 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
     resources.require_memory(config)
     vocab = ckpt.vocabulary(path)
     camp = E.read_campaign(campaign_dir, config["data_schema"], vocab)
+    if not (camp.seeds["label"] == 1).any():
+        raise UserError(f"{campaign_dir}: the seeds hold no positive (label 1) user, so there is nothing to expand "
+                        "from; give the campaign's positive seeds (negatives are optional)")
     if not os.path.exists(pool):
         raise UserError(f"{pool}: no such pool; give a stage .npz (with uid) or a userFeature.data file")
 
