@@ -68,6 +68,16 @@ def test_seeds_without_a_positive_are_refused(sample_model, hot, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "-1"])
+def test_negatives_must_be_a_finite_number(sample_model, hot, tmp_path, capsys, value):
+    """Issue 20 #13: --negatives inf / nan were OverflowError / ValueError tracebacks."""
+    campaign, pool, _ = hot
+    assert run(sample_model, "--campaign", campaign, "--pool", os.path.join(pool, "pool_stage2.npz"),
+               "--out", tmp_path / "out", "--negatives", value) == 2
+    error_line(capsys, f"--negatives is {float(value)}; give a finite number, 0 or more")
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- 16: unknown ids counted once
 def test_unknown_pool_ids_are_counted_once_with_positive_only_seeds(sample_model, hot, tmp_path, capsys):
     """Issue 20 #16: with positive-only seeds the raw pool was encoded twice (negatives, then scoring) and

@@ -25,6 +25,7 @@ if not __package__:
 
 import csv
 import io
+import math
 import os
 import sys
 import time
@@ -137,8 +138,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k is {args.top_k}; give 1 or more")
-    if args.negatives < 0:
-        raise UserError(f"--negatives is {args.negatives}; give 0 or more")
+    if not math.isfinite(args.negatives) or args.negatives < 0:
+        raise UserError(f"--negatives is {args.negatives}; give a finite number, 0 or more")
     expand(cfg.load_config(args.config_yaml, args.opt), args.campaign, args.pool, args.top_k, args.out, args.epoch,
            args.negatives, args.keep_seeds, args.all_scores, args.export, args.trust_pickled_checkpoints)
 
