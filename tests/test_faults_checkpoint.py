@@ -291,32 +291,6 @@ def test_a_full_disk_while_saving_a_step_is_one_line_and_the_rerun_resumes_bitwi
 
 
 # ---------------------------------------------------------------- 5: a place that cannot be written
-@pytest.fixture
-def unwritable():
-    """make(folder): the folder cannot be written any more, by root too (chattr +i; chmod for other users);
-    the test is skipped where neither works. Undone afterwards."""
-    import subprocess
-    made = []
-
-    def make(path):
-        path.mkdir(exist_ok=True)
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "+i", str(path)], capture_output=True)
-        else:
-            path.chmod(0o555)
-        made.append(path)
-        try:
-            (path / "probe").write_text("")
-        except OSError:
-            return path
-        pytest.skip("cannot make a folder unwritable here (no chattr +i)")
-
-    yield make
-    for path in made:
-        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
-        path.chmod(0o755)
-
-
 def test_an_output_place_that_cannot_be_written_is_refused_before_any_work(folder, trained, tmp_path, capsys,
                                                                           unwritable):
     """Issue 20 #5: a read-only model_save_path: the trainer resumed, trained a whole epoch, then died with a

@@ -17,6 +17,7 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import dataset as D
 from tools.utils import vocabulary as V
+from tools.utils.outputs import Outputs
 
 CONFIG = os.path.join(ROOT, "config.yaml")
 HOT = os.path.join(ROOT, "data", "test_hot")
@@ -68,14 +69,93 @@ def test_seeds_without_a_positive_are_refused(sample_model, hot, tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("value", ["inf", "nan", "-1"])
-def test_negatives_must_be_a_finite_number(sample_model, hot, tmp_path, capsys, value):
-    """Issue 20 #13: --negatives inf / nan were OverflowError / ValueError tracebacks."""
+# ---------------------------------------------------------------- 4, 13, 18, 5: the output places
+@pytest.mark.parametrize("case", ["export is a file", "out is a file", "out not empty", "export not empty",
+                                  "out inside export", "export is out", "negatives inf", "negatives nan",
+                                  "out cannot be written"])
+def test_output_places_and_arguments_are_checked_before_any_work(sample_model, hot, tmp_path, capsys, unwritable,
+                                                                 case):
+    """Issue 20 #4, #13, #18, #5: `--export FILE` was a traceback after the whole run, leaving a top_k.csv without
+    expand.json; `--out FILE` a FileExistsError after the whole run; a non-empty --out or --export was written
+    into in silence; --negatives inf / nan were OverflowError / ValueError tracebacks; an --out that cannot be
+    written failed after all the work."""
     campaign, pool, _ = hot
-    assert run(sample_model, "--campaign", campaign, "--pool", os.path.join(pool, "pool_stage2.npz"),
-               "--out", tmp_path / "out", "--negatives", value) == 2
-    error_line(capsys, f"--negatives is {float(value)}; give a finite number, 0 or more")
-    assert not (tmp_path / "out").exists()
+    out, model = tmp_path / "out", tmp_path / "model"
+    options = ["--out", out, "--export", model]
+    says = {"export is a file": f"{model}: exists and is not a folder; give --export a folder",
+            "out is a file": f"{out}: exists and is not a folder; give --out a folder",
+            "out not empty": f"{out}: not empty; choose another --out, or pass --force (its top_k.csv, expand.json, "
+                             "all_scores.npy are replaced, nothing else)",
+            "export not empty": f"{model}: not empty; choose another --export, or pass --force (it is replaced whole)",
+            "out inside export": f"{model / 'out'}: lies inside --export {model}, which is replaced whole",
+            "export is out": f"{out}: lies inside --export {out}",
+            "negatives inf": "--negatives is inf; give a finite number, 0 or more",
+            "negatives nan": "--negatives is nan; give a finite number, 0 or more",
+            "out cannot be written": f"{out}: cannot be written ("}[case]
+    if case == "export is a file":
+        model.write_text("mine")
+    elif case == "out is a file":
+        out.write_text("mine")
+    elif case == "out not empty":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    elif case == "export not empty":
+        model.mkdir()
+        (model / "notes.txt").write_text("mine")
+    elif case == "out inside export":
+        options = ["--out", model / "out", "--export", model]
+    elif case == "export is out":
+        options = ["--out", out, "--export", out]
+    elif case.startswith("negatives"):
+        options += ["--negatives", case.split()[1]]
+    else:
+        unwritable(out)
+    before = {p: listing(p) if p.is_dir() else p.read_text() for p in (out, model) if p.exists()}
+    assert run(sample_model, "--campaign", campaign, "--pool", os.path.join(pool, "pool_stage2.npz"), *options) == 2
+    error_line(capsys, says)
+    assert {p: listing(p) if p.is_dir() else p.read_text() for p in (out, model) if p.exists()} == before
+
+
+def test_force_replaces_expands_own_outputs_and_keeps_the_rest(sample_model, hot, tmp_path, capsys):
+    """Issue 20 #18: with --force, top_k.csv, expand.json (and an old all_scores.npy) are replaced together,
+    the export folder is replaced whole, and foreign files in --out stay."""
+    campaign, pool, _ = hot
+    out = tmp_path / "out"
+    argv = ("--campaign", campaign, "--pool", os.path.join(pool, "pool_stage2.npz"), "--out", out)
+    assert run(sample_model, *argv, "--all-scores", "--export", out / "model") == 0
+    assert listing(out) == ["all_scores.npy", "expand.json", "model", "top_k.csv"]
+    (out / "notes.txt").write_text("mine")
+    (out / "model" / "old.txt").write_text("an old export's")
+    first = (out / "top_k.csv").read_text()
+    assert run(sample_model, *argv, "--export", out / "model") == 2
+    assert run(sample_model, *argv, "--export", out / "model", "--force", "-o", "runner.seed=7") == 0
+    assert listing(out) == ["expand.json", "model", "notes.txt", "top_k.csv"]  # the old all_scores.npy went
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "model" / "old.txt").exists()
+    assert (out / "top_k.csv").read_text() != first and json.loads((out / "expand.json").read_text())["top_k"] == 5
+
+
+def test_outputs_land_together_or_not_at_all(tmp_path):
+    """The outputs are staged beside their places: a failure before the end leaves every place as it was."""
+    out, model = tmp_path / "out", tmp_path / "elsewhere" / "model"
+    out.mkdir()
+    (out / "top_k.csv").write_text("old")
+    outputs = Outputs(force=True)
+    outputs.files(out, ("top_k.csv", "expand.json"), "--out")
+    outputs.folder(model, "--export")
+    outputs.check()
+    with pytest.raises(RuntimeError):
+        with outputs:
+            (open(outputs.staged(out / "top_k.csv"), "w")).write("new")
+            os.makedirs(outputs.staged(model))
+            raise RuntimeError("the export failed")
+    assert listing(out) == ["top_k.csv"] and (out / "top_k.csv").read_text() == "old"
+    assert not (tmp_path / "elsewhere").exists()
+    with outputs:
+        open(outputs.staged(out / "top_k.csv"), "w").write("new")
+        open(outputs.staged(out / "expand.json"), "w").write("{}")
+        os.makedirs(outputs.staged(model))
+    assert listing(out) == ["expand.json", "top_k.csv"] and (out / "top_k.csv").read_text() == "new"
+    assert listing(tmp_path / "elsewhere") == ["model"]
 
 
 # ---------------------------------------------------------------- 16: unknown ids counted once

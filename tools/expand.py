@@ -1,7 +1,7 @@
 """Expand one campaign: its seeds in, the pool's K most similar users out, and optionally a servable model.
 
     python tools/expand.py -m config.yaml --campaign DIR --pool POOL --top-k K --out OUT
-                           [--epoch E] [--negatives R] [--keep-seeds] [--all-scores] [--export DIR]
+                           [--epoch E] [--negatives R] [--keep-seeds] [--all-scores] [--export DIR] [--force]
 
 The model is the meta-trained checkpoint meta-inference would test last
 (runner.infer_load_path, epoch runner.infer_end_epoch - 1; --epoch picks
@@ -18,7 +18,9 @@ Writes OUT/top_k.csv (uid, score, rank), OUT/expand.json (what was done:
 the checkpoint, seeds, negatives, unknown ids, timings) and, with
 --all-scores, OUT/all_scores.npy (every pool user's score, in pool order);
 --export DIR writes the fine-tuned model for Paddle Inference
-(tools/utils/serving.py).
+(tools/utils/serving.py). Every output place is checked before any work (a
+non-empty OUT or DIR is refused unless --force), and the outputs land
+together or not at all (tools/utils/outputs.py).
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -40,14 +42,25 @@ from tools.utils import campaign, model_folder, resources, serving
 from tools.utils import vocabulary as V
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
+from tools.utils.outputs import Outputs
 
+OUTPUT_FILES = ("top_k.csv", "expand.json", "all_scores.npy")  # what expand writes into --out
 DEFAULT_NEGATIVES = 19.0  # 5% positives, the share in the Tencent seed file (421,961 of 8,798,814 rows of train.csv)
 
 
 def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEFAULT_NEGATIVES, keep_seeds=False,
-           all_scores=False, export_dir=None, trust_pickle=False):
-    """Fine-tune the checkpoint on the campaign's seeds and rank the pool; returns the summary dict."""
+           all_scores=False, export_dir=None, trust_pickle=False, force=False):
+    """Fine-tune the checkpoint on the campaign's seeds and rank the pool; returns the summary dict.
+
+    The outputs are checked before any work and land together or not at all (tools/utils/outputs.py); a
+    non-empty out_dir or export_dir is refused unless force.
+    """
     started = time.perf_counter()
+    outputs = Outputs(force)
+    outputs.files(out_dir, OUTPUT_FILES, "--out")
+    if export_dir:
+        outputs.folder(export_dir, "--export")
+    outputs.check()
     runner = config["runner"]
     model = model_folder.model_module(config).DygraphModel()
     cfg.validate(config, "expand", model)
@@ -86,14 +99,10 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
                                           top_k, keep_seeds, pool_unknown, all_scores)
     done = time.perf_counter()
 
-    os.makedirs(out_dir, exist_ok=True)
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(("uid", "score", "rank"))
     writer.writerows((uid, f"{score:.7g}", rank) for rank, (uid, score) in enumerate(ranked, 1))
-    write_text(os.path.join(out_dir, "top_k.csv"), table.getvalue())
-    if scores is not None:
-        atomic_write(os.path.join(out_dir, "all_scores.npy"), lambda f: np.save(f, scores.astype(np.float32)))
     summary = {
         "campaign": camp.aid, "checkpoint": path, "seed_positives": int((camp.seeds["label"] == 1).sum()), "seed_negatives": int((camp.seeds["label"] == 0).sum()),
         "negatives_drawn": drawn, "negatives_rule": E.NEGATIVES_RULE if drawn else None,
@@ -102,12 +111,18 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=DEF
         "seconds": {"load_and_negatives": tuned - started, "fine_tune": scoring - tuned, "score_pool": done - scoring},
         "pool_users_per_second": n_pool / max(done - scoring, 1e-9),
     }
-    if export_dir:
-        serving.export(net, camp.ad, export_dir, {"campaign": camp.aid, "checkpoint": path,
-                                                  "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256")},
-                       V.to_bytes(vocab) if vocab else None)
-        summary["export"] = export_dir
-    write_json(os.path.join(out_dir, "expand.json"), summary)
+    with outputs:  # all of them in place, or none
+        write_text(outputs.staged(os.path.join(out_dir, "top_k.csv")), table.getvalue())
+        if scores is not None:
+            atomic_write(outputs.staged(os.path.join(out_dir, "all_scores.npy")),
+                         lambda f: np.save(f, scores.astype(np.float32)))
+        if export_dir:
+            serving.export(net, camp.ad, outputs.staged(export_dir),
+                           {"campaign": camp.aid, "checkpoint": path,
+                            "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256")},
+                           V.to_bytes(vocab) if vocab else None)
+            summary["export"] = export_dir
+        write_json(outputs.staged(os.path.join(out_dir, "expand.json")), summary)
     lines = [f"campaign {camp.aid}: {summary['seed_positives']} positive and {summary['seed_negatives']} negative "
              f"seeds" + (f", {drawn} negatives drawn from the pool" if drawn else "") + f"; checkpoint {path}",
              camp.unknown.report("campaign"), pool_unknown.report("pool"),
@@ -133,6 +148,9 @@ def main(argv=None):
     parser.add_argument("--keep-seeds", action="store_true", help="rank the seeds found in the pool too")
     parser.add_argument("--all-scores", action="store_true", help="also write every pool user's score")
     parser.add_argument("--export", metavar="DIR", help="write the fine-tuned model for Paddle Inference")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out (replacing the files expand writes, nothing else) and "
+                             "replace a non-empty --export folder")
     parser.add_argument("--trust-pickled-checkpoints", action="store_true",
                         help="read a checkpoint of an earlier version (pickled; only one you made)")
     args = parser.parse_args(argv)
@@ -141,7 +159,7 @@ def main(argv=None):
     if not math.isfinite(args.negatives) or args.negatives < 0:
         raise UserError(f"--negatives is {args.negatives}; give a finite number, 0 or more")
     expand(cfg.load_config(args.config_yaml, args.opt), args.campaign, args.pool, args.top_k, args.out, args.epoch,
-           args.negatives, args.keep_seeds, args.all_scores, args.export, args.trust_pickled_checkpoints)
+           args.negatives, args.keep_seeds, args.all_scores, args.export, args.trust_pickled_checkpoints, args.force)
 
 
 if __name__ == "__main__":
