@@ -115,13 +115,19 @@ def inside(path, folder):
 
 
 def staging_folder(out_dir, prefix):
-    """A fresh staging folder inside out_dir (created, as out_dir if needed); returns (path, out_dir created)."""
-    created = not os.path.isdir(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    staging = os.path.join(out_dir, f"{prefix}{os.getpid()}")
+    """(this process's staging folder inside out_dir, whether out_dir is still to be made), nothing made yet.
+
+    Take it before the try whose finally drops it (drop_staging) and make it inside that try (make_staging): a
+    stop signal that arrives as the folder appears then still finds the finally that removes it.
+    """
+    return os.path.join(out_dir, f"{prefix}{os.getpid()}"), not os.path.isdir(out_dir)
+
+
+def make_staging(staging):
+    """Make a fresh staging folder (and the folder it lies in, if needed)."""
+    os.makedirs(os.path.dirname(staging), exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     os.mkdir(staging)
-    return staging, created
 
 
 def drop_staging(staging, out_dir, created):

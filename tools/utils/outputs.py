@@ -21,7 +21,8 @@ one once its process is gone.
 import os
 
 from .errors import UserError
-from .files import drop_staging, inside, remove_dead_leftovers, replace_folders, require_writable, staging_folder
+from .files import (drop_staging, inside, make_staging, remove_dead_leftovers, replace_folders, require_writable,
+                    staging_folder)
 
 STAGING = ".outputs.tmp"  # + pid
 
@@ -63,7 +64,8 @@ class Outputs:
         """Where to write the output whose final place is `path`."""
         folder, name = os.path.split(os.path.abspath(path))
         if folder not in self.staging:
-            self.staging[folder] = staging_folder(folder, STAGING)
+            self.staging[folder] = staging_folder(folder, STAGING)  # recorded first: __exit__ drops it
+            make_staging(self.staging[folder][0])
         self.written.setdefault(folder, []).append(name)
         return os.path.join(self.staging[folder][0], name)
 
