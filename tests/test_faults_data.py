@@ -351,3 +351,15 @@ def test_a_killed_imports_staging_folder_is_removed_at_the_next_start(tmp_path):
     done = cli(IMPORT_PICKLE, "--pkl", path, "--split", "train", "--stage", "1", "--out", out, "--quiet")
     assert done.returncode == 0, done.stderr
     assert os.listdir(out) == ["train"]
+
+
+def test_a_killed_generators_staging_folder_is_removed_at_the_next_start(tmp_path):
+    out = tmp_path / "raw"
+    stale = out / f".make_synthetic.tmp{dead_pid()}"
+    stale.mkdir(parents=True)
+    (stale / "userFeature.data").write_bytes(os.urandom(100))
+    done = cli(os.path.join(ROOT, "tools", "make_synthetic.py"), "--out", out, "--users", 3000, "--campaigns", 4,
+               "--train-rows", 2000, "--test-rows", 500, "--hot-cut", 20, "--cold-min", 5, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(out)) == ["adFeature.csv", "oracle.csv", "test1_truth.csv", "train.csv",
+                                       "userFeature.data"]

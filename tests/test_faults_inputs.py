@@ -134,6 +134,9 @@ def tiny_metaheac(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_metaheac")
     write_split(root / "train", {1: 60, 2: 50, 3: 40, 4: 30, 5: 20}, seed=4)
     write_split(root / "test_hot", {1: 20, 6: 10}, {1: 40, 6: 30}, seed=5)
+    seeds = D.load_split(str(root / "test_hot"))["stage1"]
+    write_split(root / "campaign", {})  # schema.json; the seeds: campaign 1's of test_hot
+    D.save_stage(str(root / "campaign" / "train_stage1.npz"), {k: v[seeds["aid"] == 1] for k, v in seeds.items()})
     out = root / "out"
     from tools import trainer
     assert cli.run(trainer.main, ["-m", os.path.join(ROOT, "config.yaml"), "-o", *TINY,
@@ -163,8 +166,8 @@ def huge_schema_rows():
 @pytest.mark.parametrize("option", ["hyper_parameters.embed_dim=10000000", "hyper_parameters.num_expert=1000000000",
                                     "huge schema"])
 def test_a_network_that_cannot_fit_is_refused_before_anything_is_built(tiny_metaheac, tmp_path, capsys, option):
-    """Issue 20 #11: embed_dim=10^7 or num_expert=10^9 was Paddle's MemoryError traceback and a .lock left behind;
-    a schema maximum of 3 * 10^8 tried to allocate a 9.6 GB table."""
+    """Issue 20 #11: embed_dim=10^7 or num_expert=10^9 was Paddle's MemoryError traceback and a .lock left behind
+    (the trainer; meta-inference and expand alike); a schema maximum of 3 * 10^8 tried to allocate a 9.6 GB table."""
     import json
     from helpers import ROOT
     from tools import infer_meta, trainer
@@ -193,5 +196,11 @@ def test_a_network_that_cannot_fit_is_refused_before_anything_is_built(tiny_meta
     assert cli.run(infer_meta.main, ["-m", config, "-o", *options, f"runner.infer_load_path={trained}",
                                      f"runner.test_data_dir={data / 'test_hot'}", "runner.infer_end_epoch=1",
                                      f"runner.infer_output_path={out}"]) == 2
+    error_line(capsys, f"the network would have about {count:,} parameters")
+    assert not out.exists()
+    from tools import expand
+    assert cli.run(expand.main, ["-m", config, "-o", *options, f"runner.infer_load_path={trained}",
+                                 "runner.infer_end_epoch=1", "--campaign", str(data / "campaign"), "--pool",
+                                 str(data / "test_hot" / "test_stage2.npz"), "--top-k", "5", "--out", str(out)]) == 2
     error_line(capsys, f"the network would have about {count:,} parameters")
     assert not out.exists()
