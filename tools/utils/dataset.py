@@ -88,8 +88,10 @@ def read_schema(split_dir):
     try:
         with open(path, "rb") as f:
             sch = json.load(f)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}); check its permissions") from e
     except (ValueError, RecursionError) as e:
-        raise DataError(f"{path}: not valid JSON ({e}); regenerate it with tools/preprocess.py") from e
+        raise DataError(f"{path}: not valid JSON ({_reason(e)}); regenerate it with tools/preprocess.py") from e
     problem = schema_problem(sch)
     if problem:
         raise DataError(f"{path}: {problem}; regenerate it with tools/preprocess.py (or tools/import_pickle.py)")
