@@ -83,6 +83,7 @@ def leftover_pid(name, prefix=None):
 
 
 def process_alive(pid):
+    """Whether a process of that pid runs on this machine (a leftover's pid from another one looks gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

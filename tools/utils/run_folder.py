@@ -28,10 +28,10 @@
 import errno
 import fcntl
 import os
-import stat
 import re
 import shutil
 import socket
+import stat
 
 from . import checkpoint as ckpt
 from . import dataset
@@ -40,8 +40,6 @@ from .files import leftover_pid, require_writable
 
 KEEP_STEPS = 2
 LOCK_FILE = ".lock"
-
-
 DATA_KEY = "train_data_sha256"  # meta.json: {file name: sha256} of the training data folder
 
 
@@ -124,7 +122,7 @@ class RunFolder:
         if saved is None or self.data is None or saved == self.data:  # older checkpoints did not record it
             return
         name = sorted(n for n in set(saved) | set(self.data) if saved.get(n) != self.data.get(n))[0]
-        how = ("is new" if name not in saved else "is gone" if name not in self.data else "has other bytes")
+        how = "is new" if name not in saved else "is gone" if name not in self.data else "has other bytes"
         raise CheckpointError(f"{os.path.join(self.data_dir, name)}: {how} since {path} was saved (the sha256 of "
                               "the training data differs from the checkpoint's); resuming needs the same training "
                               "data. Restore it, or pass --overwrite to train anew on this data (or give this run "
