@@ -32,24 +32,38 @@ def argument_parser(description):
     return parser
 
 
+_resends = []  # timers sending a stop signal again (cancelled when run() ends)
+
+
+def _send_later(signum):
+    """Send signum to this process again in 10 ms, from a timer thread: its handler then runs elsewhere."""
+    timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+    _resends.append(timer)
+
+
 def _stop(signum, frame):
+    """SIGTERM and SIGINT while run() runs: Stopped or KeyboardInterrupt where the signal found the program;
+    but not inside threading.Thread.start, where an exception breaks the thread being started (it prints a
+    KeyError traceback of its own: seen as a multiprocessing pool started): there the signal comes again later."""
+    if frame is not None and frame.f_code is threading.Thread.start.__code__:
+        return _send_later(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Stopped(f"stopped by {signal.Signals(signum).name}", 128 + signum)
 
 
-def _redeliver(hook, timers):
+def _redeliver(hook):
     """sys.unraisablehook for run(): a stop signal's exception raised where Python ignores exceptions (a weakref
-    callback, a __del__: seen inside pandas' imports) would be lost; the signal is sent again 10 ms later instead,
-    from a timer (in `timers`), so that its handler runs outside that place."""
+    callback, a __del__: seen inside pandas' imports) would be lost; the signal comes again later instead."""
     def handle(unraisable):
         error = unraisable.exc_value
         signum = signal.SIGINT if isinstance(error, KeyboardInterrupt) else \
             error.exit_code - 128 if isinstance(error, Stopped) else None
         if signum not in STOP_SIGNALS:
             return hook(unraisable)
-        timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
-        timer.daemon = True
-        timer.start()
-        timers.append(timer)
+        _send_later(signum)
     return handle
 
 
@@ -63,8 +77,9 @@ def _ending():
 def run(main, argv=None):
     """main(argv)'s exit code (None counts as 0), with user errors and stop signals as one line each."""
     previous, previous_int = signal.signal(signal.SIGTERM, _stop), signal.getsignal(signal.SIGINT)
-    timers = []
-    previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver(sys.unraisablehook, timers)
+    if previous_int is signal.default_int_handler:  # not where Ctrl-C is ignored (a background job, a worker)
+        signal.signal(signal.SIGINT, _stop)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver(sys.unraisablehook)
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one held since start-up arrives here
         return main(argv) or 0
@@ -82,7 +97,7 @@ def run(main, argv=None):
         return 128 + signal.SIGINT
     finally:
         sys.unraisablehook = previous_hook
-        for timer in timers:
-            timer.cancel()
+        while _resends:
+            _resends.pop().cancel()
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)
