@@ -26,3 +26,29 @@ def sample_model(tmp_path_factory):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
+
+
+@pytest.fixture
+def unwritable():
+    """make(folder): the folder cannot be written any more, by root too (chattr +i; chmod for other users);
+    the test is skipped where neither works. Undone afterwards."""
+    import subprocess
+    made = []
+
+    def make(path):
+        path.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+        else:
+            path.chmod(0o555)
+        made.append(path)
+        try:
+            (path / "probe").write_text("")
+        except OSError:
+            return path
+        pytest.skip("cannot make a folder unwritable here (no chattr +i)")
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        path.chmod(0o755)

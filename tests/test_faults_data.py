@@ -314,3 +314,52 @@ def test_user_file_cut_mid_line(tmp_path):
     assert f"skipped 1 bad line of userFeature.data (the first: {os.path.join(raw, 'userFeature.data')} " \
            f"line {len(USERS)}: the last line does not end" in done.stdout
     assert "dropped 4 labelled rows" in done.stdout  # uid 8's rows
+
+
+# ------------------------------------------------------------------ issue 20 #15: a killed run's staging folder
+def dead_pid():
+    """The pid of a process that has ended."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_a_killed_runs_staging_folder_is_removed_at_the_next_start(tmp_path):
+    """Issue 20 #15: preprocess killed with -9 left `.preprocess.tmpPID` folders (2-7 MB each) in --out forever, and
+    a plain rerun was refused as "not empty". A live process's staging is left alone."""
+    raw, out = write_raw(tmp_path / "raw"), tmp_path / "out"
+    stale = out / f".preprocess.tmp{dead_pid()}"
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "train_stage1.npz").write_bytes(os.urandom(5000))
+    done = cli(PREPROCESS, "--raw", raw, "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(out)) == sorted(SPLITS)
+    live = out / f".preprocess.tmp{os.getpid()}"  # this test's process is alive: its staging is not touched
+    live.mkdir()
+    (out / f"notes.tmp{dead_pid()}").write_text("mine")  # not a staging folder's name: kept
+    done = cli(PREPROCESS, "--raw", raw, "--out", out, "--quiet", "--force")
+    assert done.returncode == 0, done.stderr
+    assert live.is_dir() and len(os.listdir(out)) == 5
+
+
+def test_a_killed_imports_staging_folder_is_removed_at_the_next_start(tmp_path):
+    pandas()
+    out = tmp_path / "out"
+    stale = out / f".import_pickle.tmp{dead_pid()}"
+    stale.mkdir(parents=True)
+    (stale / "junk").write_bytes(os.urandom(100))
+    path = write_frame(tmp_path / "x.pkl")
+    done = cli(IMPORT_PICKLE, "--pkl", path, "--split", "train", "--stage", "1", "--out", out, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(out) == ["train"]
+
+
+def test_a_killed_generators_staging_folder_is_removed_at_the_next_start(tmp_path):
+    out = tmp_path / "raw"
+    stale = out / f".make_synthetic.tmp{dead_pid()}"
+    stale.mkdir(parents=True)
+    (stale / "userFeature.data").write_bytes(os.urandom(100))
+    done = cli(os.path.join(ROOT, "tools", "make_synthetic.py"), "--out", out, "--users", 3000, "--campaigns", 4,
+               "--train-rows", 2000, "--test-rows", 500, "--hot-cut", 20, "--cold-min", 5, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(out)) == ["adFeature.csv", "oracle.csv", "test1_truth.csv", "train.csv",
+                                       "userFeature.data"]

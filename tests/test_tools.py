@@ -223,7 +223,7 @@ def test_checkpoint_round_trip_and_resume_refusal(paddle, tmp_path):
     with RunFolder(save_dir, IDENTITY) as folder:
         for epoch in (0, 1):
             folder.save_epoch(epoch, net, opt, {})
-        folder.save_step(2, 5, net, opt, {"reader": {"step": 5}})
+        folder.save_step(2, 5, net, opt, {"reader": {"step": 5}, "totals": {"samples": 80}})
         os.makedirs(os.path.join(save_dir, "3"))  # an interrupted save: no marker
         assert folder.resume_point() == ([0, 1], os.path.join(save_dir, "epoch2-step5"))
     with np.load(os.path.join(save_dir, "1", ckpt.PARAMS_FILE), allow_pickle=False) as archive:

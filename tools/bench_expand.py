@@ -138,7 +138,7 @@ def negatives(args):
     from tools.utils import campaign as C
     from tools.utils import checkpoint as ckpt
     from tools.utils import config as cfg
-    from tools.utils import expansion as E
+    from tools.utils import background
     from tools.utils import metrics, model_folder, paddle_env
     config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"runner.thread_num={args.threads}"])
     model = model_folder.model_module(config).DygraphModel()
@@ -152,44 +152,30 @@ def negatives(args):
     ckpt.restore_params(net, params, args.checkpoint)
     import reader_test
     ratios = [float(r) for r in args.ratios.split(",")]
-    work = tempfile.mkdtemp(prefix="bench_negatives_")
+    users = ckpt.background_users(args.checkpoint)
     rows = []
-    try:
-        for split in ("test_hot", "test_cold"):
-            folder = os.path.join(args.data, split)
-            data = D.load_split(folder)
-            users = {k: np.concatenate([data["stage1"][k], data["stage2"][k]]) for k in data["stage1"]}
-            first = np.sort(np.unique(users["uid"], return_index=True)[1])
-            pool = os.path.join(work, split, "pool_stage2.npz")
-            os.makedirs(os.path.dirname(pool))
-            for f in (D.SCHEMA_FILE, V.VOCAB_FILE):
-                shutil.copy(os.path.join(folder, f), os.path.dirname(pool))
-            D.save_stage(pool, {k: v[first] for k, v in users.items()})
-            results = {name: ([], [], []) for name in ["true negatives"] + [f"R = {r:g}" for r in ratios]}
-            for aid, seeds, candidates in progress(reader_test.RecDataset(config, folder), desc=split,
-                                                   unit="campaign"):
-                if not seeds["label"].sum() or not len(candidates["label"]):
-                    continue
-                camp = E.Campaign(aid, seeds["ad"][0], {k: v[seeds["label"] == 1] for k, v in seeds.items()})
-                for name in results:
-                    if name == "true negatives":
-                        tuned = seeds
-                    else:
-                        rng = np.random.default_rng([config["runner"]["seed"], aid % 2**32, 1])
-                        tuned, _ = E.with_negatives(camp, pool, config["data_schema"], None, float(name[4:]), rng,
-                                                    V.UnknownIds())
-                    C.adapt(model, net, params, tuned, config, aid, reader_test.batches)
-                    scores = C.score(model, net, candidates, config, reader_test.batches)
-                    campaigns, labels, all_scores = results[name]
-                    campaigns.append({"campaign": aid, **metrics.campaign_metrics(candidates["label"], scores)})
-                    labels.append(candidates["label"])
-                    all_scores.append(scores)
-            for name, (campaigns, labels, all_scores) in results.items():
-                overall = metrics.overall_metrics(campaigns, np.concatenate(labels), np.concatenate(all_scores))
-                rows.append((split, name, overall["campaigns"], overall["auc"], overall["gauc"], overall["precision"]))
-    finally:
-        shutil.rmtree(work)
-    print(metrics.format_table(("split", "fine-tuned on", "campaigns", "AUC", "GAUC", "P@5%"), rows))
+    for split in ("test_hot", "test_cold"):
+        folder = os.path.join(args.data, split)
+        results = {name: ([], [], []) for name in ["true negatives"] + [f"R = {r:g}" for r in ratios]}
+        for aid, seeds, candidates in progress(reader_test.RecDataset(config, folder), desc=split, unit="campaign"):
+            if not seeds["label"].sum() or not len(candidates["label"]):
+                continue
+            for name in results:
+                tuned = seeds
+                if name != "true negatives":  # expand.py's rule: background users, never a candidate
+                    rng = np.random.default_rng([config["runner"]["seed"], aid % 2**32, 1])
+                    tuned, _ = background.with_negatives(seeds, users, float(name[4:]), candidates["uid"], rng)
+                scorer = C.adapt(model, net, params, tuned, config, aid, reader_test.batches, users)
+                scores = C.score(model, scorer, candidates, config, reader_test.batches)
+                campaigns, labels, all_scores = results[name]
+                campaigns.append({"campaign": aid, **metrics.campaign_metrics(candidates["label"], scores)})
+                labels.append(candidates["label"])
+                all_scores.append(scores)
+        for name, (campaigns, labels, all_scores) in results.items():
+            overall = metrics.overall_metrics(campaigns, np.concatenate(labels), np.concatenate(all_scores))
+            rows.append((split, name, overall["campaigns"], overall["gauc"], overall["precision"], overall["auc"]))
+    print(metrics.format_table(("split", "fine-tuned on", "campaigns", "GAUC", "P@5%", "pooled AUC"), rows))
+
 
 
 def main(argv=None):

@@ -46,9 +46,10 @@ import numpy as np
 
 from tools.utils import benchmark_report, cli, metrics
 from tools.utils import dataset as D
-from tools.utils.errors import UserError
+from tools.utils.errors import Stopped, UserError
 from tools.utils.files import write_json
 from tools.utils.model_folder import ROOT
+from tools.utils.raw_users import quiet_worker_signals
 
 # name: (row label, config relative to ROOT, extra overrides, trains across campaigns)
 METHODS = {
@@ -145,8 +146,11 @@ def _tool(name, argv, log):
     return code, time.perf_counter() - start
 
 
-def _import_paddle():
-    """Worker start-up: import Paddle once, so no run's wall time includes it."""
+def _start_worker():
+    """Worker start-up: the parent ends the workers (an idle one dies quietly on SIGTERM, a busy one's run stops
+    with one line in its log), and Ctrl-C is the parent's; then Paddle is imported once, so no run's wall time
+    includes it."""
+    quiet_worker_signals()
     import tools.utils.paddle_env  # noqa: F401
 
 
@@ -251,7 +255,7 @@ def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, ex
     records = {}
     # fork: the workers inherit sys.path; the parent never imports Paddle, so forking it is safe
     pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"),
-                                                  initializer=_import_paddle)
+                                                  initializer=_start_worker)
     try:
         configs = {os.path.join(ROOT, METHODS[m][1]) for m in methods}
         config_keys_of = dict(zip(configs, pool.map(config_keys, configs)))
@@ -266,6 +270,10 @@ def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, ex
                    f"train {record['train_seconds']:.0f} s, test {record['test_seconds']:.0f} s")
                 + ", " + ", ".join(f"{protocol} {short} GAUC {record['metrics'][protocol][short]['gauc']:.4f}"
                                    for protocol in protocols for short, _ in benchmark_report.SPLITS))
+    except (Stopped, KeyboardInterrupt):  # stop the runs too (each saves what it can), then start no other
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        raise
     finally:
         pool.shutdown(cancel_futures=True)  # after a failed run, start no other
     report = {

@@ -33,6 +33,7 @@ if not __package__:
 import argparse
 import csv
 import io
+import math
 import os
 import sys
 import time
@@ -43,10 +44,11 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import expansion as E
-from tools.utils import background, campaign, charts, model_folder, quality, serving
+from tools.utils import background, campaign, charts, model_folder, quality, resources, serving
 from tools.utils import vocabulary as V
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
+from tools.utils.outputs import Outputs
 
 EXAMPLES = (
     "python tools/expand.py -m config.yaml --campaign CAMPAIGN --pool userFeature.data --top-k 1000 --out audience",
@@ -56,13 +58,23 @@ EXAMPLES = (
     "--epoch 1 --campaign CAMPAIGN --pool userFeature.data --top-k 1000 --out audience --negatives 9",
     "  (CAMPAIGN: adFeature.csv + train.csv + userFeature.data of one campaign's seeds, or a data-folder stage)",
 )
+OUTPUT_FILES = ("top_k.csv", "expand.json", "expand.png", "all_scores.npy")  # what expand writes into --out
 
 
 def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=background.NEGATIVES_PER_SEED,
            keep_seeds=False, all_scores=False, export_dir=None, trust_pickle=False, aid=None, background_file=None,
-           allow_unknown=False, folds=quality.FOLDS):
-    """Fine-tune the checkpoint on the campaign's seeds and rank the pool; returns the summary dict."""
+           allow_unknown=False, folds=quality.FOLDS, force=False):
+    """Adapt the checkpoint to the campaign's seeds and rank the pool; returns the summary dict.
+
+    The outputs are checked before any work and land together or not at all (tools/utils/outputs.py); a
+    non-empty out_dir or export_dir is refused unless force.
+    """
     started = time.perf_counter()
+    outputs = Outputs(force)
+    outputs.files(out_dir, OUTPUT_FILES, "--out")
+    if export_dir:
+        outputs.folder(export_dir, "--export")
+    outputs.check()
     runner = config["runner"]
     model = model_folder.model_module(config).DygraphModel()
     cfg.validate(config, "expand", model)
@@ -73,6 +85,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     meta = ckpt.read_meta(path)
     cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", path), path)
     config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", path)
+    resources.require_memory(config)
     vocab = ckpt.vocabulary(path)
     camp = E.read_campaign(campaign_dir, config["data_schema"], vocab, aid)
     if not (camp.seeds["label"] == 1).any():
@@ -120,14 +133,10 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
                                                      config, batches, top_k, keep_seeds, pool_unknown, all_scores)
     done = time.perf_counter()
 
-    os.makedirs(out_dir, exist_ok=True)
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(("uid", "score", "rank"))
     writer.writerows((uid, f"{score:.7g}", rank) for rank, (uid, score) in enumerate(ranked, 1))
-    write_text(os.path.join(out_dir, "top_k.csv"), table.getvalue())
-    if scores is not None:
-        atomic_write(os.path.join(out_dir, "all_scores.npy"), lambda f: np.save(f, scores.astype(np.float32)))
     seeds_in_pool = int(np.isin(camp.seeds["uid"], E.pool_uids(pool)).sum()) if "uid" in camp.seeds else 0
     summary = {
         "campaign": camp.aid,
@@ -150,15 +159,22 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
                     "fine_tune": scoring - estimated, "score_pool": done - scoring},
         "pool_users_per_second": n_pool / max(done - scoring, 1e-9),
     }
-    if export_dir:
-        serving.export(scorer, camp.ad, export_dir, {"campaign": camp.aid, "checkpoint": path,
-                                                     "vocabulary_sha256": config["data_schema"].get(
-                                                         "vocabulary_sha256"),
-                                                     "data_schema": config["data_schema"]},
-                       V.to_bytes(vocab) if vocab else None)
-        summary["export"] = export_dir
-    write_json(os.path.join(out_dir, "expand.json"), summary)
-    chart = charts.expansion(os.path.join(out_dir, "expand.png"), summary)
+    with outputs:  # all of them in place, or none
+        write_text(outputs.staged(os.path.join(out_dir, "top_k.csv")), table.getvalue())
+        if scores is not None:
+            atomic_write(outputs.staged(os.path.join(out_dir, "all_scores.npy")),
+                         lambda f: np.save(f, scores.astype(np.float32)))
+        if export_dir:
+            serving.export(scorer, camp.ad, outputs.staged(export_dir),
+                           {"campaign": camp.aid, "checkpoint": path,
+                            "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256"),
+                            "data_schema": config["data_schema"]},
+                           V.to_bytes(vocab) if vocab else None)
+            summary["export"] = export_dir
+        write_json(outputs.staged(os.path.join(out_dir, "expand.json")), summary)
+        chart = None if charts.pyplot() is None else os.path.join(out_dir, "expand.png")
+        if chart:
+            charts.expansion(outputs.staged(chart), summary)
     print("\n".join(line for line in _report(summary, camp, pool_unknown, out_dir, chart) if line))
     return summary
 
@@ -223,18 +239,21 @@ def main(argv=None):
     parser.add_argument("--keep-seeds", action="store_true", help="rank the seeds found in the pool too")
     parser.add_argument("--all-scores", action="store_true", help="also write every pool user's score")
     parser.add_argument("--export", metavar="DIR", help="write the fine-tuned model for Paddle Inference")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out (replacing the files expand writes, nothing else) and "
+                             "replace a non-empty --export folder")
     parser.add_argument("--trust-pickled-checkpoints", action="store_true",
                         help="read a checkpoint of an earlier version (pickled; only one you made)")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top-k is {args.top_k}; give 1 or more")
-    if not (args.negatives > 0 and np.isfinite(args.negatives)):
+    if not (args.negatives > 0 and math.isfinite(args.negatives)):
         raise UserError(f"--negatives is {args.negatives}; give a number of negatives per seed above 0")
     if args.folds < 0 or args.folds == 1:
         raise UserError(f"--folds is {args.folds}; give 0 (no quality estimate) or 2 or more")
     expand(cfg.load_config(args.config_yaml, args.opt), args.campaign, args.pool, args.top_k, args.out, args.epoch,
            args.negatives, args.keep_seeds, args.all_scores, args.export, args.trust_pickled_checkpoints, args.aid,
-           args.background, args.allow_unknown, args.folds)
+           args.background, args.allow_unknown, args.folds, args.force)
 
 
 if __name__ == "__main__":

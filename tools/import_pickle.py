@@ -18,8 +18,9 @@ A non-empty OUT is refused unless --force, which replaces the split folders
 written (OUT/train, ...) and leaves everything else in OUT alone; a stage not
 imported now is kept from the folder replaced, so a stage 2 can be added to a
 folder holding its stage 1 (--pkl FILE --split test_hot --stage 2 --force).
-The folders are built beside the old ones and swapped in only when every file
-was converted and checked: a failed import changes nothing.
+The folders are built beside the old ones (OUT/.import_pickle.tmp<pid>) and
+swapped in only when every file was converted and checked: a failed import
+changes nothing, and what a killed one left is removed by the next run.
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -29,6 +30,7 @@ import os
 import sys
 
 from tools.utils import cli, safe_pickle
+from tools.utils.files import remove_dead_leftovers
 from tools.utils.progress import progress
 
 
@@ -58,6 +60,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    remove_dead_leftovers(args.out, safe_pickle.STAGING)  # a killed run's staging would make --out "not empty"
     jobs = safe_pickle.find_pickles(args.pkl_dir) if args.pkl_dir else [(args.pkl, args.split, args.stage)]
     total = sum(os.path.getsize(path) for path, _, _ in jobs if os.path.isfile(path))
     with progress(disable=args.quiet, total=total, desc="importing", unit="B", unit_scale=True, leave=False) as bar:

@@ -48,9 +48,9 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import dataset as D
-from tools.utils import background, campaign, distributed, metrics, model_folder
+from tools.utils import background, campaign, distributed, metrics, model_folder, resources
 from tools.utils.errors import CheckpointError, TrainingError
-from tools.utils.files import atomic_write, plain, write_json, write_text
+from tools.utils.files import atomic_write, plain, require_writable, write_json, write_text
 from tools.utils.progress import progress
 
 EXAMPLES = (
@@ -231,6 +231,10 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
         say("note: fine-tuning is off (runner.infer_train_epoch 0): every campaign is scored by the "
             "checkpoint's weights as they are")
     paths = checkpoints(config, trainer_command, trust_pickle, best)
+    resources.require_memory(config)
+    out_dir = runner.get("infer_output_path") or os.path.join(runner["infer_load_path"], "results")
+    if distributed.world()[0] == 0:  # rank 0 writes the results: check before the work
+        require_writable(out_dir, "give a writable runner.infer_output_path (-o runner.infer_output_path=...)")
     reader = model_folder.load_module(runner["infer_reader_path"], config["config_path"])
     datasets = {d: reader.RecDataset(config, d) for d in split_dirs(runner["test_data_dir"], split)}
     for data_dir, dataset in datasets.items():
@@ -263,7 +267,6 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
                              "skipped": [{"campaign": a, "reason": r} for a, r in dataset.skipped]})
         if not group.main:
             return []
-        out_dir = runner.get("infer_output_path") or os.path.join(runner["infer_load_path"], "results")
         tag = "+".join(os.path.basename(os.path.normpath(d)) for d in datasets)
         files = write_results(out_dir, tag, runs, config)
     print(metrics.format_table(

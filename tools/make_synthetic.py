@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 
 from tools.utils import cli, synthetic
 from tools.utils.errors import UserError
+from tools.utils.files import remove_dead_leftovers
 
 SETTINGS = ("users", "campaigns", "train_rows", "test_rows", "hot_cut", "cold_min")
 
@@ -83,6 +84,7 @@ def main(argv=None):
         raise UserError(f"--out {args.out} is a file; give a folder for the five data files")
     if args.jobs < 1:
         raise UserError(f"--jobs is {args.jobs}; give 1 or more")
+    remove_dead_leftovers(args.out, synthetic.STAGING)  # what a killed run left
     try:
         cfg = synthetic.resolve_scale(args.scale, **{k: getattr(args, k) for k in SETTINGS})
         start = time.time()

@@ -14,7 +14,9 @@ tools/utils/raw.py.
 OUT must not hold DIR (nor lie inside it). A non-empty OUT is refused unless
 --force, which replaces OUT/train, OUT/test_hot and OUT/test_cold and leaves
 every other file and folder of OUT alone. The new folders are built beside
-them and swapped in only when all were written: a failed run changes nothing.
+them (OUT/.preprocess.tmp<pid>) and swapped in only when all were written: a
+failed run changes nothing, and what a killed one left is removed by the next
+run once its process is gone.
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -25,7 +27,8 @@ import sys
 
 from tools.utils import cli
 from tools.utils import schema as S
-from tools.utils.raw import SPLITS, preprocess
+from tools.utils.files import remove_dead_leftovers
+from tools.utils.raw import SPLITS, STAGING, preprocess
 
 
 def parse_args(argv):
@@ -82,6 +85,7 @@ def format_summary(summary, out_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    remove_dead_leftovers(args.out, STAGING)  # a killed run's staging folder would make --out "not empty"
     summary = preprocess(args.raw, args.out, seed=args.seed, hot_threshold=args.hot_threshold,
                          train_fraction=args.train_fraction, skip_bad_lines=args.skip_bad_lines,
                          force=args.force, workers=args.workers, progress=not args.quiet)

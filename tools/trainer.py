@@ -30,8 +30,7 @@ from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import curves as C
 from tools.utils import dataset as D
-from tools.utils import background, distributed, model_folder, vocabulary
-from tools.utils import validation
+from tools.utils import background, distributed, model_folder, resources, validation, vocabulary
 from tools.utils.run_folder import BEST, RunFolder
 from tools.utils.training import require_finite, run_epoch
 
@@ -62,6 +61,7 @@ def prepare(config, untrained=False):
     if not untrained and getattr(model, "trains_across_campaigns", True):
         distributed.require_enough_tasks(config["hyper_parameters"]["task_count"], config["config_path"])
     cfg.attach_schema(config, D.read_schema(runner["train_data_dir"]), runner["train_data_dir"])
+    resources.require_memory(config)
     reader = model_folder.load_module(runner["train_reader_path"], config["config_path"])
     dataset = reader.RecDataset(config, runner["train_data_dir"])
     config["train_campaigns"] = [int(aid) for aid in dataset.campaigns]
@@ -87,8 +87,8 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
     paddle_env.set_threads(runner["thread_num"])
     group = distributed.join(paddle_env.set_device(runner["use_gpu"], quiet=distributed.world()[0] > 0))
     say = print if group.main else (lambda *args, **kwargs: None)
-    with group.session(), \
-            distributed.SharedFolder(group, RunFolder(runner["model_save_path"], identity, files)) as folder:
+    run_folder = RunFolder(runner["model_save_path"], identity, files, runner["train_data_dir"])
+    with group.session(), distributed.SharedFolder(group, run_folder) as folder:
         done, step_checkpoint = ([], None) if overwrite else folder.resume_point()
         start = done[-1] + 1 if done else 0
         if start >= epochs:

@@ -2,7 +2,10 @@
 following the model contract of dygraph_model.py.
 
 FAKE_STEP_SECONDS (environment) makes every meta-step sleep that long, so that a
-test can signal or kill a trainer in the middle of an epoch.
+test can signal or kill a trainer in the middle of an epoch. FAKE_PAUSE=<hook>
+(create_model, infer_train_forward or infer_forward) makes the first call of
+that hook create the file FAKE_PAUSE_FILE and sleep FAKE_PAUSE_SECONDS (60), so
+that a test can signal a tool at that moment (start-up, fine-tuning, scoring).
 """
 import os
 import time
@@ -26,6 +29,16 @@ class LogisticNet(paddle.nn.Layer):
         return paddle.nn.functional.sigmoid(logit)
 
 
+_paused = set()
+
+
+def pause(hook):
+    if os.environ.get("FAKE_PAUSE") == hook and hook not in _paused:
+        _paused.add(hook)
+        open(os.environ["FAKE_PAUSE_FILE"], "w").close()
+        time.sleep(float(os.environ.get("FAKE_PAUSE_SECONDS", 60)))
+
+
 class DygraphModel:
     # What this folder's config may set (tools/utils/config.py reads it): key -> (kind, default, meaning).
     HYPER_PARAMETERS = {
@@ -37,6 +50,7 @@ class DygraphModel:
     }
 
     def create_model(self, config):
+        pause("create_model")
         return LogisticNet(config["hyper_parameters"]["max_idxs"])
 
     def create_feeds(self, batch):
@@ -64,9 +78,11 @@ class DygraphModel:
         return loss, {"loss": float(loss)}
 
     def infer_train_forward(self, net, batch, config):
+        pause("infer_train_forward")
         loss = self._loss(net, batch)
         return loss, {"loss": float(loss)}
 
     def infer_forward(self, net, batch, config):
+        pause("infer_forward")
         with paddle.no_grad():
             return net(self.create_feeds(batch)["ids"]).numpy()

@@ -18,10 +18,11 @@ import hashlib
 import io
 import json
 import os
+import re
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DiskFull, quoted
 from .files import atomic_write, write_json
 
 PARAMS_FILE = "params.npz"
@@ -70,12 +71,85 @@ def finished(save_dir):
 
 
 def read_meta(path):
+    """The checkpoint's meta.json, checked against META_SHAPE (a CheckpointError names the key that is wrong)."""
     meta_path = os.path.join(path, META_FILE)
     try:
-        with open(meta_path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{meta_path}: unreadable ({e}); delete the folder {path} or retrain") from e
+        with open(meta_path, "rb") as f:
+            meta = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{meta_path}: unreadable ({quoted(str(e), 200)}); delete the folder {path} or retrain "
+                              "it") from e
+    problem = meta_problem(meta)
+    if problem:
+        raise CheckpointError(f"{meta_path}: {problem}; the file was edited or damaged: delete the folder {path} "
+                              "or retrain it")
+    return meta
+
+
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _digests(v):
+    return isinstance(v, dict) and all(isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x) for x in v.values())
+
+
+def _reader_state(v):
+    """A reader's position (its state()): a mapping; the project's readers keep a NumPy generator's state in it
+    ("generator"), which is tried on a generator of that kind."""
+    if not isinstance(v, dict):
+        return False
+    if "generator" not in v:
+        return True
+    kind = v["generator"].get("bit_generator") if isinstance(v["generator"], dict) else None
+    if kind not in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
+        return False
+    try:
+        getattr(np.random, kind)().state = v["generator"]
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return False
+    return _count(v.get("step", 0))
+
+
+def _schema(v):
+    from .dataset import schema_problem
+    return schema_problem(v) is None
+
+
+# meta.json: key -> (check, what it must be). Keys not listed are kept and not read by the tools.
+META_SHAPE = {
+    "sha256": (_digests, "a map of file names to sha256 digests"),
+    "train_data_sha256": (_digests, "a map of file names to sha256 digests"),
+    "epoch": (_count, "an integer >= 0"),
+    "step": (_count, "an integer >= 0"),
+    "seed": (_count, "an integer >= 0"),
+    "identity": (lambda v: isinstance(v, dict), "a mapping of what the run was"),
+    "data_schema": (_schema, "the data's schema (as its schema.json)"),
+    "train_campaigns": (lambda v: isinstance(v, list) and all(isinstance(a, int) and not isinstance(a, bool)
+                                                              for a in v), "a list of campaign ids"),
+    "reader": (_reader_state, "the reader's position (a mapping; its generator state one NumPy takes)"),
+    "totals": (lambda v: isinstance(v, dict) and all(_number(x) for x in v.values()), "a map of totals to numbers"),
+    "param_names": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+                    "a map of parameter names"),
+}
+
+
+def meta_problem(meta):
+    """What does not follow META_SHAPE in a meta.json's content, or None."""
+    if not isinstance(meta, dict):
+        return f"holds {quoted(meta)}, not a mapping of keys to values"
+    if "sha256" not in meta:
+        return "no sha256 (the checksums of the checkpoint's files)"
+    if "step" in meta and not ("reader" in meta and "totals" in meta):
+        return "a step checkpoint without the reader's position (reader, totals)"
+    for key, (check, what) in META_SHAPE.items():
+        if key in meta and not check(meta[key]):
+            return f"{key} must be {what}, got {quoted(meta[key])}"
+    return None
 
 
 def meta_field(meta, key, path):
@@ -91,7 +165,7 @@ def differences(saved, now, prefix=""):
     if isinstance(saved, dict) and isinstance(now, dict):
         return [d for k in sorted(set(saved) | set(now), key=str)
                 for d in differences(saved.get(k), now.get(k), f"{prefix}{k}.")]
-    return [] if saved == now else [f"{prefix[:-1]} was {saved!r}, now {now!r}"]
+    return [] if saved == now else [f"{prefix[:-1]} was {quoted(saved)}, now {quoted(now)}"]
 
 
 def _owner(key, names):
@@ -133,7 +207,7 @@ def state_bytes(net, optimizer):
 
 
 def _write(path, data):
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data), len(data))
     return hashlib.sha256(data).hexdigest()
 
 
@@ -146,11 +220,15 @@ def save(path, net, optimizer, meta, files=None):
     if is_finished(path):
         os.remove(os.path.join(path, DONE_FILE))  # the folder is incomplete until the new marker lands
     params, opt = state_bytes(net, optimizer)
-    sha = {PARAMS_FILE: _write(os.path.join(path, PARAMS_FILE), params),
-           OPT_FILE: _write(os.path.join(path, OPT_FILE), opt),
-           **{name: _write(os.path.join(path, name), data) for name, data in (files or {}).items()}}
-    write_json(os.path.join(path, META_FILE), {**meta, "sha256": sha})
-    _write(os.path.join(path, DONE_FILE), b"")
+    try:
+        sha = {PARAMS_FILE: _write(os.path.join(path, PARAMS_FILE), params),
+               OPT_FILE: _write(os.path.join(path, OPT_FILE), opt),
+               **{name: _write(os.path.join(path, name), data) for name, data in (files or {}).items()}}
+        write_json(os.path.join(path, META_FILE), {**meta, "sha256": sha})
+        _write(os.path.join(path, DONE_FILE), b"")
+    except DiskFull as e:
+        raise DiskFull(e.path, e.needed, f"the checkpoint {path} is unfinished (removed at the next start) and the "
+                       "finished ones before it are whole", "Free space and rerun the same command to resume") from None
     return path
 
 
@@ -216,24 +294,34 @@ def load_arrays(path, name, trust_pickle=False):
     if name in PICKLED.values():
         from .paddle_env import paddle
         return {k: np.asarray(v) for k, v in paddle.load(io.BytesIO(data)).items()}
+    from .dataset import ArchiveError, read_npz
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except ValueError as e:
+        return read_npz(data)
+    except ArchiveError as e:
         raise CheckpointError(f"{file_path}: not a checkpoint archive of arrays ({e}); retrain it") from e
 
 
+def _dtype(tensor):
+    """The NumPy dtype of a Paddle tensor (its name without "paddle."), without copying it."""
+    return np.dtype(str(tensor.dtype).rpartition(".")[2])
+
+
 def restore_params(net, params, source):
-    """net.set_state_dict(params) after checking names and shapes (Paddle only warns on a mismatch)."""
+    """net.set_state_dict(params) after checking names, shapes and dtypes (Paddle only warns on a name or shape
+    mismatch, and fails with a traceback on a dtype)."""
     own = net.state_dict()
     missing, extra = sorted(set(own) - set(params)), sorted(set(params) - set(own))
-    wrong = [f"{k} {list(params[k].shape)} vs {list(own[k].shape)}" for k in sorted(set(own) & set(params))
+    common = sorted(set(own) & set(params))
+    wrong = [f"{k} {list(params[k].shape)} vs {list(own[k].shape)}" for k in common
              if list(params[k].shape) != list(own[k].shape)]
+    types = [f"{k} {params[k].dtype} vs {_dtype(own[k])}" for k in common if params[k].dtype != _dtype(own[k])]
     problems = [f"{what} {names[:3]}" for what, names in
-                (("missing", missing), ("unexpected", extra), ("wrong shapes", wrong)) if names]
+                (("missing", missing), ("unexpected", extra), ("wrong shapes", wrong), ("wrong dtypes", types))
+                if names]
     if problems:
         raise CheckpointError(f"{source}: does not fit this network ({', '.join(problems)}); the config's "
-                              "hyper_parameters differ from those it was trained with")
+                              "hyper_parameters differ from those it was trained with, or the file was re-saved "
+                              "by other code")
     net.set_state_dict(params)
 
 
@@ -253,11 +341,18 @@ def restore_state(net, optimizer, params, saved, source, param_names=None):
     if param_names:  # the pickled format kept Paddle's internal names and this map
         structured = {internal: key for key, internal in param_names.items()}
         saved = {structured[o] + k[len(o):] if o else k: v for k, v in saved.items() for o in [_owner(k, structured)]}
-    internal = {key: p.name for key, p in net.named_parameters()}
+    parameters = dict(net.named_parameters())
     state = {}
     for key, value in saved.items():
-        owner = _owner(key, internal)
+        owner = _owner(key, parameters)
         if owner is None:
-            raise CheckpointError(f"{os.path.join(source, OPT_FILE)}: state {key!r} of no parameter of this network")
-        state[internal[owner] + key[len(owner):]] = value
+            raise CheckpointError(f"{os.path.join(source, OPT_FILE)}: state {quoted(key)} of no parameter of this "
+                                  "network")
+        p = parameters[owner]
+        if value.dtype != _dtype(p) or list(value.shape) not in (list(p.shape), [1]):
+            raise CheckpointError(f"{os.path.join(source, OPT_FILE)}: state {quoted(key)} is {value.dtype} "
+                                  f"{list(value.shape)}, but its parameter {owner} is {_dtype(p)} {list(p.shape)} "
+                                  "(the state is the parameter's shape, or [1]); the file was re-saved by other "
+                                  "code: delete the checkpoint or retrain it")
+        state[p.name + key[len(owner):]] = value
     optimizer.set_state_dict(state)

@@ -3,15 +3,24 @@
 run(main) calls main(argv) and ends in one line on stderr whatever happens
 that the user can act on: a UserError becomes `error: <message>` and exit
 code 2; SIGTERM (what schedulers send) and Ctrl-C become a line saying so
-and 128 + the signal (143, 130), instead of Paddle's C++ stack dump. A tool
-that can keep its work (the trainer saves a step checkpoint) handles the
-signals itself while it runs and raises Stopped with its own message.
+and 128 + the signal (143, 130), at any moment: while the tool's modules load
+(tools/_bootstrap.py holds the signals until run() has its handlers), while
+Paddle loads (tools/utils/paddle_env.py holds them and takes back SIGTERM from
+Paddle's C++ handler, whose stack dump it would print) and at any point of the
+work. Whatever a tool writes goes to a temporary name or a staging folder
+first, so a stop leaves nothing half-written. A tool that can keep its work
+(the trainer saves a step checkpoint) handles the signals itself while it
+runs and raises Stopped with its own message.
 """
 import argparse
+import os
 import signal
 import sys
+import threading
 
 from .errors import Stopped, UserError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def argument_parser(description, examples=(), override_example="runner.epochs=2 hyper_parameters.local_lr=1e-4"):
@@ -25,20 +34,56 @@ def argument_parser(description, examples=(), override_example="runner.epochs=2 
     return parser
 
 
+_resends = []  # timers sending a stop signal again (cancelled when run() ends)
+
+
+def _send_later(signum):
+    """Send signum to this process again in 10 ms, from a timer thread: its handler then runs elsewhere."""
+    timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+    _resends.append(timer)
+
+
 def _stop(signum, frame):
+    """SIGTERM and SIGINT while run() runs: Stopped or KeyboardInterrupt where the signal found the program;
+    but not inside threading.Thread.start, where an exception breaks the thread being started (it prints a
+    KeyError traceback of its own: seen as a multiprocessing pool started): there the signal comes again later."""
+    if frame is not None and frame.f_code is threading.Thread.start.__code__:
+        return _send_later(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Stopped(f"stopped by {signal.Signals(signum).name}", 128 + signum)
 
 
+def _redeliver(hook):
+    """sys.unraisablehook for run(): a stop signal's exception raised where Python ignores exceptions (a weakref
+    callback, a __del__: seen inside pandas' imports) would be lost; the signal comes again later instead."""
+    def handle(unraisable):
+        error = unraisable.exc_value
+        signum = signal.SIGINT if isinstance(error, KeyboardInterrupt) else \
+            error.exit_code - 128 if isinstance(error, Stopped) else None
+        if signum not in STOP_SIGNALS:
+            return hook(unraisable)
+        _send_later(signum)
+    return handle
+
+
 def _ending():
-    """Ignore SIGTERM while the last line is printed: paddle.distributed.launch sends its SIGTERM to every rank
-    when one fails, and one raised inside the print would bury the message under a traceback."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Ignore the stop signals while the last line is printed: paddle.distributed.launch sends its SIGTERM to
+    every rank when one fails, and one raised inside the print would bury the message under a traceback."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def run(main, argv=None):
     """main(argv)'s exit code (None counts as 0), with user errors and stop signals as one line each."""
     previous, previous_int = signal.signal(signal.SIGTERM, _stop), signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:  # not where Ctrl-C is ignored (a background job, a worker)
+        signal.signal(signal.SIGINT, _stop)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver(sys.unraisablehook)
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one held since start-up arrives here
         return main(argv) or 0
     except UserError as e:
         _ending()
@@ -53,5 +98,8 @@ def run(main, argv=None):
         print("interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     finally:
+        sys.unraisablehook = previous_hook
+        while _resends:
+            _resends.pop().cancel()
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)

@@ -33,13 +33,73 @@ import sys
 import yaml
 
 from .dataset import max_idxs_list
-from .errors import ConfigError
+from .errors import ConfigError, quoted
 
 SECTIONS = ("runner", "hyper_parameters")
+MAX_VALUES = 10_000  # values a YAML document may expand to, aliases counted as often as they are used
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 as a float (YAML 1.2 does; PyYAML's YAML 1.1 gives a string)."""
+    """SafeLoader that reads 1e-3 as a float (YAML 1.2 does; PyYAML's YAML 1.1 gives a string), refuses a key
+    repeated in one mapping (PyYAML keeps the last in silence) and a document whose aliases expand it past
+    MAX_VALUES values (an "alias bomb": a few lines that stand for billions of values)."""
+
+    def construct_document(self, node):
+        _expanded_size(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in first
+            except TypeError:  # an unhashable key: SafeLoader refuses it below
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {quoted(key)} appears twice in one mapping (first at line {first[key]}); "
+                    "the second would silently replace the first: keep one", key_node.start_mark)
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(root):
+    """The values a composed YAML node stands for once every alias is expanded (each node counted once per
+    use); a YAMLError past MAX_VALUES or for a node that contains itself. Linear in the distinct nodes."""
+    sizes, open_nodes, stack = {}, set(), [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_VALUES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"its aliases (*name) expand it to more than {MAX_VALUES:,} values; a config holds a "
+                    "few dozen: write the values out", node.start_mark)
+            continue
+        if id(node) in open_nodes:
+            raise yaml.constructor.ConstructorError(None, None, "an alias (*name) inside the value it names; "
+                                                    "a config value cannot contain itself", node.start_mark)
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _yaml_problem(e):
+    """A YAMLError as one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return where + " ".join(str(part) for part in (e.context, e.problem) if part)
+    return " ".join(str(e).split())
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
@@ -163,8 +223,10 @@ def parse_value(text):
     """A command-line value typed as YAML: 3 -> int, 1e-3 -> float, False -> bool, [1, 2] -> list."""
     try:
         return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"-o value {text!r} is not valid YAML ({e}); quote strings with special characters")
+    except (yaml.YAMLError, RecursionError) as e:
+        problem = _yaml_problem(e) if isinstance(e, yaml.YAMLError) else "nested too deeply"
+        raise ConfigError(f"-o value {quoted(text)} is not valid YAML ({problem}); quote strings with special "
+                          "characters") from None
 
 
 def load_config(path, overrides=()):
@@ -199,17 +261,27 @@ def _read(path, chain, sources):
     if path in chain:
         raise ConfigError(f"{path}: a base cycle ({' -> '.join(chain + [path])}); remove one base:")
     chain.append(path)
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path) as f:
-            data = yaml.load(f, Loader=_Loader)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the config as UTF-8"
+                          ) from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply); a config is two levels of sections") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: needs the sections runner: and hyper_parameters: (mappings of keys to values)")
     unknown = sorted(set(data) - set(SECTIONS) - {"base"}, key=str)
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r}{_hint(unknown[0], SECTIONS + ('base',))}; "
-                          "a config has the sections runner and hyper_parameters (and optionally base)")
+        hint = _hint(unknown[0], SECTIONS + ("base",))
+        raise ConfigError(f"{path}: unknown top-level key {quoted(unknown[0])}{hint}; a config has the sections "
+                          "runner and hyper_parameters (and optionally base)")
     folder = os.path.dirname(path)
     for section in SECTIONS:
         data.setdefault(section, {})
@@ -219,7 +291,7 @@ def _read(path, chain, sources):
     own = {section: data[section] for section in SECTIONS}
     if base is not None:
         if not isinstance(base, str):
-            raise ConfigError(f"{path}: base must be the path of another config, got {base!r}")
+            raise ConfigError(f"{path}: base must be the path of another config, got {quoted(base)}")
         data = _merge(_read(os.path.normpath(os.path.join(folder, base)), chain, sources), data)
     sources.update(dict.fromkeys(leaves(own), path))
     return data
@@ -238,19 +310,19 @@ def model_dir_of(chain):
 def _check_sections(node, prefix, path):
     """Every section is a mapping; every runner key is one of KEYS (the hyper_parameters are the model's)."""
     if not isinstance(node, dict):
-        raise ConfigError(f"{path}: {prefix} must be a section (a mapping of keys to values), got {short(node)}")
+        raise ConfigError(f"{path}: {prefix} must be a section (a mapping of keys to values), got {quoted(node)}")
     for key, value in node.items():
         dotted = f"{prefix}.{key}"
         if prefix.startswith("hyper_parameters"):
             if isinstance(value, dict):
                 _check_sections(value, dotted, path)
         elif dotted not in KEYS:
-            raise ConfigError(f"{path}: unknown key {dotted!r}{_hint(dotted, KEYS)}; "
+            raise ConfigError(f"{path}: unknown key {quoted(dotted)}{_hint(dotted, KEYS)}; "
                               "the runner keys are listed in tools/utils/config.py (KEYS)")
 
 
 def _hint(key, known):
-    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+    close = difflib.get_close_matches(str(key)[:100], [str(k) for k in known], n=1)
     return f"; did you mean {close[0]}?" if close else ""
 
 
@@ -304,13 +376,14 @@ def apply_override(config, item):
     declares those; validate checks them)."""
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"-o {item!r}: expected key=value, e.g. -o runner.epochs=2")
+        raise ConfigError(f"-o {quoted(item)}: expected key=value, e.g. -o runner.epochs=2")
     section = key.partition(".")[0]
     if section == "hyper_parameters" and "." in key:
         if isinstance(get(config, key), dict):
-            raise ConfigError(f"-o {key}: a section, not a value; set one of its keys, e.g. -o {key}.<name>=...")
+            raise ConfigError(f"-o {key[:100]}: a section, not a value; set one of its keys, e.g. -o "
+                              f"{key[:100]}.<name>=...")
     elif key not in KEYS:
-        raise ConfigError(f"-o {key}: no such key{_hint(key, KEYS)}; the runner keys are listed in "
+        raise ConfigError(f"-o {key[:100]}: no such key{_hint(key, KEYS)}; the runner keys are listed in "
                           "tools/utils/config.py (KEYS), the hyper_parameters in the model folder's dygraph_model.py")
     value = parse_value(text)
     if section == "runner" and key.rpartition(".")[2] in PATH_KEYS and isinstance(value, str):
@@ -334,14 +407,8 @@ def _check_value(config, key, kind, what):
     if value is not None:
         need = kind_check(kind)(value)
         if need:
-            raise ConfigError(f"{_where(config, key)} must be {need}, got {short(value)} ({what}); "
+            raise ConfigError(f"{_where(config, key)} must be {need}, got {quoted(value)} ({what}); "
                               f"{_fix(config, key)}")
-
-
-def short(value, limit=80):
-    """repr(value), cut to `limit` characters: a message never carries a huge value."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- what a tool needs
@@ -383,7 +450,7 @@ def _undeclared(config, key, declared, model):
     names = ", ".join(k.partition(".")[2] for k in declared) or "none"
     by_option = config[SOURCES][key] == "-o"
     if any(k.startswith(key + ".") for k in declared):
-        problem = f"{key} must be a section (a mapping of keys to values), got {short(get(config, key))}"
+        problem = f"{key} must be a section (a mapping of keys to values), got {quoted(get(config, key))}"
     else:
         problem = (f"{key}: no such key" if by_option else f"unknown key {key!r}") + _hint(key, declared)
     return (f"{'-o ' if by_option else config[SOURCES][key] + ': '}{problem}; "
@@ -411,8 +478,8 @@ def attach_schema(config, schema, source):
     want = max_idxs_list(schema)
     got = config["hyper_parameters"].get("max_idxs", "schema")
     if got != "schema" and got != want:
-        raise ConfigError(f"{config['config_path']}: hyper_parameters.max_idxs is {got} but {source} has {want}; "
-                          "the embedding tables need one row per id of the data: set max_idxs: schema")
+        raise ConfigError(f"{config['config_path']}: hyper_parameters.max_idxs is {quoted(got)} but {source} has "
+                          f"{want}; the embedding tables need one row per id of the data: set max_idxs: schema")
     config["hyper_parameters"]["max_idxs"] = want
     config["data_schema"] = schema
     return config

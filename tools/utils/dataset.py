@@ -15,18 +15,22 @@ Layout of a split folder (`data/train`, `data/test_hot`, `data/test_cold`):
     <prefix>_stage{1,2}_oracle.npy  true click probability per row, synthetic
                                 data only; never an input feature
 """
+import hashlib
+import io
 import json
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
 from . import schema as S
-from .errors import DataError
+from .errors import DataError, quoted
 from .files import atomic_write, write_json
 
 SCHEMA_FILE = "schema.json"
 FORMAT_VERSION = 1
+MAX_ID = 2**31 - 2  # ids are int32 and a table has max + 1 rows
 
 
 # ---------------------------------------------------------------- writing
@@ -82,26 +86,37 @@ def read_schema(split_dir):
         raise DataError(f"{path}: no schema file; every data folder needs the schema.json "
                         "written by tools/preprocess.py or tools/import_pickle.py")
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:
             sch = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e}); regenerate it with tools/preprocess.py") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}); check its permissions") from e
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: not valid JSON ({_reason(e)}); regenerate it with tools/preprocess.py") from e
+    problem = schema_problem(sch)
+    if problem:
+        raise DataError(f"{path}: {problem}; regenerate it with tools/preprocess.py (or tools/import_pickle.py)")
+    return sch
+
+
+def schema_problem(sch):
+    """What is wrong with a schema dict (schema.json's, or a checkpoint's copy), or None."""
     if not isinstance(sch, dict):
-        raise DataError(f"{path}: holds a JSON {type(sch).__name__}, not the schema object; "
-                        "regenerate it with tools/preprocess.py")
+        return f"holds a JSON {type(sch).__name__}, not the schema object"
     expected = make_schema(S.TENCENT_MAX_IDXS)  # only its field lists are compared
     for key in ("static_fields", "dynamic_fields", "dynamic_widths", "ad_fields"):
         if sch.get(key) != expected[key]:
-            raise DataError(f"{path}: field {key!r} is {sch.get(key)!r}, this code expects "
-                            f"{expected[key]!r}; the data was made for another field layout")
+            return (f"field {key!r} is {quoted(sch.get(key))}, this code expects {expected[key]!r} (the data was "
+                    "made for another field layout)")
     mx = sch.get("max_idxs")
     for group, fields in S.GROUP_FIELDS.items():
         vals = None if not isinstance(mx, dict) else mx.get(group)
         if not (isinstance(vals, list) and len(vals) == len(fields)
-                and all(isinstance(v, int) and v >= 0 for v in vals)):
-            raise DataError(f"{path}: max_idxs.{group} must be {len(fields)} non-negative integers "
-                            f"(one per field {list(fields)}), got {vals!r}")
-    return sch
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_ID for v in vals)):
+            return (f"max_idxs.{group} must be {len(fields)} integers in 0..{MAX_ID:,} (one per field "
+                    f"{list(fields)}; ids are int32), got {quoted(vals)}")
+    if not isinstance(sch.get("vocabulary_sha256", ""), str):
+        return f"vocabulary_sha256 must be a text digest, got {quoted(sch['vocabulary_sha256'])}"
+    return None
 
 
 def max_idxs_list(sch):
@@ -134,21 +149,10 @@ def load_stage(path, sch):
         raise DataError(f"{path}: file not found; check the data path in the config "
                         "(runner.train_data_dir / runner.test_data_dir)")
     try:
-        with open(path, "rb") as f:  # np.load leaks its own handle on a broken zip
-            loaded = np.load(f, allow_pickle=False)
-            if isinstance(loaded, np.lib.npyio.NpzFile):
-                with loaded as z:
-                    arrays = {name[:-4] if name.endswith(".npy") else name: z[name] for name in z.files}
-    except ValueError as e:
-        raise DataError(f"{path}: holds Python objects or is not a NumPy file ({e}); "
-                        "convert pickles with tools/import_pickle.py") from e
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e}); regenerate it") from e
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: a single .npy array, not an .npz archive of named arrays; regenerate it")
-    not_arrays = sorted(name for name, a in arrays.items() if not isinstance(a, np.ndarray))
-    if not_arrays:
-        raise DataError(f"{path}: members {not_arrays} are not .npy arrays; regenerate the file")
+        arrays = read_npz(path)
+    except ArchiveError as e:
+        raise DataError(f"{path}: not a readable .npz file of arrays ({e}); regenerate it "
+                        "(pickles: convert them with tools/import_pickle.py)") from e
     validate_stage(path, arrays, sch)
     return arrays
 
@@ -161,8 +165,14 @@ def iter_stage(path, sch, rows=65536):
     """
     try:
         with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
-            members = {name[:-4]: archive.open(name) for name in archive.namelist() if name.endswith(".npy")}
-            layout = {name: _npy_header(path, name, member) for name, member in members.items()}
+            members, layout = {}, {}
+            for info in archive.infolist():
+                if info.filename.endswith(".npy"):
+                    name = info.filename[:-4]
+                    members[name], shape, dtype, fortran = _open_member(archive, info)
+                    if fortran:
+                        raise ArchiveError(f"member {name!r} is in Fortran order; our files are in C order")
+                    layout[name] = shape, dtype
             counts = {shape[0] if shape else 0 for shape, _ in layout.values()}
             if len(counts) > 1:
                 raise DataError(f"{path}: its arrays have different numbers of rows ({sorted(counts)}); "
@@ -177,27 +187,94 @@ def iter_stage(path, sch, rows=65536):
                     chunk[name] = np.frombuffer(data, dtype).reshape((k,) + tuple(shape[1:]))
                 validate_stage(path, chunk, sch)
                 yield chunk
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e}); regenerate it") from e
+            for member in members.values():
+                member.read(1)  # at the end: zipfile checks the member's CRC
+    except (ArchiveError, *_READ_ERRORS) as e:
+        raise DataError(f"{path}: not a readable .npz file ({_reason(e)}); regenerate it") from e
 
 
 def stage_rows(path):
     """The rows of a stage file, from the header of its label array (nothing else is read)."""
     try:
         with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
-            shape, _ = _npy_header(path, "label", archive.open("label.npy"))
-    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as e:
-        raise DataError(f"{path}: not a readable stage file ({e}); regenerate it") from e
-    return shape[0]
+            shape = _open_member(archive, archive.getinfo("label.npy"))[1]
+    except (ArchiveError, *_READ_ERRORS) as e:
+        raise DataError(f"{path}: not a readable stage file ({_reason(e)}); regenerate it") from e
+    return shape[0] if shape else 0
 
 
-def _npy_header(path, name, member):
-    version = np.lib.format.read_magic(member)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read(member)
-    if dtype.hasobject or fortran:
-        raise DataError(f"{path}: member {name!r} holds Python objects or is in Fortran order; regenerate the file")
-    return shape, dtype
+# ---------------------------------------------------------------- .npz archives that may lie
+class ArchiveError(ValueError):
+    """An .npz archive that cannot be read as arrays; the message says why (for the caller's one line)."""
+
+
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, MemoryError)
+_DEFLATE_RATIO = 1032  # the most deflate can expand: a member claiming more is damaged or crafted
+_CHUNK = 1 << 18  # bytes per read: ZipExtFile joins what one read returns, so large reads cost copies
+
+
+def _reason(e):
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def read_npz(file):
+    """{name: array} of an .npz archive (a path, or its bytes), read without pickle and without allocating more
+    than the archive holds: every member's .npy header is checked against the member's size before its array
+    is made, so a header claiming 10^10 rows is refused instead of allocated. An ArchiveError otherwise."""
+    try:
+        with (open(file, "rb") if isinstance(file, (str, os.PathLike)) else io.BytesIO(file)) as f:
+            if f.read(6) == b"\x93NUMPY":
+                raise ArchiveError("a single .npy array, not an .npz archive of named arrays")
+            f.seek(0)
+            with zipfile.ZipFile(f) as archive:
+                infos = archive.infolist()
+                others = [i.filename for i in infos if not i.filename.endswith(".npy")]
+                if others:
+                    raise ArchiveError(f"members {quoted(others)} are not .npy arrays")
+                return {info.filename[:-4]: _read_member(archive, info) for info in infos}
+    except ArchiveError:
+        raise
+    except _READ_ERRORS as e:
+        raise ArchiveError(_reason(e)) from e
+
+
+def _open_member(archive, info):
+    """(the open member after its header, shape, dtype, fortran order), the header checked against the member."""
+    name = info.filename[:-4]
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.file_size > (
+            info.compress_size if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_RATIO * info.compress_size
+            + 4096):
+        raise ArchiveError(f"member {name!r} claims {info.file_size:,} bytes from {info.compress_size:,} stored, "
+                           "more than its compression can give; the file is damaged")
+    member = archive.open(info)
+    try:
+        version = np.lib.format.read_magic(member)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(member)
+        if dtype.hasobject:
+            raise ArchiveError(f"member {name!r} holds Python objects (pickled); data holds numbers only")
+        need, holds = int(np.prod(shape, dtype=object)) * dtype.itemsize, info.file_size - member.tell()
+        if need != holds:
+            raise ArchiveError(f"member {name!r} claims shape {shape} of {dtype} ({need:,} bytes) but holds "
+                               f"{holds:,} bytes; the file is damaged")
+    except BaseException:
+        member.close()
+        raise
+    return member, shape, dtype, fortran
+
+
+def _read_member(archive, info):
+    member, shape, dtype, fortran = _open_member(archive, info)
+    with member:
+        array = np.empty(shape[::-1] if fortran else shape, dtype)
+        view, done = memoryview(array.reshape(-1).view(np.uint8)), 0
+        while done < len(view):
+            n = member.readinto(view[done:done + _CHUNK])
+            if not n:
+                raise ArchiveError(f"member {info.filename[:-4]!r} is cut short")
+            done += n
+        member.read(1)  # at the end: zipfile checks the member's CRC
+    return array.T if fortran else array
 
 
 def validate_stage(path, arrays, sch):
@@ -276,6 +353,21 @@ def load_split(split_dir, stages=(1, 2)):
     return out
 
 
+def data_digest(split_dir):
+    """{file name: sha256 of its bytes} of what a reader of the folder may read: schema.json, vocabulary.npz and
+    every stage file (not the oracles). A checkpoint records it so that a resume on changed data is refused."""
+    names = [n for n in sorted(os.listdir(split_dir)) if n in (SCHEMA_FILE, "vocabulary.npz")
+             or (n.endswith(".npz") and "_stage" in n)]
+    digests = {}
+    for name in names:
+        h = hashlib.sha256()
+        with open(os.path.join(split_dir, name), "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        digests[name] = h.hexdigest()
+    return digests
+
+
 def oracle_path(stage_file):
     return stage_file[:-len(".npz")] + "_oracle.npy"
 
@@ -285,7 +377,11 @@ def load_oracle(stage_file, n_rows):
     path = oracle_path(stage_file)
     if not os.path.isfile(path):
         return None
-    p = np.load(path, allow_pickle=False)
+    try:
+        p = np.array(np.load(path, mmap_mode="r", allow_pickle=False))  # mapped: a lying header allocates nothing
+    except _READ_ERRORS as e:
+        raise DataError(f"{path}: not a readable .npy file ({_reason(e)}); regenerate the data with "
+                        "tools/make_synthetic.py and tools/preprocess.py") from e
     if p.shape != (n_rows,) or not np.all((p >= 0) & (p <= 1)):
         raise DataError(f"{path}: expected {n_rows} probabilities in [0, 1], got shape {p.shape}; "
                         "regenerate the data with tools/make_synthetic.py and tools/preprocess.py")

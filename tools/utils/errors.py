@@ -1,8 +1,20 @@
 """The one kind of error a user can fix: every command line prints it as one line, `error: <message>`, and exits 2.
 
 Each subclass names where the problem is (its message names the file, the
-key or field, and the fix); tools/utils/cli.py does the printing.
+key or field, and the fix); tools/utils/cli.py does the printing. A user's value is quoted in a message
+with quoted(), which never builds more than a short prefix of its repr.
 """
+import reprlib
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
+
+
+def quoted(value, limit=80):
+    """repr(value) cut to at most about `limit` characters; a huge value costs no more than a short one."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class UserError(Exception):
@@ -27,6 +39,15 @@ class TrainingError(UserError, RuntimeError):
 
 class DistributedError(UserError, RuntimeError):
     """A run across processes cannot go on: another rank failed, died or stopped answering."""
+
+
+class DiskFull(UserError, OSError):
+    """A write found its device full (or the quota spent): the file, the bytes it needed, what that left."""
+
+    def __init__(self, path, needed, left="nothing was replaced (the file there before, if any, is whole)",
+                 fix="Free space and rerun"):
+        super().__init__(f"{path}: no space left on its device (writing it needs {needed}); {left}. {fix}")
+        self.path, self.needed = path, needed
 
 
 class Stopped(Exception):

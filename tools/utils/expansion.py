@@ -162,14 +162,6 @@ def pool_chunks(path, schema, vocab, unknown, rows=POOL_ROWS):
                    "lengths": lengths[part].astype(np.int32)}
 
 
-def pool_size(path):
-    """Users in the pool (the rows of a stage file, the lines of a userFeature.data), read cheaply."""
-    if path.endswith(".npz"):
-        return D.stage_rows(path)
-    with open(path, "rb") as f:
-        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
-
-
 # ---------------------------------------------------------------- uids and background users
 def pool_uids(path):
     """Every uid of the pool, read cheaply: the uid member of a stage file, or the first group of each line of a

@@ -23,7 +23,9 @@ import ctypes
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -62,7 +64,19 @@ warnings.filterwarnings("ignore", message="No ccache found", category=UserWarnin
 
 _root = logging.getLogger()
 _root_handlers, _root_level = list(_root.handlers), _root.level
-import paddle  # noqa: E402
+# Paddle installs a C++ handler for SIGTERM while it loads (it prints a stack dump and aborts): SIGTERM and SIGINT
+# wait while it loads, then the Python handlers there before get them back, and one that came meanwhile arrives
+# (tools/utils/cli.py turns it into one line; a KeyboardInterrupt inside the import would be an ImportError).
+_STOPS = (signal.SIGTERM, signal.SIGINT)
+_handlers = {s: signal.getsignal(s) for s in _STOPS} if threading.current_thread() is threading.main_thread() else {}
+_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+try:
+    import paddle  # noqa: E402
+finally:
+    for _signal, _handler in _handlers.items():
+        if _handler is not None:
+            signal.signal(_signal, _handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, _mask)
 
 for _handler in [h for h in _root.handlers if h not in _root_handlers]:
     _root.removeHandler(_handler)

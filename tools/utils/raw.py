@@ -36,7 +36,7 @@ from . import dataset, vocabulary
 from . import schema as S
 from .dataset import DataError
 from .raw_csv import read_ads, read_oracle, read_rows
-from .files import drop_staging, inside, replace_folders, staging_folder
+from .files import drop_staging, inside, make_staging, replace_folders, staging_folder
 from .progress import progress as progress_bar
 from .raw_users import WORKER_STATE, fork_map, read_users
 
@@ -249,11 +249,7 @@ def write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, max_
     Stage files are written by `workers` forked processes, largest first:
     deflating them is the slowest step after parsing. Returns the counts per split.
     """
-    try:
-        tmp, created = staging_folder(out_dir, STAGING)
-    except OSError as e:
-        raise DataError(f"{out_dir}: cannot create the output folder ({e.strerror}); check the path and "
-                        "its permissions") from e
+    tmp, created = staging_folder(out_dir, STAGING)
     counts, jobs = {}, []
     for folder, prefix in SPLITS:
         counts[folder] = dict(campaigns=len(split_aids[folder]), positives=0)
@@ -267,6 +263,11 @@ def write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, max_
     state = dict(stages=stages, users=users, campaigns=campaigns, ads=ads)
     done = False
     try:
+        try:
+            make_staging(tmp)
+        except OSError as e:
+            raise DataError(f"{out_dir}: cannot create the output folder ({e.strerror}); check the path and "
+                            "its permissions") from e
         for folder, _ in SPLITS:
             os.makedirs(os.path.join(tmp, folder))
             digest = vocabulary.save(os.path.join(tmp, folder), vocab)

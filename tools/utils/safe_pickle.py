@@ -27,7 +27,7 @@ import numpy as np
 
 from . import dataset as D
 from . import schema as S
-from .files import drop_staging, inside, replace_folders, staging_folder
+from .files import drop_staging, inside, make_staging, replace_folders, staging_folder
 from .raw import check_out_dir
 
 # Global named in a pickle -> where it lives now. Everything here only builds
@@ -378,13 +378,14 @@ def import_pickles(jobs, out_dir, max_idxs="data", bar=None, force=False):
     splits = sorted({split for _, split, _ in jobs})
     check_out_dir(out_dir, force, splits)
     _check_inputs_outside(jobs, out_dir, splits)
-    try:
-        staging, created = staging_folder(out_dir, STAGING)
-    except OSError as e:
-        raise D.DataError(f"{out_dir}: cannot create the output folder ({e.strerror}); check the path and "
-                          "its permissions") from e
+    staging, created = staging_folder(out_dir, STAGING)
     done = False
     try:
+        try:
+            make_staging(staging)
+        except OSError as e:
+            raise D.DataError(f"{out_dir}: cannot create the output folder ({e.strerror}); check the path and "
+                              "its permissions") from e
         summaries = _build(jobs, out_dir, staging, splits, max_idxs, bar)
         check_out_dir(out_dir, force, splits, staging=staging)  # nothing appeared meanwhile
         replace_folders(staging, out_dir, splits)

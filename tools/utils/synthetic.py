@@ -35,6 +35,7 @@ import numpy as np
 
 from tools.utils.raw_text import PROB_DIGITS, user_lines, write_csv
 from tools.utils.progress import progress as progress_bar
+from tools.utils.files import make_staging
 from tools.utils.raw_users import quiet_worker_signals
 
 LATENT_DIM = 8
@@ -45,6 +46,7 @@ WEIGHT_SCALE = 1.25          # std of <w_a, z_u>: sets the oracle AUC near 0.8
 WEIGHT_SPLIT = (0.4, 0.35, 0.25)  # variance of shared / family / own preference
 CAMPAIGNS_PER_FAMILY = 7
 
+STAGING = ".make_synthetic.tmp"  # + pid: the staging folder inside out_dir
 PRESETS = {
     # name: users, campaigns, train_rows, test_rows, hot_cut, cold_min
     "sample": dict(users=50_000, campaigns=50, train_rows=64_000, test_rows=16_000, hot_cut=60, cold_min=12),
@@ -413,11 +415,9 @@ def generate(out_dir, users, campaigns, train_rows, test_rows, hot_cut, cold_min
     if rows.max() > users:
         raise ValueError(f"the largest campaign needs {rows.max()} distinct users but --users is {users}: "
                          "raise --users or lower the row counts")
-    os.makedirs(out_dir, exist_ok=True)
-    staging = os.path.join(out_dir, f".make_synthetic.tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.mkdir(staging)
+    staging = os.path.join(out_dir, f"{STAGING}{os.getpid()}")
     try:
+        make_staging(staging)  # inside the try: a stop signal as it appears still finds the finally
         with progress_bar(disable=not progress, total=total + users, unit="line", unit_scale=True,
                           desc="raw files", leave=False) as bar:
             ads, family = make_ads(rng_ads, campaigns)

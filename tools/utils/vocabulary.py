@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from . import schema as S
+from .dataset import ArchiveError, read_npz
 from .errors import DataError
 from .files import atomic_write
 
@@ -64,9 +65,8 @@ def load(folder, required=True):
 def from_bytes(data, path):
     """The checked vocabulary of vocabulary.npz bytes; `path` names them in errors."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            vocab = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError) as e:
+        vocab = read_npz(data)
+    except ArchiveError as e:
         raise DataError(f"{path}: not a vocabulary archive ({e}); regenerate it with tools/preprocess.py") from e
     for field in FIELDS:
         values = vocab.get(field)
