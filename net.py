@@ -70,7 +70,7 @@ class FieldLayout:
 
     @classmethod
     def from_schema(cls, schema):
-        """The layout of a schema.json dict (tools/utils/dataset.py writes and checks them)."""
+        """The layout of a schema.json dict (tools/utils/data/dataset.py writes and checks them)."""
         return cls(schema["static_fields"], schema["dynamic_fields"], schema["dynamic_widths"], schema["ad_fields"],
                    [schema["max_idxs"][group] for group in cls.ID_ARRAYS])
 

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from tools.utils.dataset import CampaignIndex, load_split, require_vocabulary, take
+from tools.utils.data.dataset import CampaignIndex, load_split, require_vocabulary, take
 from tools.utils.errors import DataError
 from tools.utils.validation import held_out
 

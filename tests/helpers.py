@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
-from tools.utils import dataset as D
-from tools.utils import schema as S
+from tools.utils.data import dataset as D
+from tools.utils.data import schema as S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_IDXS = {"static": [3, 2, 9, 5, 7, 2, 1], "dynamic": [12, 8, 6, 30, 20, 10, 10], "ad": [4, 5, 3, 3, 3, 2]}

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import write_split
 from tools import benchmark
-from tools.utils import dataset as D
+from tools.utils.data import dataset as D
 
 METHODS = ["lr", "lookalike_lr", "mlp_pretrain", "metaheac"]
 SEEDS = [2021, 2022]

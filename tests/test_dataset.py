@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from helpers import make_stage
-from tools.utils import dataset as D
-from tools.utils import schema as S
+from tools.utils.data import dataset as D
+from tools.utils.data import schema as S
 
 ROWS = 40
 MAXIMA = {"static": [3, 2, 20, 5, 7, 2, 1], "dynamic": [30, 20, 12, 400, 300, 50, 60], "ad": [9, 11, 4, 6, 5, 3]}

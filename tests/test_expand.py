@@ -11,9 +11,9 @@ import pytest
 from helpers import ROOT
 from tools import expand
 from tools.utils import cli, serving
-from tools.utils import dataset as D
+from tools.utils.data import dataset as D
 from tools.utils import expansion as E
-from tools.utils import vocabulary as V
+from tools.utils.data import vocabulary as V
 
 CONFIG = os.path.join(ROOT, "config.yaml")
 HOT = os.path.join(ROOT, "data", "test_hot")

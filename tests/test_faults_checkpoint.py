@@ -91,7 +91,7 @@ def test_a_checkpoint_entry_that_is_a_link_is_refused_in_one_line(folder, traine
 # ---------------------------------------------------------------- 2: the training data changed
 def test_a_resume_on_changed_training_data_is_refused_naming_the_file(folder, tmp_path, capsys):
     """Issue 20 #2: train_stage1.npz rewritten with rows dropped and labels flipped; the rerun resumed on it."""
-    from tools.utils import dataset as D
+    from tools.utils.data import dataset as D
     data, out = tmp_path / "train", tmp_path / "out"
     shutil.copytree(folder / "data" / "train", data)
     options = (f"runner.train_data_dir={data}", "runner.save_steps=5")

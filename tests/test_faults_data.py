@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, make_stage
-from tools.utils import dataset as D
-from tools.utils import schema as S
+from tools.utils.data import dataset as D
+from tools.utils.data import schema as S
 
 PREPROCESS = os.path.join(ROOT, "tools", "preprocess.py")
 IMPORT_PICKLE = os.path.join(ROOT, "tools", "import_pickle.py")
@@ -114,7 +114,7 @@ def test_preprocess_force_keeps_raw_inside_out_and_other_files(tmp_path):
 
 def test_preprocess_failing_late_keeps_the_old_splits(tmp_path, monkeypatch):
     """A write failing after the data was read (disk full while deflating) changes nothing in --out."""
-    from tools.utils import raw
+    from tools.utils.data import raw
     out = tmp_path / "out"
     raw.preprocess(write_raw(tmp_path / "raw"), str(out), workers=1, progress=False)
     (out / "notes.txt").write_text("mine")

@@ -15,8 +15,8 @@ from helpers import ROOT
 from tools import expand
 from tools.utils import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import dataset as D
-from tools.utils import vocabulary as V
+from tools.utils.data import dataset as D
+from tools.utils.data import vocabulary as V
 from tools.utils.outputs import Outputs
 
 CONFIG = os.path.join(ROOT, "config.yaml")

@@ -13,9 +13,9 @@ import pytest
 
 from helpers import MAX_IDXS, fake_model_folder
 from tools.utils import cli
-from tools.utils import dataset as D
-from tools.utils import schema as S
-from tools.utils import vocabulary as V
+from tools.utils.data import dataset as D
+from tools.utils.data import schema as S
+from tools.utils.data import vocabulary as V
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import pytest
 from helpers import ROOT, fake_model_folder, make_stage
 from tools.utils import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import dataset as D
+from tools.utils.data import dataset as D
 
 AT_ONCE = 18  # runs at a time: half of them import Paddle (about 300 MB each)
 STOP_BITS = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
@@ -141,7 +141,7 @@ def inputs(tmp_path_factory):
     """A fake model folder with two trained epochs; an expand campaign and pool; raw files; a pickle."""
     from test_faults_data import frame_of
     from tools import trainer
-    from tools.utils import synthetic
+    from tools.utils.data import synthetic
     root = tmp_path_factory.mktemp("signals")
     folder = fake_model_folder(root / "model")
     assert cli.run(trainer.main, ["-m", str(folder / "config.yaml")]) == 0

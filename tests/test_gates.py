@@ -7,8 +7,8 @@ import sys
 import numpy as np
 
 from helpers import ROOT
-from tools.utils import dataset as D
-from tools.utils import schema as S
+from tools.utils.data import dataset as D
+from tools.utils.data import schema as S
 
 TINY = ["runner.thread_num=1", "hyper_parameters.embed_dim=8", "hyper_parameters.mlp_dims=[16]",
         "hyper_parameters.num_expert=2", "hyper_parameters.num_output=3"]

@@ -13,9 +13,9 @@ pd = pytest.importorskip("pandas")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from tools.utils import dataset as D
-from tools.utils import safe_pickle
-from tools.utils import schema as S
+from tools.utils.data import dataset as D
+from tools.utils.data import safe_pickle
+from tools.utils.data import schema as S
 
 SAMPLE = os.path.join(ROOT, "..", "shared", "data", "paddlerec_sample.pkl")
 CLI = os.path.join(ROOT, "tools", "import_pickle.py")

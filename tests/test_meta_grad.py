@@ -5,7 +5,7 @@ from sklearn.metrics import log_loss
 
 import dygraph_model as dm
 from helpers import MAX_IDXS_LIST, TINY_HP, layout, random_batch, schema
-from tools.utils import schema as S
+from tools.utils.data import schema as S
 from tools.utils.paddle_env import paddle
 
 LOCAL_LR = 0.5  # large, so that the second-order term is clearly visible

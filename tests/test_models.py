@@ -6,8 +6,8 @@ import pytest
 
 import net as net_module
 from helpers import MAX_IDXS_LIST, bce, make_stage, schema
-from tools.utils import schema as S
-from tools.utils.dataset import make_schema
+from tools.utils.data import schema as S
+from tools.utils.data.dataset import make_schema
 from tools.utils.paddle_env import paddle
 
 HP = {"max_idxs": MAX_IDXS_LIST, "embed_dim": 4, "embedding_init": "normal", "mlp_dims": [5, 3], "num_expert": 3,

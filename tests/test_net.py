@@ -4,7 +4,7 @@ import pytest
 
 import net as net_module
 from helpers import MAX_IDXS, TINY_HP, layout, random_batch
-from tools.utils import schema as S
+from tools.utils.data import schema as S
 from tools.utils.paddle_env import paddle
 
 def to_feeds(batch):

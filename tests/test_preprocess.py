@@ -16,9 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from tools.utils import dataset, raw, raw_csv, raw_users, vocabulary
-from tools.utils import schema as S
-from tools.utils.dataset import DataError
+from tools.utils.data import dataset, raw, raw_csv, raw_users, vocabulary
+from tools.utils.data import schema as S
+from tools.utils.data.dataset import DataError
 
 AD_HEADER = "aid,advertiserId,campaignId,creativeId,creativeSize,adCategoryId,productId,productType"
 ADS = [AD_HEADER,
@@ -87,7 +87,7 @@ def run(raw_dir, out_dir, **kw):
 
 # --------------------------------------------------------------- the reference
 def reference(raw_dir, seed=2021, train_fraction=0.5, hot_threshold=2000):
-    """{split: {stage: arrays}} and max_idxs, by the rules of tools/utils/raw.py, in plain Python."""
+    """{split: {stage: arrays}} and max_idxs, by the rules of tools/utils/data/raw.py, in plain Python."""
     raw_dir = Path(raw_dir)
     with open(raw_dir / "adFeature.csv") as f:
         ads = {int(r["aid"]): [int(r[k]) if r[k] else -1 for k in S.AD_FIELDS] for r in csv.DictReader(f)}

@@ -10,7 +10,7 @@ from scipy.stats import chisquare
 import reader_test
 import reader_train
 from helpers import reader_config, write_split
-from tools.utils import dataset as D
+from tools.utils.data import dataset as D
 from tools.utils.errors import DataError
 
 

@@ -12,10 +12,10 @@ import net as net_module
 from helpers import ROOT, TINY_HP, layout, random_batch
 from models import layers
 from tools.utils import checkpoint as ckpt
-from tools.utils import dataset as D
-from tools.utils import schema as S
+from tools.utils.data import dataset as D
+from tools.utils.data import schema as S
 from tools.utils import serving
-from tools.utils import vocabulary as V
+from tools.utils.data import vocabulary as V
 from tools.utils.paddle_env import paddle
 from tools.utils.serving_net import MetaHeacCampaign
 

@@ -15,9 +15,9 @@ from sklearn.metrics import roc_auc_score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from tools.utils import schema as S
-from tools.utils import synthetic as Y
-from tools.utils.raw_text import render_tokens
+from tools.utils.data import schema as S
+from tools.utils.data import synthetic as Y
+from tools.utils.data.raw_text import render_tokens
 
 AD_HEADER = "aid,advertiserId,campaignId,creativeId,creativeSize,adCategoryId,productId,productType"
 USER_GROUPS = {"uid", "age", "gender", "marriageStatus", "education", "consumptionAbility", "LBS",

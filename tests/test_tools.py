@@ -16,7 +16,7 @@ import pytest
 from helpers import MAX_IDXS, ROOT, assert_one_line_error, fake_model_folder, pairwise_auc, run
 from tools.utils import checkpoint as ckpt
 from tools.utils import config as cfg
-from tools.utils import dataset as D
+from tools.utils.data import dataset as D
 from tools.utils import model_folder
 from tools.utils.run_folder import RunFolder
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import fake_model_folder, run, write_split
-from tools.utils import dataset as D
+from tools.utils.data import dataset as D
 
 VALID = ["runner.valid_campaigns=2", "runner.valid_interval=2", "runner.valid_patience=3", "runner.epochs=4"]
 

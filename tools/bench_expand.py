@@ -33,9 +33,9 @@ import time
 import numpy as np
 
 from tools import bench_model
-from tools.utils import dataset as D
-from tools.utils import schema as S
-from tools.utils import vocabulary as V
+from tools.utils.data import dataset as D
+from tools.utils.data import schema as S
+from tools.utils.data import vocabulary as V
 from tools.utils.model_folder import ROOT
 from tools.utils.progress import progress
 
@@ -138,7 +138,7 @@ def negatives(args):
     from tools.utils import campaign as C
     from tools.utils import checkpoint as ckpt
     from tools.utils import config as cfg
-    from tools.utils import background
+    from tools.utils.data import background
     from tools.utils import metrics, model_folder, paddle_env
     config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"runner.thread_num={args.threads}"])
     model = model_folder.model_module(config).DygraphModel()

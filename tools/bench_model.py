@@ -5,7 +5,7 @@
 Times one meta-step (train_forward + backward + Adam step; second and first
 order), a fine-tune step (infer_train_forward + backward + Adam) and scoring
 (infer_forward); prints medians, samples/s and the peak RSS of the process.
-The tables have the Tencent vocabulary sizes (tools.utils.schema.TENCENT_MAX_IDXS,
+The tables have the Tencent vocabulary sizes (tools.utils.data.schema.TENCENT_MAX_IDXS,
 21.9 M parameters); user ids are Zipf-distributed like the real fields, and the
 ad fields are constant within a task, as they are within a campaign. Other
 processes on the machine slow every figure: the header shows the load average
@@ -31,8 +31,8 @@ from tools.utils.progress import progress
 
 from tools.utils.paddle_env import paddle, set_threads
 from tools.utils import model_folder
-from tools.utils import schema as S
-from tools.utils.dataset import make_schema
+from tools.utils.data import schema as S
+from tools.utils.data.dataset import make_schema
 
 ZIPF_EXPONENT = 1.2
 WARMUP_STEPS = 3  # the first steps page-fault the working set in (tens of thousands of faults each)

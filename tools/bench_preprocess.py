@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 
-from tools.utils.raw import preprocess
+from tools.utils.data.raw import preprocess
 
 FULL_LINES = 11_420_039
 FULL_ROWS = 8_798_814 + 2_265_989

@@ -45,11 +45,11 @@ import time
 import numpy as np
 
 from tools.utils import benchmark_report, cli, metrics
-from tools.utils import dataset as D
+from tools.utils.data import dataset as D
 from tools.utils.errors import Stopped, UserError
 from tools.utils.files import write_json
 from tools.utils.model_folder import ROOT
-from tools.utils.raw_users import quiet_worker_signals
+from tools.utils.data.raw_users import quiet_worker_signals
 
 # name: (row label, config relative to ROOT, extra overrides, trains across campaigns)
 METHODS = {

@@ -14,7 +14,7 @@ aid,uid,label, userFeature.data) holding the campaign's seeds; --aid picks one
 campaign where DIR holds several. POOL is a stage .npz with uid or a raw
 userFeature.data (tools/utils/expansion.py). Seeds that are all positive get R
 negatives per seed (--negatives) drawn from background users, never a user of
-the pool (tools/utils/background.py: the checkpoint's, or --background). Seeds
+the pool (tools/utils/data/background.py: the checkpoint's, or --background). Seeds
 in the pool are left out of the ranking unless --keep-seeds. A campaign whose
 ad ids, or most of whose seeds' ids, the checkpoint has never seen is refused
 (the wrong model) unless --allow-unknown.
@@ -44,8 +44,9 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import expansion as E
-from tools.utils import background, campaign, charts, model_folder, quality, resources, serving
-from tools.utils import vocabulary as V
+from tools.utils import campaign, charts, model_folder, quality, resources, serving
+from tools.utils.data import background
+from tools.utils.data import vocabulary as V
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
 from tools.utils.outputs import Outputs

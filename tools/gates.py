@@ -31,7 +31,7 @@ from tools.infer_meta import split_dirs
 from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
-from tools.utils import dataset as D
+from tools.utils.data import dataset as D
 from tools.utils import gates as G
 from tools.utils import metrics, model_folder
 from tools.utils.errors import ConfigError

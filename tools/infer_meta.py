@@ -47,8 +47,9 @@ import numpy as np
 from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
-from tools.utils import dataset as D
-from tools.utils import background, campaign, distributed, metrics, model_folder, resources
+from tools.utils.data import dataset as D
+from tools.utils import campaign, distributed, metrics, model_folder, resources
+from tools.utils.data import background
 from tools.utils.errors import CheckpointError, TrainingError
 from tools.utils.files import atomic_write, plain, require_writable, write_json, write_text
 from tools.utils.progress import progress

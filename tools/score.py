@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from tools.utils import cli, serving
-from tools.utils import vocabulary as V
+from tools.utils.data import vocabulary as V
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
 from tools.utils.progress import progress

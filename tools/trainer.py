@@ -29,8 +29,9 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import curves as C
-from tools.utils import dataset as D
-from tools.utils import background, distributed, model_folder, resources, validation, vocabulary
+from tools.utils.data import dataset as D
+from tools.utils import distributed, model_folder, resources, validation
+from tools.utils.data import background, vocabulary
 from tools.utils.run_folder import BEST, RunFolder
 from tools.utils.training import require_finite, run_epoch
 

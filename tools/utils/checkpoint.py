@@ -116,7 +116,7 @@ def _reader_state(v):
 
 
 def _schema(v):
-    from .dataset import schema_problem
+    from .data.dataset import schema_problem
     return schema_problem(v) is None
 
 
@@ -263,15 +263,15 @@ def read_file(path, name):
 
 def vocabulary(path):
     """The raw-id maps the checkpoint's training data was encoded with, or None (data without them)."""
-    from . import vocabulary as V
+    from .data import vocabulary as V
     if V.VOCAB_FILE not in read_meta(path).get("sha256", {}):
         return None
     return V.from_bytes(read_file(path, V.VOCAB_FILE), os.path.join(path, V.VOCAB_FILE))
 
 
 def background_users(path):
-    """The background users stored with the checkpoint (tools/utils/background.py), or None (an older one)."""
-    from . import background
+    """The background users stored with the checkpoint (tools/utils/data/background.py), or None (an older one)."""
+    from .data import background
     if background.BACKGROUND_FILE not in read_meta(path).get("sha256", {}):
         return None
     return background.from_bytes(read_file(path, background.BACKGROUND_FILE),
@@ -294,7 +294,7 @@ def load_arrays(path, name, trust_pickle=False):
     if name in PICKLED.values():
         from .paddle_env import paddle
         return {k: np.asarray(v) for k, v in paddle.load(io.BytesIO(data)).items()}
-    from .dataset import ArchiveError, read_npz
+    from .data.dataset import ArchiveError, read_npz
     try:
         return read_npz(data)
     except ArchiveError as e:

@@ -32,7 +32,7 @@ import sys
 
 import yaml
 
-from .dataset import max_idxs_list
+from .data.dataset import max_idxs_list
 from .errors import ConfigError, quoted
 
 SECTIONS = ("runner", "hyper_parameters")

@@ -15,7 +15,7 @@ is the normal case). Encoded inputs must carry the checkpoint's vocabulary
 (schema.json's digest).
 
 Seeds that are all positive get negatives from background users, never a user of the pool
-(tools/utils/background.py).
+(tools/utils/data/background.py).
 Fine-tuning is meta-inference's (tools/utils/campaign.py), and so is the
 seeding: everything random about the campaign is seeded with (seed, aid).
 """
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import campaign as C
-from . import dataset as D
-from . import raw_csv, raw_users
-from . import schema as S
-from . import vocabulary as V
+from .data import dataset as D
+from .data import raw_csv, raw_users
+from .data import schema as S
+from .data import vocabulary as V
 from .errors import DataError
 from .progress import progress
 

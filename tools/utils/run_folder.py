@@ -36,7 +36,7 @@ import socket
 import stat
 
 from . import checkpoint as ckpt
-from . import dataset
+from .data import dataset
 from .errors import CheckpointError
 from .files import leftover_pid, require_writable
 

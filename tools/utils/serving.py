@@ -3,7 +3,7 @@
 `tools/expand.py --export DIR` writes
     DIR/model.json, DIR/model.pdiparams  the program and weights of the campaign's scorer
                                          (tools/utils/serving_net.py), loadable by Paddle Inference alone
-    DIR/vocabulary.npz                   the raw-id -> id maps (tools/utils/vocabulary.py)
+    DIR/vocabulary.npz                   the raw-id -> id maps (tools/utils/data/vocabulary.py)
     DIR/inputs.json                      the inputs, their shapes and dtypes, and INPUT_RULES
 The campaign's ad ids are built into the program (the model serves one
 campaign), so a server feeds only a user's ids:
@@ -15,7 +15,7 @@ and gets the click probability [N].
 Scorer.score_pool (and tools/score.py over it) reads raw userFeature.data lines, or
 an encoded stage file, with the code expand.py reads its pool with
 (tools/utils/expansion.py's pool_chunks, which encodes with
-tools/utils/vocabulary.py), so the exported model's scores equal expand.py's.
+tools/utils/data/vocabulary.py), so the exported model's scores equal expand.py's.
 """
 import json
 import os
@@ -23,8 +23,8 @@ import os
 import numpy as np
 
 from . import expansion as E
-from . import schema as S
-from . import vocabulary as V
+from .data import schema as S
+from .data import vocabulary as V
 from .campaign import SCORE_ROWS
 from .errors import DataError
 from .files import write_json
@@ -34,7 +34,7 @@ INPUTS = "inputs.json"
 INPUT_RULES = {
     "ids": "an id is the position of the raw value in the field's sorted raw values (vocabulary.npz); "
            "position 0 is the raw value -1, 'missing'",
-    "unseen raw id": "0, the missing id (tools/utils/vocabulary.py's encode)",
+    "unseen raw id": "0, the missing id (tools/utils/data/vocabulary.py's encode)",
     "missing single-valued field": "0 in its column of static",
     "list": "its first `width` ids in the order of the line, left-aligned in the list's columns of dynamic; "
             "lengths holds how many are real (at most the width)",

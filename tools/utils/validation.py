@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 from . import campaign, metrics
-from . import dataset as D
+from .data import dataset as D
 from .errors import ConfigError
 
 METRIC = "gauc"  # the mean per-campaign AUC: the ranking an advertiser gets

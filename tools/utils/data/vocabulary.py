@@ -21,8 +21,8 @@ import numpy as np
 
 from . import schema as S
 from .dataset import ArchiveError, read_npz
-from .errors import DataError
-from .files import atomic_write
+from ..errors import DataError
+from ..files import atomic_write
 
 VOCAB_FILE = "vocabulary.npz"
 FIELDS = S.STATIC_FIELDS + S.DYNAMIC_FIELDS + S.AD_FIELDS

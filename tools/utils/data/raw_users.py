@@ -31,7 +31,7 @@ import numpy as np
 
 from . import schema as S
 from .dataset import DataError
-from .progress import progress as progress_bar
+from ..progress import progress as progress_bar
 from .raw_csv import excerpt
 
 SLOTS = ("uid",) + S.STATIC_FIELDS + S.DYNAMIC_FIELDS

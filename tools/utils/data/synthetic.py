@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tools.utils.raw_text import PROB_DIGITS, user_lines, write_csv
+from tools.utils.data.raw_text import PROB_DIGITS, user_lines, write_csv
 from tools.utils.progress import progress as progress_bar
 from tools.utils.files import make_staging
-from tools.utils.raw_users import quiet_worker_signals
+from tools.utils.data.raw_users import quiet_worker_signals
 
 LATENT_DIM = 8
 USER_CHUNK = 100_000         # users per chunk of userFeature.data; each chunk has its own seed

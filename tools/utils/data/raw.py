@@ -36,8 +36,8 @@ from . import dataset, vocabulary
 from . import schema as S
 from .dataset import DataError
 from .raw_csv import read_ads, read_oracle, read_rows
-from .files import drop_staging, inside, make_staging, replace_folders, staging_folder
-from .progress import progress as progress_bar
+from ..files import drop_staging, inside, make_staging, replace_folders, staging_folder
+from ..progress import progress as progress_bar
 from .raw_users import WORKER_STATE, fork_map, read_users
 
 AD_FILE, USER_FILE, SEED_FILE, CANDIDATE_FILE, ORACLE_FILE = (

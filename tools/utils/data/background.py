@@ -16,7 +16,7 @@ import io
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 BACKGROUND_FILE = "background.npz"
 BACKGROUND_USERS = 100_000

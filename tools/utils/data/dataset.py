@@ -25,8 +25,8 @@ import zlib
 import numpy as np
 
 from . import schema as S
-from .errors import DataError, quoted
-from .files import atomic_write, write_json
+from ..errors import DataError, quoted
+from ..files import atomic_write, write_json
 
 SCHEMA_FILE = "schema.json"
 FORMAT_VERSION = 1
@@ -57,7 +57,7 @@ def save_stage(path, arrays, compress=True):
 
 def make_schema(max_idxs, vocabulary_sha256=None):
     """The schema dict for vocabulary maxima {"static": [...], "dynamic": [...], "ad": [...]}, with the digest of
-    the raw-id maps (tools/utils/vocabulary.py) when the data has them."""
+    the raw-id maps (tools/utils/data/vocabulary.py) when the data has them."""
     schema = {
         "format_version": FORMAT_VERSION,
         "static_fields": list(S.STATIC_FIELDS),

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import dataset as D
 from . import schema as S
-from .files import drop_staging, inside, make_staging, replace_folders, staging_folder
+from ..files import drop_staging, inside, make_staging, replace_folders, staging_folder
 from .raw import check_out_dir
 
 # Global named in a pickle -> where it lives now. Everything here only builds
