@@ -1,4 +1,4 @@
-"""Training curves (runner.use_visual, tools/utils/curves.py): VisualDL's records and a PNG."""
+"""Training curves (runner.use_visual, tools/utils/measure/curves.py): VisualDL's records and a PNG."""
 import os
 import struct
 import subprocess
@@ -9,12 +9,12 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from helpers import ROOT, fake_model_folder, run
 from tools.utils import checkpoint as ckpt
-from tools.utils import curves as C
+from tools.utils.measure import curves as C
 
 
 def record_class():
     """VisualDL 2.5's visualdl.Record message (its record.proto, the fields used for scalars), built with
-    protobuf's own descriptors, so the files are decoded independently of tools/utils/curves.py."""
+    protobuf's own descriptors, so the files are decoded independently of tools/utils/measure/curves.py."""
     F = descriptor_pb2.FieldDescriptorProto
     proto = descriptor_pb2.FileDescriptorProto(name="test_vdl_record.proto", package="visualdl", syntax="proto3")
     record = proto.message_type.add(name="Record")
@@ -111,7 +111,7 @@ def test_a_resumed_run_replaces_the_steps_logged_past_its_checkpoint_and_a_torn_
 
 def test_without_matplotlib_the_curves_say_so_in_one_note(tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from tools.utils import curves\n"
+            "from tools.utils.measure import curves\n"
             f"c = curves.Curves({str(tmp_path)!r}); c.add('train/loss', 0.5, 1)\n"
             "print(*c.finish(), sep='\\n')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

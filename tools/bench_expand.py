@@ -139,7 +139,8 @@ def negatives(args):
     from tools.utils import checkpoint as ckpt
     from tools.utils import config as cfg
     from tools.utils.data import background
-    from tools.utils import metrics, model_folder, paddle_env
+    from tools.utils import model_folder, paddle_env
+    from tools.utils.measure import metrics
     config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"runner.thread_num={args.threads}"])
     model = model_folder.model_module(config).DygraphModel()
     cfg.validate(config, "expand", model)

@@ -21,7 +21,7 @@ Writes OUT/results.md (a table per protocol: per campaign AUC (GAUC) and P@5%
 of the cold and hot campaigns first, what an advertiser gets, then the pooled
 AUC; mean ± sample standard deviation over the seeds; the oracle row when the
 data has the generator's true probabilities), results.csv, results.json and
-gauc.png (tools/utils/benchmark_report.py). A run whose run.json records the
+gauc.png (tools/utils/measure/benchmark_report.py). A run whose run.json records the
 same commands is not repeated, so an interrupted benchmark resumes; delete OUT
 to rerun everything.
 
@@ -44,7 +44,8 @@ import time
 
 import numpy as np
 
-from tools.utils import benchmark_report, cli, metrics
+from tools.utils import cli
+from tools.utils.measure import benchmark_report, metrics
 from tools.utils.data import dataset as D
 from tools.utils.errors import Stopped, UserError
 from tools.utils.files import write_json

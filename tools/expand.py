@@ -44,7 +44,8 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils import expansion as E
-from tools.utils import campaign, charts, model_folder, quality, resources, serving
+from tools.utils import campaign, model_folder, quality, resources, serving
+from tools.utils.measure import charts
 from tools.utils.data import background
 from tools.utils.data import vocabulary as V
 from tools.utils.errors import UserError

@@ -7,7 +7,7 @@ folders test_hot and test_cold beside runner.test_data_dir). A campaign's
 gate is the mean of its rows' gate weights (its training rows, stage 1 of
 the training data, the rows the trainer reads; a test campaign's seeds and
 candidates, both stages), with the checkpoint's weights before any
-fine-tuning: tools/utils/gates.py says why a mean.
+fine-tuning: tools/utils/measure/gates.py says why a mean.
 
 Writes DIR/gates_epoch<E>.csv (split, campaign, rows, expert_0.., critic_0..;
 each gate's weights sum to 1 on every line) and DIR/gates_epoch<E>.png (a
@@ -32,8 +32,9 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils.data import dataset as D
-from tools.utils import gates as G
-from tools.utils import metrics, model_folder
+from tools.utils.measure import gates as G
+from tools.utils import model_folder
+from tools.utils.measure import metrics
 from tools.utils.errors import ConfigError
 from tools.utils.progress import progress
 

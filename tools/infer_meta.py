@@ -48,7 +48,8 @@ from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
 from tools.utils.data import dataset as D
-from tools.utils import campaign, distributed, metrics, model_folder, resources
+from tools.utils import campaign, distributed, model_folder, resources
+from tools.utils.measure import metrics
 from tools.utils.data import background
 from tools.utils.errors import CheckpointError, TrainingError
 from tools.utils.files import atomic_write, plain, require_writable, write_json, write_text

@@ -28,7 +28,7 @@ import sys
 from tools.utils import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils import config as cfg
-from tools.utils import curves as C
+from tools.utils.measure import curves as C
 from tools.utils.data import dataset as D
 from tools.utils import distributed, model_folder, resources, validation
 from tools.utils.data import background, vocabulary

@@ -17,7 +17,8 @@ pool's own mix of users is not known to them.
 """
 import numpy as np
 
-from . import campaign, metrics
+from . import campaign
+from .measure import metrics
 from .data import background
 
 FOLDS = 5

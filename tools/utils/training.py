@@ -24,7 +24,7 @@ import math
 import signal
 import time
 
-from .curves import NO_CURVES
+from .measure.curves import NO_CURVES
 from .distributed import SINGLE
 from .errors import Stopped, TrainingError
 from .progress import progress
@@ -89,7 +89,7 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
 
     group: this process's rank in a distributed run (tools/utils/distributed.py); folder: a RunFolder, or the
     group's SharedFolder; curves: where each meta-step's metrics go, as train/<metric> at the meta-step counted
-    across epochs (tools/utils/curves.py); validate(epoch, step) after a meta-step: True to stop training there
+    across epochs (tools/utils/measure/curves.py); validate(epoch, step) after a meta-step: True to stop training there
     (tools/trainer.py's validation campaigns). Returns the epoch's statistics {"meta_batches", "samples",
     "seconds", <metric>: mean}, with "stopped_early": the meta-step, when validate stopped it.
     """

@@ -19,7 +19,8 @@ import warnings
 
 import numpy as np
 
-from . import campaign, metrics
+from . import campaign
+from .measure import metrics
 from .data import dataset as D
 from .errors import ConfigError
 

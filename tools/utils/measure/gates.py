@@ -15,7 +15,7 @@ import io
 
 import numpy as np
 
-from .files import atomic_write, write_text
+from ..files import atomic_write, write_text
 
 GATES = ("expert_gate", "critic_gate")
 ROWS = 4096  # rows per forward call; the result does not depend on it
@@ -23,7 +23,7 @@ ROWS = 4096  # rows per forward call; the result does not depend on it
 
 def row_gates(net, batch):
     """(expert weights [B, E], critic weights [B, C]) of each row of a batch (static, dynamic, lengths, ad)."""
-    from .paddle_env import paddle
+    from ..paddle_env import paddle
     import net as net_module
 
     feeds = {k: paddle.to_tensor(np.asarray(batch[k], np.int64)) for k in ("static", "dynamic", "lengths", "ad")}

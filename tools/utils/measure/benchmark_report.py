@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .charts import pyplot
-from .files import write_text
+from ..files import write_text
 
 SPLITS = (("cold", "test_cold"), ("hot", "test_hot"))
 METRICS = (("gauc", "GAUC"), ("precision", "P@5%"), ("auc", "pooled AUC"), ("recall", "R@5%"))

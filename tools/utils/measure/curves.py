@@ -25,7 +25,7 @@ import os
 import struct
 import time
 
-from .files import atomic_write
+from ..files import atomic_write
 
 META_TAG = "meta_data_tag"
 PNG = "curves.png"
