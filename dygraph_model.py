@@ -25,7 +25,7 @@ LOG_FLOOR = 1e-12  # p and 1 - p are clipped below at this inside the logs (see 
 
 
 # The hyper_parameters of this model folder (its readers' too): key -> (kind, default or "required", meaning).
-# tools/utils/config.py checks a config against them (its kind_check lists the kinds).
+# tools/utils/run/config.py checks a config against them (its kind_check lists the kinds).
 HYPER_PARAMETERS = {
     "max_idxs": ("max_idxs", "schema", "vocabulary maxima [static, dynamic, ad], or schema (the data's schema.json)"),
     "embed_dim": ("int >= 1", "required", "embedding width"),
@@ -102,7 +102,7 @@ def read_rows(net, row_ids):
     gradient to the table's .grad at those rows only (index_add_): the same
     .grad, without the table-sized temporary. net.grad_rows records the rows
     ({table name: row ids}): the gradient is zero outside them, so a run across
-    processes sums only those rows (tools/utils/collectives.py).
+    processes sums only those rows (tools/utils/run/collectives.py).
     """
     names, rows = net.layout.table_names, []
     for name, ids in zip(names, row_ids):
@@ -258,7 +258,7 @@ class DygraphModel:
     Reads hyper_parameters embed_dim, mlp_dims, num_expert, num_output,
     embedding_init, local_lr, meta_order, local_test_learning_rate and
     optimizer.learning_rate, and the data's field layout config["data_schema"]
-    (tools/utils/config.py validates them all before a model is built).
+    (tools/utils/run/config.py validates them all before a model is built).
     """
 
     HYPER_PARAMETERS = HYPER_PARAMETERS

@@ -28,7 +28,7 @@ import numpy as np
 
 from tools.utils.data.dataset import CampaignIndex, load_split, require_vocabulary, take
 from tools.utils.errors import DataError
-from tools.utils.validation import held_out
+from tools.utils.run.validation import held_out
 
 SAMPLE_METHODS = {"normal": lambda rows: rows, "sqrt": np.sqrt, "unit": np.ones_like}
 
@@ -37,7 +37,7 @@ class RecDataset:
     """Iterable over the meta-batches of one epoch; len() is the number of meta-batches.
 
     campaigns: the sorted aids of the training campaigns; valid_campaigns: those held out of meta-training as
-    validation campaigns (runner.valid_campaigns, tools/utils/validation.py), whose rows are not drawn.
+    validation campaigns (runner.valid_campaigns, tools/utils/run/validation.py), whose rows are not drawn.
     """
 
     def __init__(self, config, data_dir):

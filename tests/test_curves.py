@@ -8,7 +8,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from helpers import ROOT, fake_model_folder, run
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils.measure import curves as C
 
 

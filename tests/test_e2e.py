@@ -78,7 +78,7 @@ def test_rerunning_the_trainer_resumes_instead_of_retraining(runs):
 
 def test_the_checkpoint_carries_the_vocabulary_and_refuses_data_encoded_otherwise(runs, tmp_path):
     import shutil
-    from tools.utils import checkpoint as ckpt
+    from tools.utils.run import checkpoint as ckpt
     from tools.utils.data import dataset as D
     from tools.utils.data import vocabulary
     _, _, _, out, _ = runs

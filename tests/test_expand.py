@@ -128,7 +128,7 @@ def test_raw_files_are_encoded_exactly_as_preprocess_encoded_them(sample_model, 
     model_dir, _ = sample_model
     aid, (campaign, pool, _) = next(iter(hot.items()))
     folder = raw_campaign(raw, tmp_path / "raw", aid)
-    from tools.utils import checkpoint as ckpt
+    from tools.utils.run import checkpoint as ckpt
     vocab = ckpt.vocabulary(str(model_dir / "0"))
     encoded = E.read_campaign(campaign, D.read_schema(campaign), vocab)
     from_raw = E.read_campaign(str(folder), D.read_schema(campaign), vocab)

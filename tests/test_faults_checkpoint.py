@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from helpers import fake_model_folder
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 
 

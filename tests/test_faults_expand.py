@@ -13,7 +13,7 @@ import pytest
 
 from helpers import ROOT
 from tools import expand
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.data import dataset as D
 from tools.utils.data import vocabulary as V

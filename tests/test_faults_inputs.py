@@ -148,8 +148,8 @@ def tiny_metaheac(tmp_path_factory):
                                 dict(embed_dim=5, mlp_dims=[7, 3, 4], num_expert=3, num_output=1)])
 def test_the_parameter_estimate_is_the_networks_count(hp):
     from helpers import ROOT, schema
-    from tools.utils import config as cfg
-    from tools.utils import model_folder, resources
+    from tools.utils.run import config as cfg
+    from tools.utils.run import model_folder, resources
     config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"hyper_parameters.{k}={v}" for k, v in hp.items()])
     cfg.attach_schema(config, schema(), "test")
     net = model_folder.model_module(config).DygraphModel().create_model(config)
@@ -159,7 +159,7 @@ def test_the_parameter_estimate_is_the_networks_count(hp):
 
 def huge_schema_rows():
     """A kw1 maximum whose table alone (embed_dim 64) needs twice this machine's memory (within int32 ids)."""
-    from tools.utils import resources
+    from tools.utils.run import resources
     return min(2 * resources.memory_limit() // (resources.BYTES_PER_PARAMETER * 64), D.MAX_ID)
 
 
@@ -171,8 +171,8 @@ def test_a_network_that_cannot_fit_is_refused_before_anything_is_built(tiny_meta
     import json
     from helpers import ROOT
     from tools import infer_meta, trainer
-    from tools.utils import config as cfg
-    from tools.utils import resources
+    from tools.utils.run import config as cfg
+    from tools.utils.run import resources
     data, trained = tiny_metaheac
     if option == "huge schema":
         shutil.copytree(data / "train", tmp_path / "train")

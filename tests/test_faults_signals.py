@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, fake_model_folder, make_stage
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.data import dataset as D
 

@@ -161,7 +161,7 @@ def test_each_task_adapts_only_the_table_rows_its_batches_touch(setup):
 
 
 def test_the_meta_step_names_the_table_rows_outside_which_the_gradient_is_zero(setup):
-    """net.grad_rows, the rows a run across processes sums (tools/utils/collectives.py): every id the
+    """net.grad_rows, the rows a run across processes sums (tools/utils/run/collectives.py): every id the
     meta-batch holds, and the tables' gradients (written by read_rows' hook) are zero on every other row."""
     model, net, meta_batch = setup
     _, grads = train_forward_grads(model, net, meta_batch, meta_order=2)

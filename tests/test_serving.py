@@ -11,7 +11,7 @@ import pytest
 import net as net_module
 from helpers import ROOT, TINY_HP, layout, random_batch
 from models import layers
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils.data import dataset as D
 from tools.utils.data import schema as S
 from tools.utils import serving

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from helpers import MAX_IDXS, ROOT, assert_one_line_error, fake_model_folder, pairwise_auc, run
-from tools.utils import checkpoint as ckpt
-from tools.utils import config as cfg
+from tools.utils.run import checkpoint as ckpt
+from tools.utils.run import config as cfg
 from tools.utils.data import dataset as D
-from tools.utils import model_folder
-from tools.utils.run_folder import RunFolder
+from tools.utils.run import model_folder
+from tools.utils.run.run_folder import RunFolder
 
 
 # ---------------------------------------------------------------- config
@@ -463,7 +463,7 @@ def test_infer_meta_needs_only_the_checkpoint_and_the_test_data(model_dir, train
 def test_fine_tuning_reshuffles_the_seeds_every_pass_into_consecutive_batches(paddle):
     """As the official test_train: sample(frac=1) once per pass, then consecutive batches."""
     import reader_test
-    from tools.utils import campaign
+    from tools.utils.run import campaign
 
     class Recording:  # the model hooks fine_tune calls, recording each batch's uids
         def __init__(self):
@@ -496,6 +496,6 @@ def test_importing_paddle_before_paddle_env_is_named_and_the_tools_never_do():
     def stderr_of(code):
         return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stderr
     assert "paddle was imported before tools.utils.paddle_env" in stderr_of("import paddle\nimport tools.utils.paddle_env")
-    loads = ("from tools.utils import model_folder\nmodel_folder.model_module({'model_dir': '.', "
+    loads = ("from tools.utils.run import model_folder\nmodel_folder.model_module({'model_dir': '.', "
              "'config_path': 'x'})")
     assert stderr_of(loads) == ""  # the model module imports paddle, after the environment is set

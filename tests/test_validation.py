@@ -1,4 +1,4 @@
-"""Validation campaigns during meta-training (tools/utils/validation.py): held out of training, scored with the
+"""Validation campaigns during meta-training (tools/utils/run/validation.py): held out of training, scored with the
 test protocol, the best checkpoint kept and early stopping, checked on the fake model folder."""
 import json
 import os

@@ -8,7 +8,7 @@ launcher (python -m paddle.distributed.launch --nproc_per_node R) in worker
 mode. Every rank builds the MetaHeac network with the Tencent vocabulary sizes
 (21.9 M parameters, tools/bench_model.py), draws the same synthetic meta-batches
 of --tasks tasks (Zipf user ids) and meta-trains on its block of them exactly
-as the trainer does (tools/utils/training.py: its tasks' meta-loss, backward,
+as the trainer does (tools/utils/run/training.py: its tasks' meta-loss, backward,
 the gradient sum over the ranks, Adam). Printed per run, medians over --steps
 meta-steps after warm-up: the meta-step and its parts (forward with the inner
 step, backward, the gradient sum with the metrics' agreement, Adam), samples/s
@@ -38,7 +38,7 @@ WARMUP_STEPS = 2
 def worker(args):
     """One rank of a run; rank 0 writes the run's figures to args.json."""
     from tools.bench_model import big_config, meta_batch, popularity_orders
-    from tools.utils import distributed, model_folder
+    from tools.utils.run import distributed, model_folder
     from tools.utils.paddle_env import paddle, set_device, set_threads
     set_threads(args.threads)
     group = distributed.join(set_device(False))

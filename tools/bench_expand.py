@@ -36,7 +36,7 @@ from tools import bench_model
 from tools.utils.data import dataset as D
 from tools.utils.data import schema as S
 from tools.utils.data import vocabulary as V
-from tools.utils.model_folder import ROOT
+from tools.utils.run.model_folder import ROOT
 from tools.utils.progress import progress
 
 FULL_POOL = 11_420_039
@@ -135,11 +135,12 @@ def timed_child(command, summary_path):
 
 # ---------------------------------------------------------------- negatives
 def negatives(args):
-    from tools.utils import campaign as C
-    from tools.utils import checkpoint as ckpt
-    from tools.utils import config as cfg
+    from tools.utils.run import campaign as C
+    from tools.utils.run import checkpoint as ckpt
+    from tools.utils.run import config as cfg
     from tools.utils.data import background
-    from tools.utils import model_folder, paddle_env
+    from tools.utils import paddle_env
+    from tools.utils.run import model_folder
     from tools.utils.measure import metrics
     config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"runner.thread_num={args.threads}"])
     model = model_folder.model_module(config).DygraphModel()

@@ -30,7 +30,7 @@ import numpy as np
 from tools.utils.progress import progress
 
 from tools.utils.paddle_env import paddle, set_threads
-from tools.utils import model_folder
+from tools.utils.run import model_folder
 from tools.utils.data import schema as S
 from tools.utils.data.dataset import make_schema
 

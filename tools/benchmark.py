@@ -49,7 +49,7 @@ from tools.utils.measure import benchmark_report, metrics
 from tools.utils.data import dataset as D
 from tools.utils.errors import Stopped, UserError
 from tools.utils.files import write_json
-from tools.utils.model_folder import ROOT
+from tools.utils.run.model_folder import ROOT
 from tools.utils.data.raw_users import quiet_worker_signals
 
 # name: (row label, config relative to ROOT, extra overrides, trains across campaigns)
@@ -90,8 +90,8 @@ def config_keys(config_path):
     """The keys a method's commands may set: the runner keys its config sets and the hyper_parameters its model
     folder declares. --set applies to the methods that have the key. Imports the model (and Paddle): run it in a
     worker."""
-    from tools.utils import config as cfg
-    from tools.utils import model_folder
+    from tools.utils.run import config as cfg
+    from tools.utils.run import model_folder
     config = cfg.load_config(config_path)
     model = model_folder.model_module(config).DygraphModel()
     return {key for key in cfg.KEYS if cfg.get(config, key) is not None} | set(cfg.hyper_parameters_of(model))
@@ -129,7 +129,7 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys, protoc
 
 def fine_tune_protocol(method, extra, keys):
     """(passes, Adam learning rate, batch) of a method's fine-tuning on each test campaign's seeds."""
-    from tools.utils.config import load_config
+    from tools.utils.run.config import load_config
     config = load_config(os.path.join(ROOT, METHODS[method][1]),
                          [*METHODS[method][2], *[i for i in extra if i.partition("=")[0] in keys]])
     return (config["runner"]["infer_train_epoch"], config["hyper_parameters"]["local_test_learning_rate"],

@@ -7,7 +7,7 @@
 The model is the meta-trained checkpoint meta-inference would test last
 (runner.infer_load_path, epoch runner.infer_end_epoch - 1; --epoch picks
 another). It is adapted to the campaign's seeds exactly as tools/infer_meta.py
-adapts a test campaign (tools/utils/campaign.py: fine-tuned, and for MetaHeac
+adapts a test campaign (tools/utils/run/campaign.py: fine-tuned, and for MetaHeac
 given a wide part fitted on the seeds), then scores every user of the pool.
 DIR is a data-folder stage or raw files (adFeature.csv, train.csv with
 aid,uid,label, userFeature.data) holding the campaign's seeds; --aid picks one
@@ -40,11 +40,12 @@ import time
 
 import numpy as np
 
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import config as cfg
+from tools.utils.run import config as cfg
 from tools.utils import expansion as E
-from tools.utils import campaign, model_folder, quality, resources, serving
+from tools.utils import quality, serving
+from tools.utils.run import campaign, model_folder, resources
 from tools.utils.measure import charts
 from tools.utils.data import background
 from tools.utils.data import vocabulary as V

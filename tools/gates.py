@@ -28,12 +28,12 @@ import sys
 import numpy as np
 
 from tools.infer_meta import split_dirs
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import config as cfg
+from tools.utils.run import config as cfg
 from tools.utils.data import dataset as D
 from tools.utils.measure import gates as G
-from tools.utils import model_folder
+from tools.utils.run import model_folder
 from tools.utils.measure import metrics
 from tools.utils.errors import ConfigError
 from tools.utils.progress import progress

@@ -6,7 +6,7 @@ per epoch, restored from memory per campaign), fine-tune with a fresh Adam at
 hyper_parameters.local_test_learning_rate for runner.infer_train_epoch passes
 over the campaign's seeds (shuffled anew for every pass, then cut into
 consecutive batches of infer_batch_size, as the official code does), then
-score its candidates (tools/utils/campaign.py). Everything random in a
+score its candidates (tools/utils/run/campaign.py). Everything random in a
 campaign is seeded with (seed, aid), so its result does not depend on the
 other campaigns. Prints a
 table (one row per split x epoch) and writes metrics_<splits>.json and .csv
@@ -44,11 +44,11 @@ import time
 import warnings
 
 import numpy as np
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import config as cfg
+from tools.utils.run import config as cfg
 from tools.utils.data import dataset as D
-from tools.utils import campaign, distributed, model_folder, resources
+from tools.utils.run import campaign, distributed, model_folder, resources
 from tools.utils.measure import metrics
 from tools.utils.data import background
 from tools.utils.errors import CheckpointError, TrainingError

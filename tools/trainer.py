@@ -8,15 +8,15 @@ resumes after the last one, on exactly the same stream of meta-batches, so a
 resumed run ends bitwise equal to an uninterrupted one. SIGTERM or Ctrl-C
 finish the current meta-step, save a step checkpoint and exit (143 / 130).
 The folder's rules (one trainer at a time, leftovers of killed writes
-removed): tools/utils/run_folder.py; the epoch's checks:
-tools/utils/training.py.
+removed): tools/utils/run/run_folder.py; the epoch's checks:
+tools/utils/run/training.py.
 
 Across processes and machines, with PaddlePaddle's launcher (docs/distributed.md):
 
     python -m paddle.distributed.launch --nproc_per_node N tools/trainer.py -m CONFIG [...]
 
 every rank trains on a block of about task_count / N tasks of each meta-batch
-and the gradients are summed (tools/utils/distributed.py); rank 0 alone writes
+and the gradients are summed (tools/utils/run/distributed.py); rank 0 alone writes
 the folder and prints.
 """
 if not __package__:
@@ -25,15 +25,15 @@ if not __package__:
 import os
 import sys
 
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import config as cfg
+from tools.utils.run import config as cfg
 from tools.utils.measure import curves as C
 from tools.utils.data import dataset as D
-from tools.utils import distributed, model_folder, resources, validation
+from tools.utils.run import distributed, model_folder, resources, validation
 from tools.utils.data import background, vocabulary
-from tools.utils.run_folder import BEST, RunFolder
-from tools.utils.training import require_finite, run_epoch
+from tools.utils.run.run_folder import BEST, RunFolder
+from tools.utils.run.training import require_finite, run_epoch
 
 
 EXAMPLES = (
@@ -147,7 +147,7 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
 
 
 class Validate:
-    """run_epoch's validate hook: the validation campaigns (tools/utils/validation.py) scored when due, the best
+    """run_epoch's validate hook: the validation campaigns (tools/utils/run/validation.py) scored when due, the best
     checkpoint saved, the curves fed, and whether to stop."""
 
     def __init__(self, model, net, optimizer, dataset, config, folder, curves, say, resume, meta):

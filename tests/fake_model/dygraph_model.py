@@ -40,7 +40,7 @@ def pause(hook):
 
 
 class DygraphModel:
-    # What this folder's config may set (tools/utils/config.py reads it): key -> (kind, default, meaning).
+    # What this folder's config may set (tools/utils/run/config.py reads it): key -> (kind, default, meaning).
     HYPER_PARAMETERS = {
         "task_count": ("int >= 1", "required", "campaigns per meta-batch"),
         "sample_method": ("one of normal | sqrt | unit", "normal", "how campaigns are drawn"),

@@ -16,7 +16,7 @@ is the normal case). Encoded inputs must carry the checkpoint's vocabulary
 
 Seeds that are all positive get negatives from background users, never a user of the pool
 (tools/utils/data/background.py).
-Fine-tuning is meta-inference's (tools/utils/campaign.py), and so is the
+Fine-tuning is meta-inference's (tools/utils/run/campaign.py), and so is the
 seeding: everything random about the campaign is seeded with (seed, aid).
 """
 import os
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import campaign as C
+from .run import campaign as C
 from .data import dataset as D
 from .data import raw_csv, raw_users
 from .data import schema as S

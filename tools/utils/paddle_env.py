@@ -14,7 +14,7 @@ table-sized gradient buffers in the heap instead of returning them to the
 kernel after every step (each return costs page faults on the next use).
 An explicit MKL_DEBUG_CPU_TYPE or MALLOC_* in the environment wins.
 
-The tools load model modules through tools/utils/model_folder.py, which
+The tools load model modules through tools/utils/run/model_folder.py, which
 imports this module first, and the tests through tests/conftest.py; code of
 one's own that imports paddle (or net.py) before this module loses those
 settings, and this module says so when it is imported after Paddle.
@@ -91,7 +91,7 @@ def set_threads(n):
 def set_device(use_gpu, quiet=False):
     """Run on a GPU when asked and Paddle has CUDA, otherwise on the CPU; returns "gpu" or "cpu".
 
-    The one place that chooses the device (tools/utils/distributed.py picks the collective backend from its
+    The one place that chooses the device (tools/utils/run/distributed.py picks the collective backend from its
     answer). Under paddle.distributed.launch each rank takes the card the launcher gave it
     (FLAGS_selected_gpus); alone, card 0. quiet: no note (ranks other than 0).
     """

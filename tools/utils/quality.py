@@ -17,7 +17,7 @@ pool's own mix of users is not known to them.
 """
 import numpy as np
 
-from . import campaign
+from .run import campaign
 from .measure import metrics
 from .data import background
 

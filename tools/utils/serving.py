@@ -25,7 +25,7 @@ import numpy as np
 from . import expansion as E
 from .data import schema as S
 from .data import vocabulary as V
-from .campaign import SCORE_ROWS
+from .run.campaign import SCORE_ROWS
 from .errors import DataError
 from .files import write_json
 

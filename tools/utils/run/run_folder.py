@@ -24,7 +24,7 @@
 - With validation campaigns, BEST holds the checkpoint of the best
   validation metric so far, replaced whole or not at all.
 - In a run across processes only rank 0 opens the RunFolder
-  (tools/utils/distributed.SharedFolder); the other ranks never touch the
+  (tools/utils/run/distributed.SharedFolder); the other ranks never touch the
   folder or its lock.
 """
 import errno
@@ -36,9 +36,9 @@ import socket
 import stat
 
 from . import checkpoint as ckpt
-from .data import dataset
-from .errors import CheckpointError
-from .files import leftover_pid, require_writable
+from ..data import dataset
+from ..errors import CheckpointError
+from ..files import leftover_pid, require_writable
 
 KEEP_STEPS = 2
 LOCK_FILE = ".lock"

@@ -32,8 +32,8 @@ import sys
 
 import yaml
 
-from .data.dataset import max_idxs_list
-from .errors import ConfigError, quoted
+from ..data.dataset import max_idxs_list
+from ..errors import ConfigError, quoted
 
 SECTIONS = ("runner", "hyper_parameters")
 MAX_VALUES = 10_000  # values a YAML document may expand to, aliases counted as often as they are used
@@ -318,7 +318,7 @@ def _check_sections(node, prefix, path):
                 _check_sections(value, dotted, path)
         elif dotted not in KEYS:
             raise ConfigError(f"{path}: unknown key {quoted(dotted)}{_hint(dotted, KEYS)}; "
-                              "the runner keys are listed in tools/utils/config.py (KEYS)")
+                              "the runner keys are listed in tools/utils/run/config.py (KEYS)")
 
 
 def _hint(key, known):
@@ -384,7 +384,7 @@ def apply_override(config, item):
                               f"{key[:100]}.<name>=...")
     elif key not in KEYS:
         raise ConfigError(f"-o {key[:100]}: no such key{_hint(key, KEYS)}; the runner keys are listed in "
-                          "tools/utils/config.py (KEYS), the hyper_parameters in the model folder's dygraph_model.py")
+                          "tools/utils/run/config.py (KEYS), the hyper_parameters in the model folder's dygraph_model.py")
     value = parse_value(text)
     if section == "runner" and key.rpartition(".")[2] in PATH_KEYS and isinstance(value, str):
         value = os.path.abspath(os.path.expanduser(value))

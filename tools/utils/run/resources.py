@@ -11,7 +11,7 @@ this process may use: the machine's, or its cgroup's limit when lower.
 """
 import os
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 BYTES_PER_PARAMETER = 4 * 4  # float32 weights, their gradients and Adam's two moments
 

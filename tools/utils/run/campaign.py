@@ -7,7 +7,7 @@ which process.
 """
 import numpy as np
 
-from .data import background
+from ..data import background
 
 SCORE_ROWS = 4096  # rows per scoring call; scores do not depend on it (eval mode, no batch statistics)
 
@@ -17,7 +17,7 @@ def adapt(model, net, params, seeds, config, aid, batches, users=None):
     campaign: net in eval mode, or what the model's campaign_net hook makes of it (MetaHeac adds a wide part
     fitted on the seeds, put on the network's scale on reference users drawn from `users`, the background
     users of tools/utils/data/background.py, or on the seeds themselves without them)."""
-    from . import paddle_env
+    from .. import paddle_env
     seed = config["runner"]["seed"]
     net.set_state_dict(params)
     paddle_env.seed_all(paddle_env.derived_seed(seed, aid % 2**32))

@@ -7,9 +7,9 @@ run's seed among the training campaigns that have both seeds (stage 1) and
 candidates (stage 2) in the training folder; reader_train.py leaves their rows
 out. Every runner.valid_interval meta-steps (0: at the end of each epoch) each
 is adapted to its stage-1 rows and scores its stage-2 rows exactly as
-tools/infer_meta.py does a test campaign (tools/utils/campaign.py), from the
+tools/infer_meta.py does a test campaign (tools/utils/run/campaign.py), from the
 weights of that moment, which are then restored. The run folder keeps the
-checkpoint of the best GAUC so far as `best` (tools/utils/run_folder.py);
+checkpoint of the best GAUC so far as `best` (tools/utils/run/run_folder.py);
 runner.valid_patience > 0 stops training after that many validations without a
 better GAUC (early stopping). The history travels in every checkpoint's meta.json, so a
 resumed run decides as an uninterrupted one.
@@ -20,9 +20,9 @@ import warnings
 import numpy as np
 
 from . import campaign
-from .measure import metrics
-from .data import dataset as D
-from .errors import ConfigError
+from ..measure import metrics
+from ..data import dataset as D
+from ..errors import ConfigError
 
 METRIC = "gauc"  # the mean per-campaign AUC: the ranking an advertiser gets
 

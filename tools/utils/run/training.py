@@ -12,7 +12,7 @@ run_epoch drives the model's train_forward over the reader's meta-batches and:
 - on SIGTERM or Ctrl-C finishes the current meta-step, writes a step
   checkpoint and raises Stopped (exit code 128 + signal).
 
-Across processes (tools/utils/distributed.py, under paddle.distributed.launch)
+Across processes (tools/utils/run/distributed.py, under paddle.distributed.launch)
 the same loop runs on every rank: each draws the whole meta-batch (the reader
 stream, and so a step checkpoint, is the same on every rank) and trains on its
 share of the tasks; the group sums the gradients (weighted by each rank's
@@ -24,10 +24,10 @@ import math
 import signal
 import time
 
-from .measure.curves import NO_CURVES
+from ..measure.curves import NO_CURVES
 from .distributed import SINGLE
-from .errors import Stopped, TrainingError
-from .progress import progress
+from ..errors import Stopped, TrainingError
+from ..progress import progress
 
 
 class StopRequests:
@@ -63,19 +63,19 @@ class StopRequests:
 
 
 def _weights(net):
-    from .paddle_env import paddle
+    from ..paddle_env import paddle
     with paddle.no_grad():
         return [p.detach().clone() for p in net.parameters()]
 
 
 def _unchanged(net, snapshot):
-    from .paddle_env import paddle
+    from ..paddle_env import paddle
     return all(bool(paddle.equal_all(p, s)) for p, s in zip(net.parameters(), snapshot))
 
 
 def require_finite(net, what):
     """A TrainingError naming the first parameter holding NaN or infinity."""
-    from .paddle_env import paddle
+    from ..paddle_env import paddle
     for name, p in net.named_parameters():
         if not bool(paddle.isfinite(p).all()):
             raise TrainingError(f"{what}: parameter {name} holds NaN or infinity; training diverged. Lower "
@@ -87,7 +87,7 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
               validate=None):
     """One pass over the reader (or the rest of one, from a step checkpoint's meta `resume`).
 
-    group: this process's rank in a distributed run (tools/utils/distributed.py); folder: a RunFolder, or the
+    group: this process's rank in a distributed run (tools/utils/run/distributed.py); folder: a RunFolder, or the
     group's SharedFolder; curves: where each meta-step's metrics go, as train/<metric> at the meta-step counted
     across epochs (tools/utils/measure/curves.py); validate(epoch, step) after a meta-step: True to stop training there
     (tools/trainer.py's validation campaigns). Returns the epoch's statistics {"meta_batches", "samples",

@@ -1,7 +1,7 @@
 """Where the ranks of a run wait for one another for long: the launcher's TCP store (a key-value server in rank 0's
 process), and what a rank's failure tells the others (docs/distributed.md).
 
-Collectives (tools/utils/collectives.py) end with an error after gloo's 30 s,
+Collectives (tools/utils/run/collectives.py) end with an error after gloo's 30 s,
 so whatever can keep ranks waiting longer goes through the store: rank 0
 writing a checkpoint or deciding where to resume (on_main), the ranks finishing
 their share of test campaigns (gather). A wait polls the store for at most
@@ -18,8 +18,8 @@ import json
 import os
 import time
 
-from . import errors
-from .errors import DistributedError, Stopped, UserError
+from .. import errors
+from ..errors import DistributedError, Stopped, UserError
 
 DEFAULT_WAIT_SECONDS = 6 * 3600
 # How long rank 0 waits at its end for the others to finish reading from the store: {after success, after a failure}

@@ -22,8 +22,8 @@ import re
 
 import numpy as np
 
-from .errors import CheckpointError, DiskFull, quoted
-from .files import atomic_write, write_json
+from ..errors import CheckpointError, DiskFull, quoted
+from ..files import atomic_write, write_json
 
 PARAMS_FILE = "params.npz"
 OPT_FILE = "optimizer.npz"
@@ -116,7 +116,7 @@ def _reader_state(v):
 
 
 def _schema(v):
-    from .data.dataset import schema_problem
+    from ..data.dataset import schema_problem
     return schema_problem(v) is None
 
 
@@ -263,7 +263,7 @@ def read_file(path, name):
 
 def vocabulary(path):
     """The raw-id maps the checkpoint's training data was encoded with, or None (data without them)."""
-    from .data import vocabulary as V
+    from ..data import vocabulary as V
     if V.VOCAB_FILE not in read_meta(path).get("sha256", {}):
         return None
     return V.from_bytes(read_file(path, V.VOCAB_FILE), os.path.join(path, V.VOCAB_FILE))
@@ -271,7 +271,7 @@ def vocabulary(path):
 
 def background_users(path):
     """The background users stored with the checkpoint (tools/utils/data/background.py), or None (an older one)."""
-    from .data import background
+    from ..data import background
     if background.BACKGROUND_FILE not in read_meta(path).get("sha256", {}):
         return None
     return background.from_bytes(read_file(path, background.BACKGROUND_FILE),
@@ -292,9 +292,9 @@ def load_arrays(path, name, trust_pickle=False):
         name, file_path = PICKLED[name], os.path.join(path, PICKLED[name])
     data = read_file(path, name)
     if name in PICKLED.values():
-        from .paddle_env import paddle
+        from ..paddle_env import paddle
         return {k: np.asarray(v) for k, v in paddle.load(io.BytesIO(data)).items()}
-    from .data.dataset import ArchiveError, read_npz
+    from ..data.dataset import ArchiveError, read_npz
     try:
         return read_npz(data)
     except ArchiveError as e:

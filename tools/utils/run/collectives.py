@@ -20,7 +20,7 @@ import numpy as np
 
 class Collectives:
     """Collective calls of one rank of `size`; lost(what, error) turns a failed call into the run's
-    DistributedError (tools/utils/store_channel.StoreChannel.lost)."""
+    DistributedError (tools/utils/run/store_channel.StoreChannel.lost)."""
 
     def __init__(self, paddle, size, lost):
         self.paddle, self.size, self.lost = paddle, size, lost

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,7 +47,7 @@ def _folder_package(folder):
 
 def model_module(config):
     """The model folder's dygraph_model module (config["model_dir"]), after Paddle's environment is set (tools/utils/paddle_env)."""
-    from . import paddle_env  # noqa: F401  (before any model module imports paddle)
+    from .. import paddle_env  # noqa: F401  (before any model module imports paddle)
     if config.get("model_dir") is None:
         raise ConfigError(f"{config['config_path']}: no dygraph_model.py beside it or beside any of its base "
                           "configs; keep the config in its model folder, or give it `base: <model folder>/config.yaml`"

@@ -11,7 +11,7 @@ a Group; outside the launcher, or with one process, a Single, which has the
 same methods and exchanges nothing, so the trainer and meta-inference have one
 path and a one-process run is what it always was.
 
-Meta-training (tools/utils/training.py): every rank draws the same meta-batch
+Meta-training (tools/utils/run/training.py): every rank draws the same meta-batch
 and keeps a contiguous block of its tasks (tasks(): blocks of task_count /
 ranks, the first task_count % ranks of them one task longer); it
 back-propagates the mean meta-loss of its tasks, and sum_gradients() sums the
@@ -26,9 +26,9 @@ test campaigns r, r + ranks, ... (campaigns()) and rank 0 gathers their
 results (gather()).
 
 Two channels, for two kinds of waiting: collectives where the ranks arrive
-together (tools/utils/collectives.py: the gradient sum of every meta-step, the
+together (tools/utils/run/collectives.py: the gradient sum of every meta-step, the
 starting state), and the launcher's TCP store where they wait for one another
-for long (tools/utils/store_channel.py: rank 0 deciding or writing, a slower
+for long (tools/utils/run/store_channel.py: rank 0 deciding or writing, a slower
 rank's share of campaigns; a rank's failure posted to the others). The
 launcher, seeing a process end non-zero, stops the others (SIGTERM, then
 SIGKILL 3 s later) and exits non-zero. Checkpoints are written by
@@ -43,7 +43,7 @@ import os
 import numpy as np
 
 from .collectives import Collectives
-from .errors import ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError
 from .store_channel import StoreChannel
 
 
@@ -76,7 +76,7 @@ def join(device):
     rank, ranks = world()
     if ranks == 1:
         return Single()
-    from .paddle_env import paddle
+    from ..paddle_env import paddle
     if device == "cpu":  # a CUDA build would otherwise pick NCCL for a CPU run
         os.environ["PADDLE_DISTRI_BACKEND"] = "gloo"
     with contextlib.redirect_stderr(io.StringIO()):  # init_parallel_env lists "Modified FLAGS" on stderr
@@ -147,7 +147,7 @@ class Group(Single):
     failures, the collectives for what the ranks exchange together."""
 
     def __init__(self, rank, size):
-        from .paddle_env import paddle
+        from ..paddle_env import paddle
         self.rank, self.size, self.main = rank, size, rank == 0
         self.channel = StoreChannel(paddle, rank, size)
         self.collectives = Collectives(paddle, size, self.channel.lost)
@@ -211,7 +211,7 @@ class Group(Single):
 
 
 class SharedFolder:
-    """A run folder (tools/utils/run_folder.RunFolder) that rank 0 alone opens, locks, reads and writes; every
+    """A run folder (tools/utils/run/run_folder.RunFolder) that rank 0 alone opens, locks, reads and writes; every
     rank makes the same calls and gets rank 0's answers, so the other ranks never touch the folder."""
 
     def __init__(self, group, folder):
