@@ -10,9 +10,10 @@ import pytest
 
 from helpers import ROOT
 from tools import expand
-from tools.utils import cli, serving
+from tools.utils import cli
+from tools.utils.serving import exported
 from tools.utils.data import dataset as D
-from tools.utils import expansion as E
+from tools.utils.serving import expansion as E
 from tools.utils.data import vocabulary as V
 
 CONFIG = os.path.join(ROOT, "config.yaml")
@@ -83,9 +84,9 @@ def test_positive_only_seeds_end_to_end_with_an_exported_model(sample_model, hot
     absent = ~np.isin(positives["uid"], stage2["uid"])
     pool_rows = {k: np.concatenate([stage2[k][users], positives[k][absent]]) for k in rows}  # the seeds too
     pool = stage_folder(tmp_path / "pool", "pool_stage2.npz", pool_rows)
-    out, exported = tmp_path / "out", tmp_path / "model"
+    out, export_dir = tmp_path / "out", tmp_path / "model"
     done = run_expand(model_dir, "--campaign", os.path.dirname(only), "--pool", pool, "--top-k", "30", "--out",
-                      str(out), "--all-scores", "--export", str(exported))
+                      str(out), "--all-scores", "--export", str(export_dir))
     assert done.returncode == 0, done.stderr
     n_pos = len(positives["label"])
     assert f"{n_pos} positive and 0 negative seeds, {19 * n_pos} negatives drawn from background users" in done.stdout
@@ -96,7 +97,7 @@ def test_positive_only_seeds_end_to_end_with_an_exported_model(sample_model, hot
     assert scores.shape == (len(pool_rows["uid"]),)
     ranked = np.argsort(-scores[~np.isin(pool_rows["uid"], positives["uid"])], kind="stable")[:30]
     np.testing.assert_array_equal(top, pool_rows["uid"][~np.isin(pool_rows["uid"], positives["uid"])][ranked])
-    served = serving.predict(serving.predictor(str(exported)), pool_rows["static"], pool_rows["dynamic"],
+    served = exported.predict(exported.predictor(str(export_dir)), pool_rows["static"], pool_rows["dynamic"],
                              pool_rows["lengths"])
     np.testing.assert_allclose(served, scores, atol=1e-6)  # Paddle Inference gives the dygraph net's scores
     kept = run_expand(model_dir, "--campaign", os.path.dirname(only), "--pool", pool, "--top-k", "10000", "--out",

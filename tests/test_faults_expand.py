@@ -17,7 +17,7 @@ from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.data import dataset as D
 from tools.utils.data import vocabulary as V
-from tools.utils.outputs import Outputs
+from tools.utils.serving.outputs import Outputs
 
 CONFIG = os.path.join(ROOT, "config.yaml")
 HOT = os.path.join(ROOT, "data", "test_hot")

@@ -13,7 +13,7 @@ Inference), and prints for both the pool users scored per second, the wall
 time and the peak memory (the largest resident set, from wait4).
 
 negatives: how fine-tuning on positive seeds plus negatives drawn from a
-pool (tools/utils/expansion.py's rule, R per seed) compares with fine-tuning
+pool (tools/utils/serving/expansion.py's rule, R per seed) compares with fine-tuning
 on a test campaign's true labelled seeds: pooled AUC and mean P@5% of every
 test campaign's candidates, per split. The pool of a split is its users
 (both stages, each once), the campaign's own seeds left out by the rule.

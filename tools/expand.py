@@ -12,7 +12,7 @@ given a wide part fitted on the seeds), then scores every user of the pool.
 DIR is a data-folder stage or raw files (adFeature.csv, train.csv with
 aid,uid,label, userFeature.data) holding the campaign's seeds; --aid picks one
 campaign where DIR holds several. POOL is a stage .npz with uid or a raw
-userFeature.data (tools/utils/expansion.py). Seeds that are all positive get R
+userFeature.data (tools/utils/serving/expansion.py). Seeds that are all positive get R
 negatives per seed (--negatives) drawn from background users, never a user of
 the pool (tools/utils/data/background.py: the checkpoint's, or --background). Seeds
 in the pool are left out of the ranking unless --keep-seeds. A campaign whose
@@ -21,11 +21,11 @@ ad ids, or most of whose seeds' ids, the checkpoint has never seen is refused
 
 Writes OUT/top_k.csv (uid, score, rank), OUT/expand.json (what was done: the
 checkpoint, seeds, negatives and where they came from, the fine-tuning, the
-quality estimated on held-out seeds (tools/utils/quality.py), the score at rank
+quality estimated on held-out seeds (tools/utils/serving/quality.py), the score at rank
 K and a histogram of the pool's scores, unknown ids, timings), OUT/expand.png
 (the histogram and the quality, with matplotlib) and, with --all-scores,
 OUT/all_scores.npy (every pool user's score, in pool order); --export DIR
-writes the adapted model for Paddle Inference (tools/utils/serving.py).
+writes the adapted model for Paddle Inference (tools/utils/serving/exported.py).
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -43,15 +43,15 @@ import numpy as np
 from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.run import config as cfg
-from tools.utils import expansion as E
-from tools.utils import quality, serving
+from tools.utils.serving import expansion as E
+from tools.utils.serving import exported, quality
 from tools.utils.run import campaign, model_folder, resources
 from tools.utils.measure import charts
 from tools.utils.data import background
 from tools.utils.data import vocabulary as V
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
-from tools.utils.outputs import Outputs
+from tools.utils.serving.outputs import Outputs
 
 EXAMPLES = (
     "python tools/expand.py -m config.yaml --campaign CAMPAIGN --pool userFeature.data --top-k 1000 --out audience",
@@ -69,7 +69,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
            allow_unknown=False, folds=quality.FOLDS, force=False):
     """Adapt the checkpoint to the campaign's seeds and rank the pool; returns the summary dict.
 
-    The outputs are checked before any work and land together or not at all (tools/utils/outputs.py); a
+    The outputs are checked before any work and land together or not at all (tools/utils/serving/outputs.py); a
     non-empty out_dir or export_dir is refused unless force.
     """
     started = time.perf_counter()
@@ -168,7 +168,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
             atomic_write(outputs.staged(os.path.join(out_dir, "all_scores.npy")),
                          lambda f: np.save(f, scores.astype(np.float32)))
         if export_dir:
-            serving.export(scorer, camp.ad, outputs.staged(export_dir),
+            exported.export(scorer, camp.ad, outputs.staged(export_dir),
                            {"campaign": camp.aid, "checkpoint": path,
                             "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256"),
                             "data_schema": config["data_schema"]},

@@ -2,7 +2,7 @@
 
 `tools/expand.py --export DIR` writes
     DIR/model.json, DIR/model.pdiparams  the program and weights of the campaign's scorer
-                                         (tools/utils/serving_net.py), loadable by Paddle Inference alone
+                                         (tools/utils/serving/export_net.py), loadable by Paddle Inference alone
     DIR/vocabulary.npz                   the raw-id -> id maps (tools/utils/data/vocabulary.py)
     DIR/inputs.json                      the inputs, their shapes and dtypes, and INPUT_RULES
 The campaign's ad ids are built into the program (the model serves one
@@ -14,7 +14,7 @@ and gets the click probability [N].
 
 Scorer.score_pool (and tools/score.py over it) reads raw userFeature.data lines, or
 an encoded stage file, with the code expand.py reads its pool with
-(tools/utils/expansion.py's pool_chunks, which encodes with
+(tools/utils/serving/expansion.py's pool_chunks, which encodes with
 tools/utils/data/vocabulary.py), so the exported model's scores equal expand.py's.
 """
 import json
@@ -23,11 +23,11 @@ import os
 import numpy as np
 
 from . import expansion as E
-from .data import schema as S
-from .data import vocabulary as V
-from .run.campaign import SCORE_ROWS
-from .errors import DataError
-from .files import write_json
+from ..data import schema as S
+from ..data import vocabulary as V
+from ..run.campaign import SCORE_ROWS
+from ..errors import DataError
+from ..files import write_json
 
 MODEL = "model"  # DIR/model.json (the program) and DIR/model.pdiparams (the weights)
 INPUTS = "inputs.json"
@@ -51,8 +51,8 @@ def export(net, ad_ids, out_dir, description, vocabulary_bytes=None):
     description: facts about the model for inputs.json (campaign, checkpoint, vocabulary_sha256 and
     data_schema, the schema dict tools/score.py checks encoded pools against).
     """
-    from .paddle_env import paddle
-    from .serving_net import campaign_scorer
+    from ..paddle_env import paddle
+    from .export_net import campaign_scorer
 
     os.makedirs(out_dir, exist_ok=True)
     spec = [paddle.static.InputSpec([None, width], "int64", name) for name, width in
@@ -68,7 +68,7 @@ def export(net, ad_ids, out_dir, description, vocabulary_bytes=None):
             "lengths": {"shape": [None, len(S.DYNAMIC_FIELDS)], "dtype": "int64", "fields": list(S.DYNAMIC_FIELDS)},
         },
         "input_rules": INPUT_RULES,
-        "encoder": "tools/score.py (tools/utils/serving.py's Scorer): raw userFeature.data lines in, scores out",
+        "encoder": "tools/score.py (tools/utils/serving/exported.py's Scorer): raw userFeature.data lines in, scores out",
         "output": {"shape": [None], "dtype": "float32", "meaning": "click probability"},
         "ad_ids_built_in": [int(a) for a in ad_ids],
         "files": {"program": f"{MODEL}.json", "weights": f"{MODEL}.pdiparams",
@@ -100,7 +100,7 @@ def read_inputs(out_dir):
 
 def predictor(out_dir, threads=1):
     """A Paddle Inference predictor of an exported campaign model (CPU, Paddle's default passes and oneDNN)."""
-    from .paddle_env import paddle  # noqa: F401  (Paddle's environment before paddle.inference)
+    from ..paddle_env import paddle  # noqa: F401  (Paddle's environment before paddle.inference)
     from paddle import inference
     config = inference.Config(os.path.join(out_dir, f"{MODEL}.json"), os.path.join(out_dir, f"{MODEL}.pdiparams"))
     config.disable_gpu()
@@ -129,7 +129,7 @@ class Scorer:
         """(uids, scores) of the pool's users, chunk by chunk in pool order.
 
         The pool (a raw userFeature.data, or a stage .npz encoded with the model's vocabulary) is read and
-        encoded by tools/utils/expansion.py's pool_chunks, as expand.py reads it; unknown (a
+        encoded by tools/utils/serving/expansion.py's pool_chunks, as expand.py reads it; unknown (a
         vocabulary.UnknownIds) counts the raw ids not in the vocabulary.
         """
         unknown = V.UnknownIds() if unknown is None else unknown

@@ -20,8 +20,8 @@ one once its process is gone.
 """
 import os
 
-from .errors import UserError
-from .files import (drop_staging, inside, make_staging, remove_dead_leftovers, replace_folders, require_writable,
+from ..errors import UserError
+from ..files import (drop_staging, inside, make_staging, remove_dead_leftovers, replace_folders, require_writable,
                     staging_folder)
 
 STAGING = ".outputs.tmp"  # + pid

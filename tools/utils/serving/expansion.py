@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .run import campaign as C
-from .data import dataset as D
-from .data import raw_csv, raw_users
-from .data import schema as S
-from .data import vocabulary as V
-from .errors import DataError
-from .progress import progress
+from ..run import campaign as C
+from ..data import dataset as D
+from ..data import raw_csv, raw_users
+from ..data import schema as S
+from ..data import vocabulary as V
+from ..errors import DataError
+from ..progress import progress
 
 POOL_ROWS = 65536
 HISTOGRAM_BINS = 50

@@ -17,9 +17,9 @@ pool's own mix of users is not known to them.
 """
 import numpy as np
 
-from .run import campaign
-from .measure import metrics
-from .data import background
+from ..run import campaign
+from ..measure import metrics
+from ..data import background
 
 FOLDS = 5
 TOP_PERCENT = 5

@@ -19,7 +19,7 @@ the ad ids repeated on every row (CampaignNet).
 """
 import numpy as np
 
-from .paddle_env import paddle
+from ..paddle_env import paddle
 
 import net as net_module
 
