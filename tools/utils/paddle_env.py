@@ -7,7 +7,7 @@ extensions, which we never do, and installs an INFO handler on the root logger
 module instead of paddle first: `from tools.utils.paddle_env import paddle`.
 
 It also sets two things that must precede the import and that halve the time
-of a meta-step on this project's 2-core AMD machines (tools/bench_model.py):
+of a meta-step on this project's 2-core AMD machines (tools/bench/model.py):
 MKL_DEBUG_CPU_TYPE=5 on AMD CPUs, so the MKL inside Paddle takes its AVX2
 matrix kernels instead of a generic path, and glibc malloc settings that keep
 table-sized gradient buffers in the heap instead of returning them to the

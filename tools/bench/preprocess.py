@@ -1,8 +1,8 @@
 """Benchmark of tools/preprocess.py (prints figures; not a test).
 
-    python tools/bench_preprocess.py                      # 1 M synthetic users in a temporary folder
-    python tools/bench_preprocess.py --users 2000000 --work /tmp/bench --keep
-    python tools/bench_preprocess.py --raw data/raw_small --workers 1
+    python tools/bench/preprocess.py                      # 1 M synthetic users in a temporary folder
+    python tools/bench/preprocess.py --users 2000000 --work /tmp/bench --keep
+    python tools/bench/preprocess.py --raw data/raw_small --workers 1
 
 Without --raw, tools/make_synthetic.py (preset "small") writes the raw files
 first. The preprocessing then runs in a forked child process so that its
@@ -12,7 +12,7 @@ PSS counts shared pages once). Prints userFeature.data lines/s, wall times,
 memory and the time projected for the full data (11.4 M lines, 11.1 M rows).
 """
 if not __package__:
-    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+    import _root  # noqa: F401  (run as a script: tools/_bootstrap.py's set-up, the project root on sys.path)
 
 import argparse
 import dataclasses
@@ -26,6 +26,7 @@ import threading
 import time
 
 from tools.utils.data.raw import preprocess
+from tools.utils.run.model_folder import ROOT
 
 FULL_LINES = 11_420_039
 FULL_ROWS = 8_798_814 + 2_265_989
@@ -44,7 +45,7 @@ def parse_args(argv):
 
 
 def generate(raw_dir, users):
-    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "make_synthetic.py"),
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "make_synthetic.py"),
            "--out", raw_dir, "--scale", "small", "--users", str(users), "--seed", "0"]
     started = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -4,13 +4,13 @@
 # ranks x threads (the last one for the scaling efficiency of ranks at 2 threads each). Output: $OUT/bench.txt
 # (or ./bench.txt), also printed. Needs Paddle importable by python3 (PYTHONPATH=... where it was unpacked).
 #
-#     bash tools/bench_device.sh           # the full-size measurements (config_big shapes, batch 1024)
-#     bash tools/bench_device.sh --tiny    # a check of the script itself: batch 32, one step, runs of 2 cores
+#     bash tools/bench/device.sh           # the full-size measurements (config_big shapes, batch 1024)
+#     bash tools/bench/device.sh --tiny    # a check of the script itself: batch 32, one step, runs of 2 cores
 #
 # Each command has its own time limit, and all of them together stop after 6 min 40 s, so one that hangs
 # costs only its own figures. Figures and their reading: docs/performance.md.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 out=${OUT:-.}/bench.txt
@@ -42,12 +42,12 @@ run() {  # run LIMIT_SECONDS COMMAND...: the command, cut after its limit (or th
   $python -c "import sys, numpy, paddle; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'paddle', paddle.__version__)" 2>&1 | tail -1
   echo
   for threads in $model_threads; do
-    run "$limit_model" $python tools/bench_model.py --threads "$threads" --batch "$batch" --steps "$steps"
+    run "$limit_model" $python tools/bench/model.py --threads "$threads" --batch "$batch" --steps "$steps"
   done
   for r in $runs; do
     extra=""
     [ "$r" = "8x2" ] && extra="--dense-all-reduce"  # the all-reduce the trainer no longer does, for reference
-    run "$limit_run" $python tools/bench_distributed.py --runs "$r" --tasks 8 --batch "$batch" --steps "$steps" $extra
+    run "$limit_run" $python tools/bench/distributed.py --runs "$r" --tasks 8 --batch "$batch" --steps "$steps" $extra
   done
   echo "== all measurements: $((SECONDS - start)) s"
 } 2>&1 | grep --line-buffered -v -E ': [0-9]+/[0-9]+ (it|step|campaign) \(' | tee "$out"

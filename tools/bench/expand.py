@@ -1,11 +1,11 @@
 """Benchmarks of tools/expand.py (print figures; not tests).
 
-    python tools/bench_expand.py speed [--pool-users 11420039] [--work DIR]
-    python tools/bench_expand.py negatives --data data/medium --checkpoint DIR [--ratios 1,4,19]
+    python tools/bench/expand.py speed [--pool-users 11420039] [--work DIR]
+    python tools/bench/expand.py negatives --data data/medium --checkpoint DIR [--ratios 1,4,19]
 
 speed: the config_big.yaml shapes (the Tencent vocabulary, 22 M parameters)
 and a pool of --pool-users users (default: the full Tencent pool) with
-long-tailed synthetic ids (tools/bench_model.py's); the model is the seeded
+long-tailed synthetic ids (tools/bench/model.py's); the model is the seeded
 initialisation (speed does not depend on training) of a checkpoint made by
 `trainer.py --untrained`. Runs tools/expand.py --export as a child process,
 then tools/score.py on the same pool with the exported model (Paddle
@@ -19,7 +19,7 @@ test campaign's candidates, per split. The pool of a split is its users
 (both stages, each once), the campaign's own seeds left out by the rule.
 """
 if not __package__:
-    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+    import _root  # noqa: F401  (run as a script: tools/_bootstrap.py's set-up, the project root on sys.path)
 
 import argparse
 import json
@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from tools import bench_model
+from tools.bench import model as bench_model
 from tools.utils.data import dataset as D
 from tools.utils.data import schema as S
 from tools.utils.data import vocabulary as V

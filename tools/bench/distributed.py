@@ -1,12 +1,12 @@
 """Scaling of data-parallel meta-training on this machine, at the full data's shapes, on synthetic ids.
 
-    python tools/bench_distributed.py [--runs 1x1,2x1,1x2] [--steps 5] [--batch 1024] [--tasks 4] [--json FILE]
+    python tools/bench/distributed.py [--runs 1x1,2x1,1x2] [--steps 5] [--batch 1024] [--tasks 4] [--json FILE]
                                       [--dense-all-reduce]
 
 Each run RxT (R ranks of T threads) starts this script under PaddlePaddle's
 launcher (python -m paddle.distributed.launch --nproc_per_node R) in worker
 mode. Every rank builds the MetaHeac network with the Tencent vocabulary sizes
-(21.9 M parameters, tools/bench_model.py), draws the same synthetic meta-batches
+(21.9 M parameters, tools/bench/model.py), draws the same synthetic meta-batches
 of --tasks tasks (Zipf user ids) and meta-trains on its block of them exactly
 as the trainer does (tools/utils/run/training.py: its tasks' meta-loss, backward,
 the gradient sum over the ranks, Adam). Printed per run, medians over --steps
@@ -19,7 +19,7 @@ before it summed only the touched table rows), in seconds and GB/s of gradient.
 Figures and their reading: docs/performance.md and docs/distributed.md.
 """
 if not __package__:
-    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+    import _root  # noqa: F401  (run as a script: tools/_bootstrap.py's set-up, the project root on sys.path)
 
 import argparse
 import json
@@ -37,7 +37,7 @@ WARMUP_STEPS = 2
 
 def worker(args):
     """One rank of a run; rank 0 writes the run's figures to args.json."""
-    from tools.bench_model import big_config, meta_batch, popularity_orders
+    from tools.bench.model import big_config, meta_batch, popularity_orders
     from tools.utils.run import distributed, model_folder
     from tools.utils.paddle_env import paddle, set_device, set_threads
     set_threads(args.threads)

@@ -1,6 +1,6 @@
 """Speed of the MetaHeac model hooks at the full-data shapes, on synthetic long-tailed ids.
 
-    python tools/bench_model.py [--steps 5] [--batch 1024] [--threads 2] [--model-dir .]
+    python tools/bench/model.py [--steps 5] [--batch 1024] [--threads 2] [--model-dir .]
 
 Times one meta-step (train_forward + backward + Adam step; second and first
 order), a fine-tune step (infer_train_forward + backward + Adam) and scoring
@@ -17,7 +17,7 @@ for every tool; LD_PRELOAD=libjemalloc.so.2 is the other allocator to try.
 Figures and their history: docs/performance.md.
 """
 if not __package__:
-    import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
+    import _root  # noqa: F401  (run as a script: tools/_bootstrap.py's set-up, the project root on sys.path)
 
 import argparse
 import os
