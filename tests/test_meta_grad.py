@@ -5,7 +5,7 @@ from sklearn.metrics import log_loss
 
 import dygraph_model as dm
 from helpers import MAX_IDXS_LIST, TINY_HP, layout, random_batch, schema
-from tools.utils.data import schema as S
+from tools.utils.data.schema import AD_FIELDS, DYNAMIC_FIELDS, DYNAMIC_OFFSETS, STATIC_FIELDS
 from tools.utils.paddle_env import paddle
 
 LOCAL_LR = 0.5  # large, so that the second-order term is clearly visible
@@ -83,9 +83,9 @@ def sampled_coordinates(net, meta_batch, rng):
         if name.startswith("emb_"):
             field = name[4:]
             group, col = next((g, list(fields).index(field)) for g, fields in
-                              (("static", S.STATIC_FIELDS), ("dynamic", S.DYNAMIC_FIELDS), ("ad", S.AD_FIELDS))
+                              (("static", STATIC_FIELDS), ("dynamic", DYNAMIC_FIELDS), ("ad", AD_FIELDS))
                               if field in fields)
-            span = slice(S.DYNAMIC_OFFSETS[col], S.DYNAMIC_OFFSETS[col + 1]) if group == "dynamic" \
+            span = slice(DYNAMIC_OFFSETS[col], DYNAMIC_OFFSETS[col + 1]) if group == "dynamic" \
                 else slice(col, col + 1)
             shared = np.intersect1d(support[group][:, span], query[group][:, span])
             coords += [(name, (int(rng.choice(shared)), int(rng.integers(p.shape[1])))) for _ in range(2)]
@@ -222,7 +222,7 @@ def test_compact_ids_groups_get_separate_rows():
 def test_compact_ids_rejects_ids_outside_their_table():
     lay = layout()
     batch = random_batch(np.random.default_rng(17), 3)
-    batch["dynamic"][2, S.DYNAMIC_OFFSETS[3]] = lay.rows[7 + 3]  # kw1's first id, one past its table
+    batch["dynamic"][2, DYNAMIC_OFFSETS[3]] = lay.rows[7 + 3]  # kw1's first id, one past its table
     with pytest.raises(ValueError, match=r"of table emb_kw1 \(row 2 of the stacked batches\) is outside the table's "
                                          r"rows 0\.\.30"):
         dm.compact_ids(lay, [batch], lay.rows)

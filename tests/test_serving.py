@@ -1,4 +1,5 @@
-"""The exported campaign model (tools/utils/serving/exported.py, export_net.py) and its shipped encoder (tools/score.py)."""
+"""The exported campaign model (tools/utils/serving/exported.py, export_net.py) and its shipped encoder
+(tools/score.py)."""
 import json
 import os
 import shutil
@@ -12,10 +13,10 @@ import net as net_module
 from helpers import ROOT, TINY_HP, layout, random_batch
 from models import layers
 from tools.utils.run import checkpoint as ckpt
-from tools.utils.data import dataset as D
-from tools.utils.data import schema as S
+from tools.utils.data import dataset
+from tools.utils.data import schema
 from tools.utils.serving import exported
-from tools.utils.data import vocabulary as V
+from tools.utils.data import vocabulary
 from tools.utils.paddle_env import paddle
 from tools.utils.serving.export_net import MetaHeacCampaign
 
@@ -32,7 +33,7 @@ def batches(rng):
     """Random users (row 0: every list empty, row 1: every list full), padding past the lengths filled with
     other valid ids (never read), a batch of one user and a batch where no user has a list."""
     mixed = random_batch(rng, 64)
-    past = np.arange(S.DYNAMIC_WIDTH)[None] >= np.repeat(mixed["lengths"], S.DYNAMIC_WIDTHS, axis=1)
+    past = np.arange(schema.DYNAMIC_WIDTH)[None] >= np.repeat(mixed["lengths"], schema.DYNAMIC_WIDTHS, axis=1)
     mixed["dynamic"] = np.where(past, random_batch(rng, 64)["dynamic"], mixed["dynamic"])
     empty = random_batch(rng, 5)
     empty["lengths"][:] = 0
@@ -77,9 +78,9 @@ def raw_line(uid, static, dynamic, lengths, vocab):
     """A userFeature.data line for encoded ids: each id turned back into its raw value; id 0 of a single-valued
     field (missing) and an empty list are left out, as in the raw data."""
     groups = [f"uid {uid}"]
-    groups += [f"{f} {vocab[f][i]}" for f, i in zip(S.STATIC_FIELDS, static) if i]
-    for j, f in enumerate(S.DYNAMIC_FIELDS):
-        ids = dynamic[S.DYNAMIC_OFFSETS[j]:S.DYNAMIC_OFFSETS[j] + lengths[j]]
+    groups += [f"{f} {vocab[f][i]}" for f, i in zip(schema.STATIC_FIELDS, static) if i]
+    for j, f in enumerate(schema.DYNAMIC_FIELDS):
+        ids = dynamic[schema.DYNAMIC_OFFSETS[j]:schema.DYNAMIC_OFFSETS[j] + lengths[j]]
         if len(ids):
             groups.append(f + " " + " ".join(str(vocab[f][i]) for i in ids))
     return "|".join(groups) + "\n"
@@ -91,13 +92,13 @@ def test_the_exported_model_through_the_shipped_encoder_gives_expand_scores(samp
     exported model gives tools/expand.py's scores, user for user."""
     model_dir, _ = sample_model
     vocab = ckpt.vocabulary(str(model_dir / "0"))
-    split = D.load_split(HOT)
+    split = dataset.load_split(HOT)
     aid = int(np.unique(split["stage2"]["aid"])[0])
     campaign = tmp_path / "campaign"
     campaign.mkdir()
-    for f in (D.SCHEMA_FILE, V.VOCAB_FILE):
+    for f in (dataset.SCHEMA_FILE, vocabulary.VOCAB_FILE):
         shutil.copy(os.path.join(HOT, f), campaign)
-    D.save_stage(str(campaign / "test_stage1.npz"), {k: v[split["stage1"]["aid"] == aid]
+    dataset.save_stage(str(campaign / "test_stage1.npz"), {k: v[split["stage1"]["aid"] == aid]
                                                      for k, v in split["stage1"].items()})
     users = split["stage2"]
     first = np.sort(np.unique(users["uid"], return_index=True)[1])[:1500]

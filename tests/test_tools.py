@@ -16,7 +16,7 @@ import pytest
 from helpers import MAX_IDXS, ROOT, assert_one_line_error, fake_model_folder, pairwise_auc, run
 from tools.utils.run import checkpoint as ckpt
 from tools.utils.run import config as cfg
-from tools.utils.data import dataset as D
+from tools.utils.data import dataset
 from tools.utils.run import model_folder
 from tools.utils.run.run_folder import RunFolder
 
@@ -167,16 +167,16 @@ def test_base_configs_are_inherited_with_paths_relative_to_the_file_that_wrote_t
 def test_schema_gives_max_idxs_and_explicit_lists_must_match(tmp_path):
     split = tmp_path / "data" / "train"
     split.mkdir(parents=True)
-    D.write_schema(str(split), {"static": [5] * 7, "dynamic": [9] * 7, "ad": [3] * 6})
+    dataset.write_schema(str(split), {"static": [5] * 7, "dynamic": [9] * 7, "ad": [3] * 6})
     (tmp_path / "config.yaml").write_text(YAML.replace("  local_lr:", "  max_idxs: schema\n  local_lr:"))
     config = cfg.load_config(str(tmp_path / "config.yaml"))
-    cfg.attach_schema(config, D.read_schema(str(split)), str(split))
+    cfg.attach_schema(config, dataset.read_schema(str(split)), str(split))
     assert config["hyper_parameters"]["max_idxs"] == [[5] * 7, [9] * 7, [3] * 6]
     assert config["data_schema"]["dynamic_widths"] == [10, 10, 10, 5, 5, 5, 5]
     other = cfg.load_config(str(tmp_path / "config.yaml"), ["hyper_parameters.max_idxs=[[4,4,4,4,4,4,4],"
                                                            "[9,9,9,9,9,9,9],[3,3,3,3,3,3]]"])
     with pytest.raises(cfg.ConfigError, match=r"max_idxs is \[\[4, 4, .* but .*train has \[\[5, 5"):
-        cfg.attach_schema(other, D.read_schema(str(split)), str(split))
+        cfg.attach_schema(other, dataset.read_schema(str(split)), str(split))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -390,7 +390,7 @@ def test_infer_meta_without_fine_tuning_scores_the_checkpoint(paddle, model_dir,
                                                          ("test_hot", 1), ("test_cold", 1)]
     for r in runs:
         params = ckpt.load_arrays(r["checkpoint"], ckpt.PARAMS_FILE)
-        stage2 = D.load_split(r["data_dir"])["stage2"]
+        stage2 = dataset.load_split(r["data_dir"])["stage2"]
         defined = []
         for c in r["campaigns"]:
             rows = stage2["aid"] == c["campaign"]
@@ -414,11 +414,11 @@ def test_infer_meta_without_fine_tuning_scores_the_checkpoint(paddle, model_dir,
 def test_infer_meta_restores_the_weights_for_every_campaign(model_dir, trained, tmp_path):
     only = str(tmp_path / "test_only_13")
     os.makedirs(only)
-    D.write_schema(only, MAX_IDXS)
-    split = D.load_split(str(model_dir / "data" / "test_hot"))
+    dataset.write_schema(only, MAX_IDXS)
+    split = dataset.load_split(str(model_dir / "data" / "test_hot"))
     for stage in ("stage1", "stage2"):
         keep = split[stage]["aid"] == 13
-        D.save_stage(os.path.join(only, f"test_{stage}.npz"), {k: v[keep] for k, v in split[stage].items()})
+        dataset.save_stage(os.path.join(only, f"test_{stage}.npz"), {k: v[keep] for k, v in split[stage].items()})
     results = {}
     for data_dir in (str(model_dir / "data" / "test_hot"), only):
         proc = run("infer_meta.py", model_dir, "-o", "runner.infer_start_epoch=1", f"runner.test_data_dir={data_dir}",
@@ -434,11 +434,11 @@ def test_infer_meta_restores_the_weights_for_every_campaign(model_dir, trained, 
 def test_infer_meta_says_which_campaigns_had_no_seeds_to_fine_tune_on(model_dir, trained, tmp_path):
     folder = str(tmp_path / "test_unseeded")
     os.makedirs(folder)
-    D.write_schema(folder, MAX_IDXS)
-    split = D.load_split(str(model_dir / "data" / "test_hot"))
-    D.save_stage(os.path.join(folder, "test_stage1.npz"), {k: v[split["stage1"]["aid"] == 11]
+    dataset.write_schema(folder, MAX_IDXS)
+    split = dataset.load_split(str(model_dir / "data" / "test_hot"))
+    dataset.save_stage(os.path.join(folder, "test_stage1.npz"), {k: v[split["stage1"]["aid"] == 11]
                                                              for k, v in split["stage1"].items()})
-    D.save_stage(os.path.join(folder, "test_stage2.npz"), split["stage2"])
+    dataset.save_stage(os.path.join(folder, "test_stage2.npz"), split["stage2"])
     proc = run("infer_meta.py", model_dir, "-o", f"runner.test_data_dir={folder}", "runner.infer_start_epoch=1",
                f"runner.infer_output_path={tmp_path / 'res'}")
     assert proc.returncode == 0, proc.stderr

@@ -46,7 +46,7 @@ import numpy as np
 
 from tools.utils import cli
 from tools.utils.measure import benchmark_report, metrics
-from tools.utils.data import dataset as D
+from tools.utils.data import dataset
 from tools.utils.errors import Stopped, UserError
 from tools.utils.files import write_json
 from tools.utils.run.model_folder import ROOT
@@ -101,7 +101,7 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys, protoc
     """[(method, seed, trainer argv, {protocol: infer_meta argv}, run folder)] for every method x seed; keys:
     config_keys of every method."""
     data_dir = os.path.abspath(data_dir)
-    D.read_schema(os.path.join(data_dir, "train"))  # a data folder, before any run starts
+    dataset.read_schema(os.path.join(data_dir, "train"))  # a data folder, before any run starts
     unused = [item for item in extra if item not in QUICK["set"]  # --quick's settings apply where they can
               and not any(item.partition("=")[0] in keys[m] for m in methods)]
     if unused:
@@ -223,11 +223,11 @@ def oracle(data_dir):
     out = {}
     for short, split in benchmark_report.SPLITS:
         split_dir = os.path.join(data_dir, split)
-        stage2 = D.load_split(split_dir, stages=(1, 2))["stage2"]
-        probs = D.load_oracle(D.stage_path(split_dir, 2), len(stage2["label"]))
+        stage2 = dataset.load_split(split_dir, stages=(1, 2))["stage2"]
+        probs = dataset.load_oracle(dataset.stage_path(split_dir, 2), len(stage2["label"]))
         if probs is None:
             return None
-        index = D.CampaignIndex(stage2["aid"])
+        index = dataset.CampaignIndex(stage2["aid"])
         campaigns = [{"campaign": int(index.aids[i]),
                       **metrics.campaign_metrics(stage2["label"][index.rows_of(i)], probs[index.rows_of(i)])}
                      for i in range(len(index))]
@@ -239,7 +239,7 @@ def data_summary(data_dir):
     """Rows and campaigns of each split's stages."""
     out = {}
     for split in ("train", "test_hot", "test_cold"):
-        loaded = D.load_split(os.path.join(data_dir, split))
+        loaded = dataset.load_split(os.path.join(data_dir, split))
         out[split] = {f"stage{k}": {"rows": int(len(loaded[f"stage{k}"]["label"])),
                                     "campaigns": int(len(np.unique(loaded[f"stage{k}"]["aid"])))}
                       for k in (1, 2) if loaded[f"stage{k}"] is not None}

@@ -43,12 +43,12 @@ import numpy as np
 from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.run import config as cfg
-from tools.utils.serving import expansion as E
+from tools.utils.serving import expansion
 from tools.utils.serving import exported, quality
 from tools.utils.run import campaign, model_folder, resources
 from tools.utils.measure import charts
 from tools.utils.data import background
-from tools.utils.data import vocabulary as V
+from tools.utils.data import vocabulary
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
 from tools.utils.serving.outputs import Outputs
@@ -90,7 +90,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", path)
     resources.require_memory(config)
     vocab = ckpt.vocabulary(path)
-    camp = E.read_campaign(campaign_dir, config["data_schema"], vocab, aid)
+    camp = expansion.read_campaign(campaign_dir, config["data_schema"], vocab, aid)
     if not (camp.seeds["label"] == 1).any():
         raise UserError(f"{campaign_dir}: the seeds of campaign {camp.aid} hold no positive (label 1): there is "
                         "nothing to expand from; give the users who clicked or converted")
@@ -119,7 +119,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     rows, drawn = camp.seeds, 0
     if positive_only:
         rng = np.random.default_rng([runner["seed"], camp.aid % 2**32, 1])  # the negatives' draw
-        rows, drawn = background.with_negatives(camp.seeds, users, negatives, E.pool_uids(pool), rng)
+        rows, drawn = background.with_negatives(camp.seeds, users, negatives, expansion.pool_uids(pool), rng)
         if not drawn:
             raise UserError(f"{users_from}: every background user is a seed or a user of the pool, so no negative "
                             "can be drawn without telling the model that users it ranks are negatives; give "
@@ -131,8 +131,8 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     estimated = time.perf_counter()
     scorer = campaign.adapt(model, net, params, rows, config, camp.aid, batches, users)
     scoring = time.perf_counter()
-    pool_unknown = V.UnknownIds()
-    ranked, scores, n_pool, histogram = E.score_pool(model, scorer, camp, pool, config["data_schema"], vocab,
+    pool_unknown = vocabulary.UnknownIds()
+    ranked, scores, n_pool, histogram = expansion.score_pool(model, scorer, camp, pool, config["data_schema"], vocab,
                                                      config, batches, top_k, keep_seeds, pool_unknown, all_scores)
     done = time.perf_counter()
 
@@ -140,7 +140,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     writer = csv.writer(table)
     writer.writerow(("uid", "score", "rank"))
     writer.writerows((uid, f"{score:.7g}", rank) for rank, (uid, score) in enumerate(ranked, 1))
-    seeds_in_pool = int(np.isin(camp.seeds["uid"], E.pool_uids(pool)).sum()) if "uid" in camp.seeds else 0
+    seeds_in_pool = int(np.isin(camp.seeds["uid"], expansion.pool_uids(pool)).sum()) if "uid" in camp.seeds else 0
     summary = {
         "campaign": camp.aid,
         "checkpoint": {"path": path, "epoch": epoch, "params_sha256": meta.get("sha256", {}).get(ckpt.PARAMS_FILE),
@@ -148,7 +148,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
         "seeds": {"positive": int((camp.seeds["label"] == 1).sum()), "negative": int((camp.seeds["label"] == 0).sum()),
                   "in_pool": seeds_in_pool, "ranked": keep_seeds},
         "negatives": {"drawn": drawn, "per_seed": negatives if drawn else None, "from": users_from if drawn else None,
-                      "rule": E.NEGATIVES_RULE if drawn else None},
+                      "rule": expansion.NEGATIVES_RULE if drawn else None},
         "random_seed": runner["seed"],
         "fine_tuning": {"passes": runner["infer_train_epoch"], "batch": runner["infer_batch_size"],
                         "learning_rate": config["hyper_parameters"].get("local_test_learning_rate"),
@@ -172,7 +172,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
                            {"campaign": camp.aid, "checkpoint": path,
                             "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256"),
                             "data_schema": config["data_schema"]},
-                           V.to_bytes(vocab) if vocab else None)
+                           vocabulary.to_bytes(vocab) if vocab else None)
             summary["export"] = export_dir
         write_json(outputs.staged(os.path.join(out_dir, "expand.json")), summary)
         chart = None if charts.pyplot() is None else os.path.join(out_dir, "expand.png")
@@ -188,8 +188,9 @@ def _background(path, background_file, schema, vocab):
         if not os.path.exists(background_file):
             raise UserError(f"{background_file}: no such file; --background takes users in the pool's formats "
                             "(a stage .npz with uid, or a userFeature.data)")
-        return (E.read_users(background_file, schema, vocab, background.BACKGROUND_USERS, V.UnknownIds()),
-                background_file)
+        users = expansion.read_users(background_file, schema, vocab, background.BACKGROUND_USERS,
+                                     vocabulary.UnknownIds())
+        return users, background_file
     return ckpt.background_users(path), f"{path}/{background.BACKGROUND_FILE}"
 
 

@@ -31,8 +31,8 @@ from tools.infer_meta import split_dirs
 from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.run import config as cfg
-from tools.utils.data import dataset as D
-from tools.utils.measure import gates as G
+from tools.utils.data import dataset
+from tools.utils.measure.gates import GATES, campaign_gates, write_csv, write_heatmap
 from tools.utils.run import model_folder
 from tools.utils.measure import metrics
 from tools.utils.errors import ConfigError
@@ -56,9 +56,9 @@ def gates(config, epoch=None, out_dir=None, trust_pickle=False):
     config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", path)
     folders = {"train": runner["train_data_dir"], **dict(zip(("hot", "cold"), split_dirs(runner["test_data_dir"],
                                                                                         "both")))}
-    schemas = {split: D.read_schema(folder) for split, folder in folders.items()}
+    schemas = {split: dataset.read_schema(folder) for split, folder in folders.items()}
     for split, folder in folders.items():
-        D.require_vocabulary(schemas[split], config["data_schema"], folder, "the checkpoint")
+        dataset.require_vocabulary(schemas[split], config["data_schema"], folder, "the checkpoint")
 
     from tools.utils import paddle_env
     paddle_env.set_threads(runner["thread_num"])
@@ -66,24 +66,25 @@ def gates(config, epoch=None, out_dir=None, trust_pickle=False):
     net = model.create_model(config)
     ckpt.restore_params(net, ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle),
                         os.path.join(path, ckpt.PARAMS_FILE))
-    if not all(hasattr(net, f"{gate}_w0") for gate in G.GATES):
+    if not all(hasattr(net, f"{gate}_w0") for gate in GATES):
         raise ConfigError(f"{config['config_path']}: the model of this folder has no expert and critic gates "
                           "(expert_gate_*, critic_gate_* parameters); tools/gates.py reads MetaHeac's")
     net.eval()
     table = []
     for split, folder in folders.items():
-        stages = [p for p in (D.stage_path(folder, stage) for stage in ((1,) if split == "train" else (1, 2))) if p]
-        chunks = progress((chunk for p in stages for chunk in D.iter_stage(p, schemas[split])), desc=split,
+        stages = [p for p in (dataset.stage_path(folder, stage) for stage in ((1,) if split == "train" else (1, 2)))
+                  if p]
+        chunks = progress((chunk for p in stages for chunk in dataset.iter_stage(p, schemas[split])), desc=split,
                           unit="chunk")
-        for aid, (rows, experts, critics) in G.campaign_gates(net, chunks).items():
+        for aid, (rows, experts, critics) in campaign_gates(net, chunks).items():
             table.append((split, aid, rows, experts, critics))
     if not table:
         raise ConfigError(f"{config['config_path']}: no rows in {', '.join(folders.values())}; nothing to show")
     out_dir = out_dir or os.path.join(runner["infer_load_path"], "gates")
     os.makedirs(out_dir, exist_ok=True)
     csv_path, png_path = (os.path.join(out_dir, f"gates_epoch{epoch}.{ext}") for ext in ("csv", "png"))
-    G.write_csv(csv_path, table)
-    drawn = G.write_heatmap(png_path, table, f"gate weights per campaign, checkpoint {path}")
+    write_csv(csv_path, table)
+    drawn = write_heatmap(png_path, table, f"gate weights per campaign, checkpoint {path}")
 
     def weights(values):
         return " ".join(f"{v:.3f}" for v in values)

@@ -47,7 +47,7 @@ import numpy as np
 from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.run import config as cfg
-from tools.utils.data import dataset as D
+from tools.utils.data.dataset import load_split
 from tools.utils.run import campaign, distributed, model_folder, resources
 from tools.utils.measure import metrics
 from tools.utils.data import background
@@ -214,7 +214,7 @@ def checkpoints(config, trainer_command, trust_pickle=False, best=False):
     first = paths[epochs[0]]
     meta = ckpt.read_meta(first)
     if trust_pickle and "data_schema" not in meta:
-        train = D.load_split(runner["train_data_dir"], stages=(1,))
+        train = load_split(runner["train_data_dir"], stages=(1,))
         meta = {"data_schema": train["schema"], "train_campaigns": np.unique(train["stage1"]["aid"]).tolist()}
         first = runner["train_data_dir"]
     cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", first), first)

@@ -26,7 +26,7 @@ import os
 import sys
 
 from tools.utils import cli
-from tools.utils.data import schema as S
+from tools.utils.data import schema
 from tools.utils.files import remove_dead_leftovers
 from tools.utils.data.raw import SPLITS, STAGING, preprocess
 
@@ -66,7 +66,7 @@ def format_summary(summary, out_dir):
     for folder, _ in SPLITS:
         c = summary.splits[folder]
         lines.append(f"{folder:<10} {c['campaigns']:>9} {c['stage1']:>12} {c['stage2']:>12} {c['positives']:>10}")
-    for group, fields in S.GROUP_FIELDS.items():
+    for group, fields in schema.GROUP_FIELDS.items():
         sizes = ", ".join(f"{f} {m + 1}" for f, m in zip(fields, summary.max_idxs[group]))
         lines.append(f"vocabulary ({group}): {sizes}")
     rate = summary.lines / max(summary.user_seconds, 1e-9)

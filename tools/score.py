@@ -32,7 +32,7 @@ import numpy as np
 
 from tools.utils import cli
 from tools.utils.serving import exported
-from tools.utils.data import vocabulary as V
+from tools.utils.data import vocabulary
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
 from tools.utils.progress import progress
@@ -45,7 +45,7 @@ def score(model_dir, pool, out_dir, threads=1):
     if not os.path.exists(pool):
         raise UserError(f"{pool}: no such pool; give a userFeature.data file or a stage .npz (with uid)")
     scorer = exported.Scorer(model_dir, threads)
-    unknown, uids, scores = V.UnknownIds(), [], []
+    unknown, uids, scores = vocabulary.UnknownIds(), [], []
     started = time.perf_counter()
     bar = progress(total=None, desc="scoring", unit="user", unit_scale=True)
     for chunk_uids, chunk_scores in scorer.score_pool(pool, unknown):

@@ -28,8 +28,8 @@ import sys
 from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.run import config as cfg
-from tools.utils.measure import curves as C
-from tools.utils.data import dataset as D
+from tools.utils.measure.curves import NO_CURVES, for_run
+from tools.utils.data.dataset import read_schema
 from tools.utils.run import distributed, model_folder, resources, validation
 from tools.utils.data import background, vocabulary
 from tools.utils.run.run_folder import BEST, RunFolder
@@ -61,7 +61,7 @@ def prepare(config, untrained=False):
         cfg.validate(config, "validate", model)
     if not untrained and getattr(model, "trains_across_campaigns", True):
         distributed.require_enough_tasks(config["hyper_parameters"]["task_count"], config["config_path"])
-    cfg.attach_schema(config, D.read_schema(runner["train_data_dir"]), runner["train_data_dir"])
+    cfg.attach_schema(config, read_schema(runner["train_data_dir"]), runner["train_data_dir"])
     resources.require_memory(config)
     reader = model_folder.load_module(runner["train_reader_path"], config["config_path"])
     dataset = reader.RecDataset(config, runner["train_data_dir"])
@@ -112,7 +112,7 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
                 "again); its best checkpoint is in " + os.path.join(folder.path, BEST))
             return
         group.sync_state(net, optimizer)  # every rank starts from rank 0's weights and optimizer state
-        curves = C.for_run(runner, group.main) if not untrained else C.NO_CURVES
+        curves = for_run(runner, group.main) if not untrained else NO_CURVES
         meta = {"seed": runner["seed"], "config_path": config["config_path"],
                 "data_schema": config["data_schema"], "train_campaigns": config["train_campaigns"]}
         validate = None if untrained or not len(dataset.valid_campaigns) else Validate(

@@ -33,9 +33,9 @@ import time
 import numpy as np
 
 from tools.bench import model as bench_model
-from tools.utils.data import dataset as D
-from tools.utils.data import schema as S
-from tools.utils.data import vocabulary as V
+from tools.utils.data import dataset
+from tools.utils.data import schema
+from tools.utils.data import vocabulary
 from tools.utils.run.model_folder import ROOT
 from tools.utils.progress import progress
 
@@ -47,17 +47,17 @@ def tencent_folder(folder, rows, rng, orders):
     """A data folder with the Tencent vocabulary sizes (schema.json, vocabulary.npz) and one stage of `rows`
     {aid: n} rows; the vocabulary maps raw value v to id v + 1 (raw ids 0..max - 1)."""
     os.makedirs(folder, exist_ok=True)
-    vocab = {f: np.arange(-1, m, dtype=np.int64) for g in S.GROUPS
-             for f, m in zip(S.GROUP_FIELDS[g], S.TENCENT_MAX_IDXS[g])}
-    D.write_schema(folder, S.TENCENT_MAX_IDXS, V.save(folder, vocab))
+    vocab = {f: np.arange(-1, m, dtype=np.int64) for g in schema.GROUPS
+             for f, m in zip(schema.GROUP_FIELDS[g], schema.TENCENT_MAX_IDXS[g])}
+    dataset.write_schema(folder, schema.TENCENT_MAX_IDXS, vocabulary.save(folder, vocab))
     parts = []
     for aid, n in rows.items():
-        ad_row = [rng.integers(0, m + 1) for m in S.TENCENT_MAX_IDXS["ad"]]
+        ad_row = [rng.integers(0, m + 1) for m in schema.TENCENT_MAX_IDXS["ad"]]
         batch = bench_model.synthetic_batch(rng, n, orders, ad_row)
         parts.append({**batch, "aid": np.full(n, aid, np.int32), "label": (rng.random(n) < 0.3).astype(np.int8)})
     stage = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     stage["uid"] = np.arange(len(stage["label"]), dtype=np.int64) + 10 ** 9
-    D.save_stage(os.path.join(folder, "train_stage1.npz"), stage)
+    dataset.save_stage(os.path.join(folder, "train_stage1.npz"), stage)
     return folder
 
 
@@ -68,7 +68,7 @@ def write_pool(path, users, orders, seed=0, chunk=1 << 18):
     try:
         arrays = {name: np.lib.format.open_memmap(os.path.join(tmp, name + ".npy"), "w+", np.dtype(dtype),
                                                   (users,) + tail)
-                  for name, (dtype, tail, _) in S.ARRAYS.items()}
+                  for name, (dtype, tail, _) in schema.ARRAYS.items()}
         for start in progress(range(0, users, chunk), total=-(-users // chunk), desc="generating the pool",
                               unit="chunk"):
             n = min(chunk, users - start)
@@ -76,7 +76,7 @@ def write_pool(path, users, orders, seed=0, chunk=1 << 18):
             batch["uid"] = np.arange(start, start + n, dtype=np.int64)
             for name, a in arrays.items():
                 a[start:start + n] = batch[name]
-        D.save_stage(path, arrays, compress=False)
+        dataset.save_stage(path, arrays, compress=False)
     finally:
         shutil.rmtree(tmp)
 
@@ -84,13 +84,13 @@ def write_pool(path, users, orders, seed=0, chunk=1 << 18):
 def speed(args):
     work = args.work or tempfile.mkdtemp(prefix="bench_expand_")
     rng, orders = np.random.default_rng(0), bench_model.popularity_orders(
-        [S.TENCENT_MAX_IDXS[g] for g in S.GROUPS], 0)
+        [schema.TENCENT_MAX_IDXS[g] for g in schema.GROUPS], 0)
     train = tencent_folder(os.path.join(work, "data", "train"), {a: 40 for a in range(1, 6)}, rng, orders)
     campaign = tencent_folder(os.path.join(work, "campaign"), {7: 1000}, rng, orders)
     pool = os.path.join(work, "pool", "pool_stage2.npz")
     if not os.path.isfile(pool):
         os.makedirs(os.path.dirname(pool), exist_ok=True)
-        for f in (D.SCHEMA_FILE, V.VOCAB_FILE):
+        for f in (dataset.SCHEMA_FILE, vocabulary.VOCAB_FILE):
             shutil.copy(os.path.join(train, f), os.path.dirname(pool))
         # in a child: a process's peak memory counts what its parent held when it forked, so this one stays small
         subprocess.run([sys.executable, os.path.abspath(__file__), "pool", pool, str(args.pool_users)], check=True)
@@ -135,7 +135,7 @@ def timed_child(command, summary_path):
 
 # ---------------------------------------------------------------- negatives
 def negatives(args):
-    from tools.utils.run import campaign as C
+    from tools.utils.run.campaign import adapt, score
     from tools.utils.run import checkpoint as ckpt
     from tools.utils.run import config as cfg
     from tools.utils.data import background
@@ -167,8 +167,8 @@ def negatives(args):
                 if name != "true negatives":  # expand.py's rule: background users, never a candidate
                     rng = np.random.default_rng([config["runner"]["seed"], aid % 2**32, 1])
                     tuned, _ = background.with_negatives(seeds, users, float(name[4:]), candidates["uid"], rng)
-                scorer = C.adapt(model, net, params, tuned, config, aid, reader_test.batches, users)
-                scores = C.score(model, scorer, candidates, config, reader_test.batches)
+                scorer = adapt(model, net, params, tuned, config, aid, reader_test.batches, users)
+                scores = score(model, scorer, candidates, config, reader_test.batches)
                 campaigns, labels, all_scores = results[name]
                 campaigns.append({"campaign": aid, **metrics.campaign_metrics(candidates["label"], scores)})
                 labels.append(candidates["label"])
@@ -197,7 +197,8 @@ def main(argv=None):
     n.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.what == "pool":
-        write_pool(args.path, args.users, bench_model.popularity_orders([S.TENCENT_MAX_IDXS[g] for g in S.GROUPS], 0))
+        orders = bench_model.popularity_orders([schema.TENCENT_MAX_IDXS[g] for g in schema.GROUPS], 0)
+        write_pool(args.path, args.users, orders)
     else:
         speed(args) if args.what == "speed" else negatives(args)
 

@@ -31,7 +31,7 @@ from tools.utils.progress import progress
 
 from tools.utils.paddle_env import paddle, set_threads
 from tools.utils.run import model_folder
-from tools.utils.data import schema as S
+from tools.utils.data import schema
 from tools.utils.data.dataset import make_schema
 
 ZIPF_EXPONENT = 1.2
@@ -39,13 +39,13 @@ WARMUP_STEPS = 3  # the first steps page-fault the working set in (tens of thous
 
 
 def big_config(batch):
-    max_idxs = [S.TENCENT_MAX_IDXS[k] for k in S.GROUPS]
+    max_idxs = [schema.TENCENT_MAX_IDXS[k] for k in schema.GROUPS]
     return {"hyper_parameters": {
         "max_idxs": max_idxs, "embed_dim": 64, "embedding_init": "normal", "mlp_dims": [64, 64], "num_expert": 8,
         "num_output": 5, "task_count": 5, "local_lr": 0.0002, "meta_order": 2, "local_test_learning_rate": 0.001,
         "optimizer": {"class": "adam", "learning_rate": 0.001}},
         "runner": {"train_batch_size": batch, "infer_batch_size": batch},
-        "data_schema": make_schema(S.TENCENT_MAX_IDXS)}
+        "data_schema": make_schema(schema.TENCENT_MAX_IDXS)}
 
 
 def popularity_orders(max_idxs, seed=0):
@@ -59,12 +59,13 @@ def synthetic_batch(rng, n, orders, ad_row):
     def zipf(order, shape):
         return order[(rng.zipf(ZIPF_EXPONENT, shape) - 1) % len(order)]
 
-    n_static = len(S.STATIC_FIELDS)
+    n_static = len(schema.STATIC_FIELDS)
     static = np.stack([zipf(order, n) for order in orders[:n_static]], axis=1)
-    dynamic = np.concatenate([zipf(order, (n, w)) for order, w in zip(orders[n_static:], S.DYNAMIC_WIDTHS)], axis=1)
+    dynamic = np.concatenate([zipf(order, (n, w)) for order, w in zip(orders[n_static:], schema.DYNAMIC_WIDTHS)],
+                             axis=1)
     return {"label": (rng.random(n) < 0.05).astype(np.int8), "aid": np.zeros(n, np.int32),
             "static": static.astype(np.int32), "dynamic": dynamic.astype(np.int32),
-            "lengths": np.stack([rng.integers(0, w + 1, n) for w in S.DYNAMIC_WIDTHS], axis=1).astype(np.int32),
+            "lengths": np.stack([rng.integers(0, w + 1, n) for w in schema.DYNAMIC_WIDTHS], axis=1).astype(np.int32),
             "ad": np.repeat(np.asarray(ad_row, np.int32)[None, :], n, axis=0)}
 
 

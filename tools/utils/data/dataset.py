@@ -24,7 +24,8 @@ import zlib
 
 import numpy as np
 
-from . import schema as S
+from .schema import (AD_FIELDS, ARRAYS, DYNAMIC_FIELDS, DYNAMIC_OFFSETS, DYNAMIC_WIDTHS, GROUP_FIELDS, GROUPS,
+                     STATIC_FIELDS, TENCENT_MAX_IDXS)
 from ..errors import DataError, quoted
 from ..files import atomic_write, write_json
 
@@ -38,14 +39,14 @@ MAX_ID = 2**31 - 2  # ids are int32 and a table has max + 1 rows
 def save_stage(path, arrays, compress=True):
     """Write a dict of arrays as a byte-reproducible .npz (deflated unless compress=False)."""
     for name in arrays:
-        if name not in S.ARRAYS:
-            raise ValueError(f"{path}: unknown array {name!r}; known: {sorted(S.ARRAYS)}")
+        if name not in ARRAYS:
+            raise ValueError(f"{path}: unknown array {name!r}; known: {sorted(ARRAYS)}")
 
     def write(f):
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED,
                              allowZip64=True) as zf:
             for name in sorted(arrays):
-                dtype = S.ARRAYS[name][0]
+                dtype = ARRAYS[name][0]
                 info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
                 info.compress_type = zf.compression
                 with zf.open(info, "w", force_zip64=True) as member:
@@ -60,11 +61,11 @@ def make_schema(max_idxs, vocabulary_sha256=None):
     the raw-id maps (tools/utils/data/vocabulary.py) when the data has them."""
     schema = {
         "format_version": FORMAT_VERSION,
-        "static_fields": list(S.STATIC_FIELDS),
-        "dynamic_fields": list(S.DYNAMIC_FIELDS),
-        "dynamic_widths": list(S.DYNAMIC_WIDTHS),
-        "ad_fields": list(S.AD_FIELDS),
-        "max_idxs": {k: [int(v) for v in max_idxs[k]] for k in S.GROUPS},
+        "static_fields": list(STATIC_FIELDS),
+        "dynamic_fields": list(DYNAMIC_FIELDS),
+        "dynamic_widths": list(DYNAMIC_WIDTHS),
+        "ad_fields": list(AD_FIELDS),
+        "max_idxs": {k: [int(v) for v in max_idxs[k]] for k in GROUPS},
     }
     if vocabulary_sha256:
         schema["vocabulary_sha256"] = vocabulary_sha256
@@ -102,13 +103,13 @@ def schema_problem(sch):
     """What is wrong with a schema dict (schema.json's, or a checkpoint's copy), or None."""
     if not isinstance(sch, dict):
         return f"holds a JSON {type(sch).__name__}, not the schema object"
-    expected = make_schema(S.TENCENT_MAX_IDXS)  # only its field lists are compared
+    expected = make_schema(TENCENT_MAX_IDXS)  # only its field lists are compared
     for key in ("static_fields", "dynamic_fields", "dynamic_widths", "ad_fields"):
         if sch.get(key) != expected[key]:
             return (f"field {key!r} is {quoted(sch.get(key))}, this code expects {expected[key]!r} (the data was "
                     "made for another field layout)")
     mx = sch.get("max_idxs")
-    for group, fields in S.GROUP_FIELDS.items():
+    for group, fields in GROUP_FIELDS.items():
         vals = None if not isinstance(mx, dict) else mx.get(group)
         if not (isinstance(vals, list) and len(vals) == len(fields)
                 and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_ID for v in vals)):
@@ -121,7 +122,7 @@ def schema_problem(sch):
 
 def max_idxs_list(sch):
     """max_idxs as the model config writes them: [static, dynamic, ad]."""
-    return [sch["max_idxs"][group] for group in S.GROUPS]
+    return [sch["max_idxs"][group] for group in GROUPS]
 
 
 def require_vocabulary(sch, expected, source, expected_source):
@@ -278,11 +279,11 @@ def _read_member(archive, info):
 
 
 def validate_stage(path, arrays, sch):
-    for name, (dtype, tail, required) in S.ARRAYS.items():
+    for name, (dtype, tail, required) in ARRAYS.items():
         if name not in arrays:
             if required:
                 raise DataError(f"{path}: array {name!r} is missing; a stage file needs "
-                                f"{[n for n, a in S.ARRAYS.items() if a[2]]}")
+                                f"{[n for n, a in ARRAYS.items() if a[2]]}")
             continue
         a = arrays[name]
         if not np.issubdtype(a.dtype, np.integer):
@@ -293,8 +294,8 @@ def validate_stage(path, arrays, sch):
                             if tail else f"{path}: field {name!r} has shape {a.shape}, expected (N,)")
     n = len(arrays["label"])
     for name, a in arrays.items():
-        if name not in S.ARRAYS:
-            raise DataError(f"{path}: unknown array {name!r}; expected only {sorted(S.ARRAYS)}")
+        if name not in ARRAYS:
+            raise DataError(f"{path}: unknown array {name!r}; expected only {sorted(ARRAYS)}")
         if len(a) != n:
             raise DataError(f"{path}: field {name!r} has {len(a)} rows but 'label' has {n}; "
                             "all arrays of a stage must have one row per example")
@@ -304,13 +305,13 @@ def validate_stage(path, arrays, sch):
         raise DataError(f"{path}: field 'label' row {i} is {arrays['label'][i]}; labels must be 0 or 1 "
                         "(raw -1 labels are mapped to 0 by tools/preprocess.py)")
     mx = sch["max_idxs"]
-    _check_ids(path, "static", arrays["static"], S.STATIC_FIELDS, [(j, j + 1) for j in range(len(S.STATIC_FIELDS))],
+    _check_ids(path, "static", arrays["static"], STATIC_FIELDS, [(j, j + 1) for j in range(len(STATIC_FIELDS))],
                mx["static"])
-    _check_ids(path, "dynamic", arrays["dynamic"], S.DYNAMIC_FIELDS,
-               list(zip(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:])), mx["dynamic"])
-    _check_ids(path, "ad", arrays["ad"], S.AD_FIELDS, [(j, j + 1) for j in range(len(S.AD_FIELDS))], mx["ad"])
+    _check_ids(path, "dynamic", arrays["dynamic"], DYNAMIC_FIELDS,
+               list(zip(DYNAMIC_OFFSETS[:-1], DYNAMIC_OFFSETS[1:])), mx["dynamic"])
+    _check_ids(path, "ad", arrays["ad"], AD_FIELDS, [(j, j + 1) for j in range(len(AD_FIELDS))], mx["ad"])
     lengths = arrays["lengths"]
-    for j, (field, width) in enumerate(zip(S.DYNAMIC_FIELDS, S.DYNAMIC_WIDTHS)):
+    for j, (field, width) in enumerate(zip(DYNAMIC_FIELDS, DYNAMIC_WIDTHS)):
         col = lengths[:, j]
         bad = (col < 0) | (col > width)
         if bad.any():

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dataset, vocabulary
-from . import schema as S
+from . import schema
 from .dataset import DataError
 from .raw_csv import read_ads, read_oracle, read_rows
 from ..files import drop_staging, inside, make_staging, replace_folders, staging_folder
@@ -121,7 +121,7 @@ def preprocess(raw_dir, out_dir, seed=2021, hot_threshold=2000, train_fraction=0
 
 def read_labelled(paths):
     """(sorted aids of adFeature.csv, their raw ad fields, [stage-1 rows, stage-2 rows])."""
-    ad_aids, ad_raw = read_ads(paths[AD_FILE], S.AD_FIELDS)
+    ad_aids, ad_raw = read_ads(paths[AD_FILE], schema.AD_FIELDS)
     stages = [read_rows(paths[SEED_FILE], "required"), read_rows(paths[CANDIDATE_FILE], "optional")]
     if not len(stages[0]["aid"]):
         raise DataError(f"{paths[SEED_FILE]}: no rows; the seeds of every campaign are needed")
@@ -136,12 +136,13 @@ def read_labelled(paths):
 def encode_tables(users, ads):
     """Label-encode the user tables and the ad rows in place; returns (max_idxs for schema.json,
     the vocabulary {field: sorted raw values} for vocabulary.npz)."""
-    blocks = {"static": [users.static[:, j] for j in range(len(S.STATIC_FIELDS))],
-              "dynamic": [users.dynamic[:, lo:hi] for lo, hi in zip(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:])],
-              "ad": [ads[:, j] for j in range(len(S.AD_FIELDS))]}
-    vocab = {field: encode_ids(block) for group in S.GROUPS for field, block in zip(S.GROUP_FIELDS[group],
+    blocks = {"static": [users.static[:, j] for j in range(len(schema.STATIC_FIELDS))],
+              "dynamic": [users.dynamic[:, lo:hi]
+                          for lo, hi in zip(schema.DYNAMIC_OFFSETS[:-1], schema.DYNAMIC_OFFSETS[1:])],
+              "ad": [ads[:, j] for j in range(len(schema.AD_FIELDS))]}
+    vocab = {field: encode_ids(block) for group in schema.GROUPS for field, block in zip(schema.GROUP_FIELDS[group],
                                                                                     blocks[group])}
-    max_idxs = {group: [len(vocab[field]) - 1 for field in S.GROUP_FIELDS[group]] for group in S.GROUPS}
+    max_idxs = {group: [len(vocab[field]) - 1 for field in schema.GROUP_FIELDS[group]] for group in schema.GROUPS}
     return max_idxs, vocab
 
 

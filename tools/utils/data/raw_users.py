@@ -29,14 +29,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import schema as S
+from . import schema
 from .dataset import DataError
 from ..progress import progress as progress_bar
 from .raw_csv import excerpt
 
-SLOTS = ("uid",) + S.STATIC_FIELDS + S.DYNAMIC_FIELDS
+SLOTS = ("uid",) + schema.STATIC_FIELDS + schema.DYNAMIC_FIELDS
 SLOT_OF = {name.encode(): i for i, name in enumerate(SLOTS)}
-N_STATIC = len(S.STATIC_FIELDS)
+N_STATIC = len(schema.STATIC_FIELDS)
 VALUE_RANGE = (-1, 2 ** 31 - 1)   # field values: -1 (missing) or a non-negative int32
 UID_RANGE = (0, 2 ** 53 - 1)      # same bound as the ids of the CSV files
 BLOCK_BYTES = 16 << 20
@@ -65,8 +65,8 @@ def read_users(path, uids, workers=2, skip_bad_lines=False, progress=True):
     n = len(uids)
     check_line_breaks(path)
     static = shared_array((n, N_STATIC), np.int32, -1)
-    dynamic = shared_array((n, S.DYNAMIC_WIDTH), np.int32, -1)
-    lengths = shared_array((n, len(S.DYNAMIC_FIELDS)), np.int8, 0)
+    dynamic = shared_array((n, schema.DYNAMIC_WIDTH), np.int32, -1)
+    lengths = shared_array((n, len(schema.DYNAMIC_FIELDS)), np.int8, 0)
     ranges = block_ranges(path, BLOCK_BYTES)
     state = dict(path=path, uids=uids, tables=(static, dynamic, lengths), size=os.path.getsize(path))
     lines, users, user_lines, bad_lines, first_bad = 0, [], [], 0, ""
@@ -125,8 +125,8 @@ def parse_pool_range(byte_range):
         data = f.read(end - start)
     uids = np.unique(np.array(UID_GROUP.findall(data), dtype=np.int64))
     static = np.full((len(uids), N_STATIC), -1, np.int32)
-    dynamic = np.full((len(uids), S.DYNAMIC_WIDTH), -1, np.int32)
-    lengths = np.zeros((len(uids), len(S.DYNAMIC_FIELDS)), np.int8)
+    dynamic = np.full((len(uids), schema.DYNAMIC_WIDTH), -1, np.int32)
+    lengths = np.zeros((len(uids), len(schema.DYNAMIC_FIELDS)), np.int8)
     n_lines, users, at, problems = parse_block(data, uids, static, dynamic, lengths,
                                                truncated=end == WORKER_STATE["size"] and not data.endswith(b"\n"))
     if problems:
@@ -283,7 +283,7 @@ def parse_block(data, uids, static, dynamic, lengths, truncated=False):
             scatter(static, slot - 1, 1, None, at, flat, counts, user_of_line)
         else:
             j = slot - 1 - N_STATIC
-            scatter(dynamic, S.DYNAMIC_OFFSETS[j], S.DYNAMIC_WIDTHS[j], lengths[:, j], at, flat, counts,
+            scatter(dynamic, schema.DYNAMIC_OFFSETS[j], schema.DYNAMIC_WIDTHS[j], lengths[:, j], at, flat, counts,
                     user_of_line)
     good = np.flatnonzero(user_of_line >= 0)
     return len(lines), user_of_line[good], good, sorted(problems.items())

@@ -25,8 +25,8 @@ import shutil
 
 import numpy as np
 
-from . import dataset as D
-from . import schema as S
+from . import dataset
+from . import schema
 from ..files import drop_staging, inside, make_staging, replace_folders, staging_folder
 from .raw import check_out_dir
 
@@ -72,13 +72,13 @@ ALLOWED_GLOBALS = {
 SPLITS = ("train", "test_hot", "test_cold")
 PICKLE_NAME = re.compile(r"(train|test_hot|test_cold)_stage([12])\.pkl")
 LENGTH_SUFFIX = "_length"
-COLUMNS = ("label", "aid", *S.STATIC_FIELDS, *S.DYNAMIC_FIELDS,
-           *(f + LENGTH_SUFFIX for f in S.DYNAMIC_FIELDS), *S.AD_FIELDS)
+COLUMNS = ("label", "aid", *schema.STATIC_FIELDS, *schema.DYNAMIC_FIELDS,
+           *(f + LENGTH_SUFFIX for f in schema.DYNAMIC_FIELDS), *schema.AD_FIELDS)
 OPTIONAL_COLUMNS = ("uid",)
 STAGING = ".import_pickle.tmp"   # + pid: the staging folder inside the output folder
 
 
-class UnsafePickleError(D.DataError):
+class UnsafePickleError(dataset.DataError):
     """The pickle names a global outside ALLOWED_GLOBALS; nothing of it was run."""
 
 
@@ -123,7 +123,7 @@ def import_pandas():
     try:
         return importlib.import_module("pandas")
     except ImportError as e:
-        raise D.DataError("reading the published .pkl files needs pandas, which is not installed: "
+        raise dataset.DataError("reading the published .pkl files needs pandas, which is not installed: "
                           "pip install pandas (or pip install -r requirements-dev.txt)") from e
 
 
@@ -161,7 +161,7 @@ def _memory():
 
 def out_of_memory(path, step, error):
     size = os.path.getsize(path) if os.path.isfile(path) else 0
-    return D.DataError(f"{path}: out of memory while {step} it (the file is {_size(size)}; {_reason(error)}; "
+    return dataset.DataError(f"{path}: out of memory while {step} it (the file is {_size(size)}; {_reason(error)}; "
                        f"this machine has {_memory()}); a DataFrame pickle takes several times its file size in "
                        "memory while it is converted: close other programs, or import on a machine with more "
                        "memory")
@@ -171,30 +171,31 @@ def read_dataframe(path, progress=None):
     """Unpickle a pandas DataFrame through the allowlist; `progress(nbytes)` is told of each read."""
     pd = import_pandas()
     if not os.path.isfile(path):
-        raise D.DataError(f"{path}: file not found; pass an existing .pkl file")
+        raise dataset.DataError(f"{path}: file not found; pass an existing .pkl file")
     try:
         with open(path, "rb") as f:
             frame = _DataFrameUnpickler(_CountingReader(f, progress) if progress else f, path).load()
-    except D.DataError:
+    except dataset.DataError:
         raise
     except MemoryError as e:
         raise out_of_memory(path, "unpickling", e) from e
     except OSError as e:  # permissions, a disk error
-        raise D.DataError(f"{path}: cannot be read ({e.strerror or e}); check the file and its permissions") from e
+        raise dataset.DataError(f"{path}: cannot be read ({e.strerror or e}); check the file and its permissions"
+                                ) from e
     except (EOFError, pickle.UnpicklingError) as e:  # cut short, or not pickle bytes
-        raise D.DataError(f"{path}: not a readable pickle, it is truncated or not a pickle at all "
+        raise dataset.DataError(f"{path}: not a readable pickle, it is truncated or not a pickle at all "
                           f"({_reason(e)}); download the file again") from e
     except Exception as e:  # the objects it names do not rebuild a DataFrame here
-        raise D.DataError(f"{path}: its objects do not rebuild a pandas DataFrame with this pandas "
+        raise dataset.DataError(f"{path}: its objects do not rebuild a pandas DataFrame with this pandas "
                           f"{pd.__version__} ({_reason(e)}); it is not a DataFrame pickle of the expected shape, "
                           "or was written by a pandas version this one cannot read: pickle the DataFrame "
                           "again with pandas 1.x or 2.x (DataFrame.to_pickle)") from e
     if not isinstance(frame, pd.DataFrame):
-        raise D.DataError(f"{path}: holds a {type(frame).__name__}, not a pandas DataFrame")
+        raise dataset.DataError(f"{path}: holds a {type(frame).__name__}, not a pandas DataFrame")
     try:  # a DataFrame made by a constructor trick (e.g. __new__ without its data) has no columns or rows
         len(frame.index), list(frame.columns)
     except Exception as e:
-        raise D.DataError(f"{path}: holds a DataFrame object without its data ({_reason(e)}); it is not a "
+        raise dataset.DataError(f"{path}: holds a DataFrame object without its data ({_reason(e)}); it is not a "
                           "pickled DataFrame of the published files") from e
     return frame
 
@@ -204,23 +205,23 @@ def dataframe_arrays(frame, path):
     """Our stage arrays from a DataFrame with the published columns (row order kept, index dropped)."""
     columns = list(frame.columns)
     if not len(frame):
-        raise D.DataError(f"{path}: holds an empty DataFrame ({len(columns)} columns, no rows); a data file "
+        raise dataset.DataError(f"{path}: holds an empty DataFrame ({len(columns)} columns, no rows); a data file "
                           "needs rows: pass the published file, not an empty one")
     missing = [c for c in COLUMNS if c not in columns]
     unexpected = [c for c in columns if c not in COLUMNS + OPTIONAL_COLUMNS]
     duplicated = sorted({c for c in columns if columns.count(c) > 1}, key=str)
     for problem, names in (("missing", missing), ("unexpected", unexpected), ("duplicated", duplicated)):
         if names:
-            raise D.DataError(f"{path}: {problem} column(s) {names}; a MetaHeac data file has exactly the "
+            raise dataset.DataError(f"{path}: {problem} column(s) {names}; a MetaHeac data file has exactly the "
                               f"columns {list(COLUMNS)} (and optionally uid)")
     arrays = {
         "label": _int_column(frame, "label", path, np.int8),
         "aid": _int_column(frame, "aid", path),
-        "static": _int_columns(frame, S.STATIC_FIELDS, path),
+        "static": _int_columns(frame, schema.STATIC_FIELDS, path),
         "dynamic": np.concatenate([_list_column(frame, f, w, path)
-                                   for f, w in zip(S.DYNAMIC_FIELDS, S.DYNAMIC_WIDTHS)], axis=1),
-        "lengths": _int_columns(frame, [f + LENGTH_SUFFIX for f in S.DYNAMIC_FIELDS], path),
-        "ad": _int_columns(frame, S.AD_FIELDS, path),
+                                   for f, w in zip(schema.DYNAMIC_FIELDS, schema.DYNAMIC_WIDTHS)], axis=1),
+        "lengths": _int_columns(frame, [f + LENGTH_SUFFIX for f in schema.DYNAMIC_FIELDS], path),
+        "ad": _int_columns(frame, schema.AD_FIELDS, path),
     }
     if "uid" in columns:
         arrays["uid"] = _int_column(frame, "uid", path, np.int64)
@@ -233,18 +234,18 @@ def _check_published_encoding(arrays, path):
     bad = ~np.isin(arrays["label"], (0, 1))
     if bad.any():
         i = int(np.argmax(bad))
-        raise D.DataError(f"{path}: column 'label' row {i} is {arrays['label'][i]}; the published files hold "
+        raise dataset.DataError(f"{path}: column 'label' row {i} is {arrays['label'][i]}; the published files hold "
                           "labels 0 and 1: map the other values (-1 for a non-click) to 0 before pickling")
     for group, fields, spans in (
-            ("static", S.STATIC_FIELDS, [(j, j + 1) for j in range(len(S.STATIC_FIELDS))]),
-            ("dynamic", S.DYNAMIC_FIELDS, list(zip(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:]))),
-            ("ad", S.AD_FIELDS, [(j, j + 1) for j in range(len(S.AD_FIELDS))])):
+            ("static", schema.STATIC_FIELDS, [(j, j + 1) for j in range(len(schema.STATIC_FIELDS))]),
+            ("dynamic", schema.DYNAMIC_FIELDS, list(zip(schema.DYNAMIC_OFFSETS[:-1], schema.DYNAMIC_OFFSETS[1:]))),
+            ("ad", schema.AD_FIELDS, [(j, j + 1) for j in range(len(schema.AD_FIELDS))])):
         for field, (lo, hi) in zip(fields, spans):
             negative = (arrays[group][:, lo:hi] < 0).any(axis=1)
             if negative.any():
                 i = int(np.argmax(negative))
                 value = int(arrays[group][i, lo:hi].min())
-                raise D.DataError(f"{path}: column {field!r} row {i} holds id {value}; the published files are "
+                raise dataset.DataError(f"{path}: column {field!r} row {i} holds id {value}; the published files are "
                                   "label-encoded with ids from 0 (0 for a missing value and list padding): "
                                   "encode the raw values that way, or make the data from the raw files with "
                                   "tools/preprocess.py")
@@ -265,7 +266,7 @@ def _list_column(frame, name, width, path):
     if bad.size:
         i = int(bad[0])
         held = f"{widths[i]} ids" if widths[i] >= 0 else f"a {type(cells[i]).__name__}"
-        raise D.DataError(f"{path}: column {name!r} row {i} (index {frame.index[i]}) holds {held}; "
+        raise dataset.DataError(f"{path}: column {name!r} row {i} (index {frame.index[i]}) holds {held}; "
                           f"{name} lists must hold exactly {width} ids (padded), as in the published data")
     block = np.vstack(cells) if len(cells) else np.zeros((0, width), np.int32)
     return _narrow(block, np.int32, path, name)
@@ -274,13 +275,13 @@ def _list_column(frame, name, width, path):
 def _narrow(values, dtype, path, name):
     """values as `dtype`, refusing non-integers and values the cast would wrap."""
     if not np.issubdtype(values.dtype, np.integer):
-        raise D.DataError(f"{path}: column {name!r} has dtype {values.dtype}, expected integer ids; "
+        raise dataset.DataError(f"{path}: column {name!r} has dtype {values.dtype}, expected integer ids; "
                           "this is not a processed MetaHeac file (missing values must be label-encoded)")
     limits = np.iinfo(dtype)
     outside = (values < limits.min) | (values > limits.max)
     if outside.any():
         row = int(np.argmax(outside.reshape(len(values), -1).any(axis=1)))
-        raise D.DataError(f"{path}: column {name!r} row {row} holds {values[row]}, outside the "
+        raise dataset.DataError(f"{path}: column {name!r} row {row} holds {values[row]}, outside the "
                           f"{np.dtype(dtype).name} range of our format")
     return values.astype(dtype)
 
@@ -291,15 +292,16 @@ def field_maxima(arrays):
         return block.max(axis=0) if len(block) else np.zeros(block.shape[1], np.int64)
     dynamic = column_max(arrays["dynamic"])
     return {"static": column_max(arrays["static"]).tolist(),
-            "dynamic": [int(dynamic[lo:hi].max()) for lo, hi in zip(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:])],
+            "dynamic": [int(dynamic[lo:hi].max())
+                        for lo, hi in zip(schema.DYNAMIC_OFFSETS[:-1], schema.DYNAMIC_OFFSETS[1:])],
             "ad": column_max(arrays["ad"]).tolist()}
 
 
 def _check_under_tencent(path, maxima):
-    for group, fields in S.GROUP_FIELDS.items():
-        for field, value, top in zip(fields, maxima[group], S.TENCENT_MAX_IDXS[group]):
+    for group, fields in schema.GROUP_FIELDS.items():
+        for field, value, top in zip(fields, maxima[group], schema.TENCENT_MAX_IDXS[group]):
             if value > top:
-                raise D.DataError(f"{path}: field {field!r} holds id {value}, above {top}, its maximum in the "
+                raise dataset.DataError(f"{path}: field {field!r} holds id {value}, above {top}, its maximum in the "
                                   "full processed Tencent data; this file was encoded differently: "
                                   "import it with --max-idxs data")
 
@@ -308,11 +310,11 @@ def _check_under_tencent(path, maxima):
 def find_pickles(pkl_dir):
     """[(path, split, stage)] for every {train,test_hot,test_cold}_stage{1,2}.pkl in pkl_dir."""
     if not os.path.isdir(pkl_dir):
-        raise D.DataError(f"{pkl_dir}: no such folder; pass the folder holding the published .pkl files")
+        raise dataset.DataError(f"{pkl_dir}: no such folder; pass the folder holding the published .pkl files")
     jobs = [(os.path.join(pkl_dir, name), m.group(1), int(m.group(2)))
             for name in sorted(os.listdir(pkl_dir)) if (m := PICKLE_NAME.fullmatch(name))]
     if not jobs:
-        raise D.DataError(f"{pkl_dir}: no {{train,test_hot,test_cold}}_stage{{1,2}}.pkl files; import a file "
+        raise dataset.DataError(f"{pkl_dir}: no {{train,test_hot,test_cold}}_stage{{1,2}}.pkl files; import a file "
                           "named otherwise with --pkl FILE --split SPLIT --stage K")
     return jobs
 
@@ -346,10 +348,10 @@ def convert_pickle(pkl_path, npz_path, tencent_maxima=False, bar=None):
     if tencent_maxima:
         _check_under_tencent(pkl_path, maxima)
     # Labels, lengths and negative ids, with errors naming the .pkl file.
-    D.validate_stage(pkl_path, arrays, D.make_schema(S.TENCENT_MAX_IDXS if tencent_maxima else maxima))
+    dataset.validate_stage(pkl_path, arrays, dataset.make_schema(schema.TENCENT_MAX_IDXS if tencent_maxima else maxima))
     _say(bar, f"saving {os.path.basename(npz_path)}")
     os.makedirs(os.path.dirname(npz_path), exist_ok=True)
-    D.save_stage(npz_path, arrays)
+    dataset.save_stage(npz_path, arrays)
     return {"rows": len(arrays["label"]), "campaigns": len(np.unique(arrays["aid"])),
             "positives": int(arrays["label"].sum()), "maxima": maxima}
 
@@ -384,14 +386,14 @@ def import_pickles(jobs, out_dir, max_idxs="data", bar=None, force=False):
         try:
             make_staging(staging)
         except OSError as e:
-            raise D.DataError(f"{out_dir}: cannot create the output folder ({e.strerror}); check the path and "
+            raise dataset.DataError(f"{out_dir}: cannot create the output folder ({e.strerror}); check the path and "
                               "its permissions") from e
         summaries = _build(jobs, out_dir, staging, splits, max_idxs, bar)
         check_out_dir(out_dir, force, splits, staging=staging)  # nothing appeared meanwhile
         replace_folders(staging, out_dir, splits)
         done = True
     except OSError as e:
-        raise D.DataError(f"{e.filename or out_dir}: cannot write the data folders ({e.strerror or e}); "
+        raise dataset.DataError(f"{e.filename or out_dir}: cannot write the data folders ({e.strerror or e}); "
                           f"check free space and permissions; {out_dir} is unchanged") from e
     finally:
         if not done:
@@ -407,16 +409,16 @@ def _build(jobs, out_dir, staging, splits, max_idxs, bar):
         summaries[stage_output(out_dir, split, stage)] = convert_pickle(
             pkl, stage_output(staging, split, stage), max_idxs == "tencent", bar)
     if max_idxs == "tencent":
-        maxima = S.TENCENT_MAX_IDXS
+        maxima = schema.TENCENT_MAX_IDXS
     else:
         found = earlier + [s["maxima"] for s in summaries.values()]
-        maxima = {group: np.max([m[group] for m in found], axis=0).tolist() for group in S.GROUPS}
+        maxima = {group: np.max([m[group] for m in found], axis=0).tolist() for group in schema.GROUPS}
     for path in carried:  # errors name the file in out_dir, not its staged copy
-        D.load_stage(path, D.make_schema(maxima))
+        dataset.load_stage(path, dataset.make_schema(maxima))
     for split in splits:
         _say(bar, f"checking {os.path.join(out_dir, split)}")
-        D.write_schema(os.path.join(staging, split), maxima)
-        D.load_split(os.path.join(staging, split))  # the written folder must read back cleanly
+        dataset.write_schema(os.path.join(staging, split), maxima)
+        dataset.load_split(os.path.join(staging, split))  # the written folder must read back cleanly
     return summaries
 
 
@@ -430,13 +432,13 @@ def _carry_over(jobs, out_dir, staging, splits):
     for split in splits:
         os.makedirs(os.path.join(staging, split))
         old_dir = os.path.join(out_dir, split)
-        keep = [D.stage_path(old_dir, k) for k in (1, 2) if (split, k) not in imported]
+        keep = [dataset.stage_path(old_dir, k) for k in (1, 2) if (split, k) not in imported]
         keep = [path for path in keep if path]
         if keep:
-            earlier.append(D.read_schema(old_dir)["max_idxs"])
+            earlier.append(dataset.read_schema(old_dir)["max_idxs"])
         for path in keep:
             shutil.copy2(path, os.path.join(staging, split, os.path.basename(path)))
-            oracle = D.oracle_path(path)
+            oracle = dataset.oracle_path(path)
             if os.path.isfile(oracle):
                 shutil.copy2(oracle, os.path.join(staging, split, os.path.basename(oracle)))
             carried.append(path)
@@ -448,7 +450,7 @@ def _check_inputs_outside(jobs, out_dir, splits):
     for pkl, _, _ in jobs:
         for split in splits:
             if os.path.exists(os.path.join(out_dir, split)) and inside(pkl, os.path.join(out_dir, split)):
-                raise D.DataError(f"{pkl}: lies inside {os.path.join(out_dir, split)}, which this import "
+                raise dataset.DataError(f"{pkl}: lies inside {os.path.join(out_dir, split)}, which this import "
                                   "replaces; move the .pkl files out of the output folder first")
 
 
@@ -457,9 +459,10 @@ def _check_jobs(jobs, out_dir):
     pairs = [(split, stage) for _, split, stage in jobs]
     for pkl, split, stage in jobs:
         if pairs.count((split, stage)) > 1:
-            raise D.DataError(f"{pkl}: several input files are {split} stage {stage}; give each split and "
+            raise dataset.DataError(f"{pkl}: several input files are {split} stage {stage}; give each split and "
                               "stage once")
         split_dir = os.path.join(out_dir, split)
-        if stage == 2 and (split, 1) not in pairs and not (os.path.isdir(split_dir) and D.stage_path(split_dir, 1)):
-            raise D.DataError(f"{pkl}: a stage-2 file alone does not make a data folder; import the stage-1 "
+        if stage == 2 and (split, 1) not in pairs and not (os.path.isdir(split_dir)
+                                                           and dataset.stage_path(split_dir, 1)):
+            raise dataset.DataError(f"{pkl}: a stage-2 file alone does not make a data folder; import the stage-1 "
                               f"file of {split} with it (or, with --force, into an --out that already has it)")

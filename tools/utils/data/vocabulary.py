@@ -19,13 +19,13 @@ import os
 
 import numpy as np
 
-from . import schema as S
+from . import schema
 from .dataset import ArchiveError, read_npz
 from ..errors import DataError
 from ..files import atomic_write
 
 VOCAB_FILE = "vocabulary.npz"
-FIELDS = S.STATIC_FIELDS + S.DYNAMIC_FIELDS + S.AD_FIELDS
+FIELDS = schema.STATIC_FIELDS + schema.DYNAMIC_FIELDS + schema.AD_FIELDS
 
 
 def to_bytes(vocab):
@@ -114,10 +114,11 @@ class UnknownIds:
         """Why these ids look encoded for another dataset, or None: every ad id unknown (a new campaign keeps
         at least its creative size or product type), or more than `most` of the user ids unknown."""
         problems = []
-        ads = [sum(getattr(self, kind)[f] for f in S.AD_FIELDS) for kind in ("seen", "unknown")]
+        ads = [sum(getattr(self, kind)[f] for f in schema.AD_FIELDS) for kind in ("seen", "unknown")]
         if ads[0] and ads[0] == ads[1]:
             problems.append(f"all {ads[0]} of its ad ids")
-        user = [sum(getattr(self, kind)[f] for f in S.STATIC_FIELDS + S.DYNAMIC_FIELDS) for kind in ("seen", "unknown")]
+        user = [sum(getattr(self, kind)[f] for f in schema.STATIC_FIELDS + schema.DYNAMIC_FIELDS)
+                for kind in ("seen", "unknown")]
         if user[0] and user[1] > most * user[0]:
             problems.append(f"{user[1] / user[0]:.0%} of its seeds' user ids ({user[1]} of {user[0]})")
         return " and ".join(problems) + " are not in the checkpoint's vocabulary" if problems else None
@@ -127,11 +128,11 @@ def encode_users(static, dynamic, vocab, unknown):
     """Encode raw user tables (static [N, 7], dynamic [N, 50]; -1 missing or padding) with the vocabulary."""
     out_static = np.empty(static.shape, np.int32)
     out_dynamic = np.empty(dynamic.shape, np.int32)
-    for j, field in enumerate(S.STATIC_FIELDS):
+    for j, field in enumerate(schema.STATIC_FIELDS):
         out_static[:, j], bad = encode(static[:, j], vocab[field])
         unknown.add(field, (static[:, j] != -1).sum(), bad)
-    for j, field in enumerate(S.DYNAMIC_FIELDS):
-        lo, hi = S.DYNAMIC_OFFSETS[j], S.DYNAMIC_OFFSETS[j + 1]
+    for j, field in enumerate(schema.DYNAMIC_FIELDS):
+        lo, hi = schema.DYNAMIC_OFFSETS[j], schema.DYNAMIC_OFFSETS[j + 1]
         out_dynamic[:, lo:hi], bad = encode(dynamic[:, lo:hi], vocab[field])
         unknown.add(field, (dynamic[:, lo:hi] != -1).sum(), bad)
     return out_static, out_dynamic
@@ -139,8 +140,8 @@ def encode_users(static, dynamic, vocab, unknown):
 
 def encode_ad(raw_row, vocab, unknown):
     """Encode one raw ad row (its AD_FIELDS values) with the vocabulary."""
-    ids = np.empty(len(S.AD_FIELDS), np.int32)
-    for j, field in enumerate(S.AD_FIELDS):
+    ids = np.empty(len(schema.AD_FIELDS), np.int32)
+    for j, field in enumerate(schema.AD_FIELDS):
         encoded, bad = encode([raw_row[j]], vocab[field])
         ids[j] = encoded[0]
         unknown.add(field, raw_row[j] != -1, bad)

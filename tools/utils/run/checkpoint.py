@@ -263,10 +263,10 @@ def read_file(path, name):
 
 def vocabulary(path):
     """The raw-id maps the checkpoint's training data was encoded with, or None (data without them)."""
-    from ..data import vocabulary as V
-    if V.VOCAB_FILE not in read_meta(path).get("sha256", {}):
+    from ..data.vocabulary import VOCAB_FILE, from_bytes
+    if VOCAB_FILE not in read_meta(path).get("sha256", {}):
         return None
-    return V.from_bytes(read_file(path, V.VOCAB_FILE), os.path.join(path, V.VOCAB_FILE))
+    return from_bytes(read_file(path, VOCAB_FILE), os.path.join(path, VOCAB_FILE))
 
 
 def background_users(path):

@@ -384,7 +384,8 @@ def apply_override(config, item):
                               f"{key[:100]}.<name>=...")
     elif key not in KEYS:
         raise ConfigError(f"-o {key[:100]}: no such key{_hint(key, KEYS)}; the runner keys are listed in "
-                          "tools/utils/run/config.py (KEYS), the hyper_parameters in the model folder's dygraph_model.py")
+                          "tools/utils/run/config.py (KEYS), the hyper_parameters in the model folder's "
+                          "dygraph_model.py")
     value = parse_value(text)
     if section == "runner" and key.rpartition(".")[2] in PATH_KEYS and isinstance(value, str):
         value = os.path.abspath(os.path.expanduser(value))

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import campaign
 from ..measure import metrics
-from ..data import dataset as D
+from ..data import dataset
 from ..errors import ConfigError
 
 METRIC = "gauc"  # the mean per-campaign AUC: the ranking an advertiser gets
@@ -31,7 +31,7 @@ def held_out(data_dir, aids, amount, seed, config_path="config"):
     """The sorted aids of the validation campaigns among `aids` (the training campaigns), or an empty array."""
     if not amount:
         return np.empty(0, np.int64)
-    stage2 = D.stage_path(data_dir, 2)
+    stage2 = dataset.stage_path(data_dir, 2)
     if stage2 is None:
         raise ConfigError(f"{config_path}: runner.valid_campaigns needs candidates (a *_stage2.npz) in {data_dir}; "
                           "set runner.valid_campaigns: 0 or preprocess data with test1_truth.csv")
@@ -53,7 +53,7 @@ class Validator:
     """Scores the validation campaigns, keeps the best checkpoint and decides early stopping."""
 
     def __init__(self, model, config, data_dir, aids, batches, users, history=()):
-        split = D.load_split(data_dir)
+        split = dataset.load_split(data_dir)
         seeds, candidates = (list(_rows_of(split[f"stage{k}"], aids)) for k in (1, 2))
         self.campaigns = [{"aid": int(a), "seeds": s, "candidates": c} for a, s, c in zip(aids, seeds, candidates)]
         self.model, self.config, self.batches, self.users = model, config, batches, users
@@ -99,10 +99,11 @@ class Validator:
 
 
 def _rows_of(stage, aids):
-    index = D.CampaignIndex(stage["aid"])
+    index = dataset.CampaignIndex(stage["aid"])
     for aid in aids:
         i = int(np.searchsorted(index.aids, aid))
-        yield D.take(stage, index.rows_of(i) if i < len(index) and index.aids[i] == aid else np.empty(0, np.int64))
+        found = i < len(index) and index.aids[i] == aid
+        yield dataset.take(stage, index.rows_of(i) if found else np.empty(0, np.int64))
 
 
 def describe(history_record):

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..run import campaign as C
-from ..data import dataset as D
+from ..run import campaign
+from ..data import dataset
 from ..data import raw_csv, raw_users
-from ..data import schema as S
-from ..data import vocabulary as V
+from ..data.schema import AD_FIELDS
+from ..data import vocabulary
 from ..errors import DataError
 from ..progress import progress
 
@@ -45,7 +45,7 @@ class Campaign:
     aid: int
     ad: np.ndarray                      # [6] encoded ad ids
     seeds: dict                         # stage arrays of the seed rows, encoded
-    unknown: V.UnknownIds = field(default_factory=V.UnknownIds)
+    unknown: vocabulary.UnknownIds = field(default_factory=vocabulary.UnknownIds)
 
 
 # ---------------------------------------------------------------- the campaign
@@ -54,7 +54,7 @@ def read_campaign(folder, schema, vocab, aid=None):
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: no such campaign folder; give a data-folder stage (schema.json + "
                         "*_stage1.npz) or raw files (adFeature.csv, train.csv, userFeature.data)")
-    if os.path.isfile(os.path.join(folder, D.SCHEMA_FILE)):
+    if os.path.isfile(os.path.join(folder, dataset.SCHEMA_FILE)):
         return _encoded_campaign(folder, schema, aid)
     if os.path.isfile(os.path.join(folder, "adFeature.csv")):
         return _raw_campaign(folder, vocab, aid)
@@ -87,11 +87,11 @@ def _check_seed_uids(uids, source):
 
 
 def _encoded_campaign(folder, schema, aid):
-    split = D.load_split(folder, stages=(1,))
-    D.require_vocabulary(split["schema"], schema, folder, "the checkpoint")
-    source = D.stage_path(folder, 1)
+    split = dataset.load_split(folder, stages=(1,))
+    dataset.require_vocabulary(split["schema"], schema, folder, "the checkpoint")
+    source = dataset.stage_path(folder, 1)
     aid, mine = _one_campaign(split["stage1"]["aid"], source, aid)
-    seeds = D.take(split["stage1"], np.flatnonzero(mine))
+    seeds = dataset.take(split["stage1"], np.flatnonzero(mine))
     if "uid" not in seeds:
         raise DataError(f"{source}: no 'uid' array; seeds need their uids (to keep them out of the ranking)")
     _check_seed_uids(seeds["uid"], source)
@@ -111,20 +111,20 @@ def _raw_campaign(folder, vocab, aid):
     aid, mine = _one_campaign(rows["aid"], paths["train.csv"], aid)
     rows = {k: np.asarray(v)[mine] for k, v in rows.items()}
     _check_seed_uids(rows["uid"], paths["train.csv"])
-    aids, ads = raw_csv.read_ads(paths["adFeature.csv"], S.AD_FIELDS)
+    aids, ads = raw_csv.read_ads(paths["adFeature.csv"], AD_FIELDS)
     at = np.searchsorted(aids, aid)
     if at == len(aids) or aids[at] != aid:
         raise DataError(f"{paths['adFeature.csv']}: no row for aid {aid} (the aid of train.csv's seeds); "
                         "add the campaign's ad features")
-    result = Campaign(aid, np.zeros(len(S.AD_FIELDS), np.int32), {})
-    result.ad = V.encode_ad(ads[at], vocab, result.unknown)
+    result = Campaign(aid, np.zeros(len(AD_FIELDS), np.int32), {})
+    result.ad = vocabulary.encode_ad(ads[at], vocab, result.unknown)
     uids = np.sort(rows["uid"])
     users = raw_users.read_users(paths["userFeature.data"], uids, workers=1, progress=False)
     if not users.found.all():
         missing = uids[~users.found]
         raise DataError(f"{paths['userFeature.data']}: no line for {len(missing)} of the {len(uids)} seeds "
                         f"(uid {missing[0]}, ...); add their lines, or remove them from train.csv")
-    static, dynamic = V.encode_users(users.static, users.dynamic, vocab, result.unknown)
+    static, dynamic = vocabulary.encode_users(users.static, users.dynamic, vocab, result.unknown)
     user = np.searchsorted(uids, rows["uid"])  # the seeds in train.csv's order, as preprocess keeps them
     result.seeds = _rows(rows["uid"], static[user], dynamic[user], users.lengths[user].astype(np.int32), result.ad,
                          aid, rows["label"])
@@ -142,9 +142,9 @@ def pool_chunks(path, schema, vocab, unknown, rows=POOL_ROWS):
     """The pool's users in file order, chunk by chunk: dicts of uid, static, dynamic, lengths (encoded)."""
     if path.endswith(".npz"):
         folder = os.path.dirname(os.path.abspath(path))
-        pool_schema = D.read_schema(folder)
-        D.require_vocabulary(pool_schema, schema, folder, "the checkpoint")
-        for chunk in D.iter_stage(path, pool_schema, rows):
+        pool_schema = dataset.read_schema(folder)
+        dataset.require_vocabulary(pool_schema, schema, folder, "the checkpoint")
+        for chunk in dataset.iter_stage(path, pool_schema, rows):
             if "uid" not in chunk:
                 raise DataError(f"{path}: no 'uid' array; a pool needs its users' uids to rank them")
             yield {k: chunk[k] for k in ("uid", "static", "dynamic", "lengths")}
@@ -155,7 +155,7 @@ def pool_chunks(path, schema, vocab, unknown, rows=POOL_ROWS):
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such pool file; give a stage .npz (with uid) or a userFeature.data file")
     for uids, static, dynamic, lengths in raw_users.iter_users(path):
-        static, dynamic = V.encode_users(static, dynamic, vocab, unknown)
+        static, dynamic = vocabulary.encode_users(static, dynamic, vocab, unknown)
         for start in range(0, len(uids), rows):
             part = slice(start, start + rows)
             yield {"uid": uids[part], "static": static[part], "dynamic": dynamic[part],
@@ -218,7 +218,7 @@ def score_pool(model, net, camp, pool, schema, vocab, config, batches, k, keep_s
         n = len(chunk["uid"])
         rows = _rows(chunk["uid"], chunk["static"], chunk["dynamic"], chunk["lengths"], camp.ad, camp.aid,
                      np.zeros(n))
-        s = C.score(model, net, rows, config, batches)
+        s = campaign.score(model, net, rows, config, batches)
         ranked = np.ones(n, bool) if keep_seeds else ~np.isin(chunk["uid"], seed_uids)
         top.add(s[ranked], first + np.flatnonzero(ranked))
         hist += np.histogram(np.clip(s, 0.0, 1.0), edges)[0]

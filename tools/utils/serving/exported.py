@@ -22,9 +22,9 @@ import os
 
 import numpy as np
 
-from . import expansion as E
-from ..data import schema as S
-from ..data import vocabulary as V
+from . import expansion
+from ..data import schema
+from ..data import vocabulary
 from ..run.campaign import SCORE_ROWS
 from ..errors import DataError
 from ..files import write_json
@@ -56,26 +56,30 @@ def export(net, ad_ids, out_dir, description, vocabulary_bytes=None):
 
     os.makedirs(out_dir, exist_ok=True)
     spec = [paddle.static.InputSpec([None, width], "int64", name) for name, width in
-            (("static", len(S.STATIC_FIELDS)), ("dynamic", S.DYNAMIC_WIDTH), ("lengths", len(S.DYNAMIC_FIELDS)))]
+            (("static", len(schema.STATIC_FIELDS)), ("dynamic", schema.DYNAMIC_WIDTH),
+             ("lengths", len(schema.DYNAMIC_FIELDS)))]
     net.eval()
     paddle.jit.save(campaign_scorer(net, ad_ids), os.path.join(out_dir, MODEL), input_spec=spec)
     write_json(os.path.join(out_dir, INPUTS), {
         **description,
         "inputs": {
-            "static": {"shape": [None, len(S.STATIC_FIELDS)], "dtype": "int64", "fields": list(S.STATIC_FIELDS)},
-            "dynamic": {"shape": [None, S.DYNAMIC_WIDTH], "dtype": "int64", "fields": list(S.DYNAMIC_FIELDS),
-                        "widths": list(S.DYNAMIC_WIDTHS), "padding": 0},
-            "lengths": {"shape": [None, len(S.DYNAMIC_FIELDS)], "dtype": "int64", "fields": list(S.DYNAMIC_FIELDS)},
+            "static": {"shape": [None, len(schema.STATIC_FIELDS)], "dtype": "int64",
+                       "fields": list(schema.STATIC_FIELDS)},
+            "dynamic": {"shape": [None, schema.DYNAMIC_WIDTH], "dtype": "int64", "fields": list(schema.DYNAMIC_FIELDS),
+                        "widths": list(schema.DYNAMIC_WIDTHS), "padding": 0},
+            "lengths": {"shape": [None, len(schema.DYNAMIC_FIELDS)], "dtype": "int64",
+                        "fields": list(schema.DYNAMIC_FIELDS)},
         },
         "input_rules": INPUT_RULES,
-        "encoder": "tools/score.py (tools/utils/serving/exported.py's Scorer): raw userFeature.data lines in, scores out",
+        "encoder": "tools/score.py (tools/utils/serving/exported.py's Scorer): raw userFeature.data lines in, "
+                   "scores out",
         "output": {"shape": [None], "dtype": "float32", "meaning": "click probability"},
         "ad_ids_built_in": [int(a) for a in ad_ids],
         "files": {"program": f"{MODEL}.json", "weights": f"{MODEL}.pdiparams",
-                  "vocabulary": V.VOCAB_FILE if vocabulary_bytes is not None else None},
+                  "vocabulary": vocabulary.VOCAB_FILE if vocabulary_bytes is not None else None},
     })
     if vocabulary_bytes is not None:
-        with open(os.path.join(out_dir, V.VOCAB_FILE), "wb") as f:
+        with open(os.path.join(out_dir, vocabulary.VOCAB_FILE), "wb") as f:
             f.write(vocabulary_bytes)
     return os.path.join(out_dir, f"{MODEL}.json"), os.path.join(out_dir, f"{MODEL}.pdiparams")
 
@@ -122,7 +126,7 @@ class Scorer:
 
     def __init__(self, out_dir, threads=1):
         self.inputs = read_inputs(out_dir)
-        self.vocab = V.load(out_dir, required=False)
+        self.vocab = vocabulary.load(out_dir, required=False)
         self.predictor = predictor(out_dir, threads)
 
     def score_pool(self, pool, unknown=None):
@@ -132,8 +136,8 @@ class Scorer:
         encoded by tools/utils/serving/expansion.py's pool_chunks, as expand.py reads it; unknown (a
         vocabulary.UnknownIds) counts the raw ids not in the vocabulary.
         """
-        unknown = V.UnknownIds() if unknown is None else unknown
-        for chunk in E.pool_chunks(pool, self.inputs["data_schema"], self.vocab, unknown):
+        unknown = vocabulary.UnknownIds() if unknown is None else unknown
+        for chunk in expansion.pool_chunks(pool, self.inputs["data_schema"], self.vocab, unknown):
             parts = [predict(self.predictor, *(chunk[k][start:start + SCORE_ROWS]
                                                for k in ("static", "dynamic", "lengths")))
                      for start in range(0, len(chunk["uid"]), SCORE_ROWS)]
