@@ -253,7 +253,8 @@ def logit(p):
 
 
 class DygraphModel:
-    """Model hooks called by tools/trainer.py and tools/infer_meta.py; holds no state.
+    """The model hooks the tools call (tools/utils/run/contract.py: ModelHooks, and the optional campaign_net);
+    holds no state.
 
     Reads hyper_parameters embed_dim, mlp_dims, num_expert, num_output,
     embedding_init, local_lr, meta_order, local_test_learning_rate and
@@ -278,9 +279,6 @@ class DygraphModel:
         """Adam over all parameters (torch's defaults); lr from hyper_parameters.optimizer unless given."""
         lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
         return adam(net, lr)
-
-    def create_metrics(self):
-        return ["loss"]
 
     def train_forward(self, net, meta_batch, config):
         """Meta-loss of one meta-batch [(support, query), ...]: the mean query loss after one inner SGD step.

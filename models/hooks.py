@@ -21,9 +21,6 @@ class PerCampaignHooks:
         lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
         return metaheac.adam(net, lr)
 
-    def create_metrics(self):
-        return ["loss"]
-
     def infer_train_forward(self, net, batch, config):
         """Plain loss on one fine-tune batch; the caller runs backward and the optimiser step."""
         feeds = self.create_feeds(batch)

@@ -74,7 +74,9 @@ YAML_KEYS = ("local_lr", "optimizer.class", "optimizer.learning_rate")  # the hy
 
 
 class Needs:
-    """A model that declares these hyper_parameters (as a model folder's DygraphModel does), as MetaHeac does."""
+    """A model (contract.Model) that declares these hyper_parameters as MetaHeac does, from this file."""
+
+    source = os.path.relpath(__file__)
 
     def __init__(self, *keys):
         import dygraph_model

@@ -93,7 +93,7 @@ def config_keys(config_path):
     from tools.utils.run import config as cfg
     from tools.utils.run import model_folder
     config = cfg.load_config(config_path)
-    model = model_folder.model_module(config).DygraphModel()
+    model = model_folder.load_model(config)
     return {key for key in cfg.KEYS if cfg.get(config, key) is not None} | set(cfg.hyper_parameters_of(model))
 
 

@@ -79,7 +79,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
         outputs.folder(export_dir, "--export")
     outputs.check()
     runner = config["runner"]
-    model = model_folder.model_module(config).DygraphModel()
+    model = model_folder.load_model(config)
     cfg.validate(config, "expand", model)
     epoch = runner["infer_end_epoch"] - 1 if epoch is None else epoch
     path = ckpt.require(runner["infer_load_path"], epoch,
@@ -114,7 +114,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     net = model.create_model(config)
     params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
     ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
-    batches = model_folder.load_module(runner["infer_reader_path"], config["config_path"]).batches
+    batches = model_folder.test_reader(config).batches
 
     rows, drawn = camp.seeds, 0
     if positive_only:

@@ -43,7 +43,7 @@ def gates(config, epoch=None, out_dir=None, trust_pickle=False):
     """Write the CSV and the heatmap of a checkpoint's per-campaign gates; returns [(split, aid, rows, experts,
     critics)]."""
     runner = config["runner"]
-    model = model_folder.model_module(config).DygraphModel()
+    model = model_folder.load_model(config)
     cfg.validate(config, "infer", model)
     if not runner.get("train_data_dir"):
         raise ConfigError(f"{config['config_path']}: runner.train_data_dir is missing (the training campaigns); "

@@ -227,7 +227,7 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
     on rank 0 of a distributed run ([] on the other ranks, which print and write nothing)."""
     runner = config["runner"]
     say = print if distributed.world()[0] == 0 else (lambda *args, **kwargs: None)
-    model = model_folder.model_module(config).DygraphModel()
+    model = model_folder.load_model(config)
     cfg.validate(config, "infer", model)
     if runner["infer_train_epoch"] == 0:
         say("note: fine-tuning is off (runner.infer_train_epoch 0): every campaign is scored by the "
@@ -237,8 +237,8 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
     out_dir = runner.get("infer_output_path") or os.path.join(runner["infer_load_path"], "results")
     if distributed.world()[0] == 0:  # rank 0 writes the results: check before the work
         require_writable(out_dir, "give a writable runner.infer_output_path (-o runner.infer_output_path=...)")
-    reader = model_folder.load_module(runner["infer_reader_path"], config["config_path"])
-    datasets = {d: reader.RecDataset(config, d) for d in split_dirs(runner["test_data_dir"], split)}
+    reader = model_folder.test_reader(config)
+    datasets = {d: model_folder.test_dataset(reader, config, d) for d in split_dirs(runner["test_data_dir"], split)}
     for data_dir, dataset in datasets.items():
         for aid, reason in dataset.skipped:
             say(f"note: {data_dir}: campaign {aid} skipped: {reason}")

@@ -33,7 +33,7 @@ from tools.utils.data.dataset import read_schema
 from tools.utils.run import distributed, model_folder, resources, validation
 from tools.utils.data import background, vocabulary
 from tools.utils.run.run_folder import BEST, RunFolder
-from tools.utils.run.training import require_finite, run_epoch
+from tools.utils.run.training import metric_names, require_finite, run_epoch
 
 
 EXAMPLES = (
@@ -55,16 +55,15 @@ def prepare(config, untrained=False):
     is trained: untrained, or a model that does not train across campaigns).
     """
     runner = config["runner"]
-    model = model_folder.model_module(config).DygraphModel()
+    model = model_folder.load_model(config)
     cfg.validate(config, "train", model)
     if config["runner"]["valid_campaigns"]:
         cfg.validate(config, "validate", model)
-    if not untrained and getattr(model, "trains_across_campaigns", True):
+    if not untrained and model.trains_across_campaigns:
         distributed.require_enough_tasks(config["hyper_parameters"]["task_count"], config["config_path"])
     cfg.attach_schema(config, read_schema(runner["train_data_dir"]), runner["train_data_dir"])
     resources.require_memory(config)
-    reader = model_folder.load_module(runner["train_reader_path"], config["config_path"])
-    dataset = reader.RecDataset(config, runner["train_data_dir"])
+    dataset = model_folder.train_dataset(config, runner["train_data_dir"])
     config["train_campaigns"] = [int(aid) for aid in dataset.campaigns]
     return model, dataset
 
@@ -79,7 +78,7 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
     from tools.utils import paddle_env
     model, dataset = prepare(config, untrained)
     runner = config["runner"]
-    untrained = untrained or not getattr(model, "trains_across_campaigns", True)
+    untrained = untrained or not model.trains_across_campaigns
     epochs = 1 if untrained else runner["epochs"]
     identity = {**ckpt.run_identity(config), **({"untrained": True} if untrained else {})}
     vocab = vocabulary.load(runner["train_data_dir"], required=False)
@@ -134,7 +133,7 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
             path = folder.save_epoch(epoch, net, optimizer, {**meta, "stats": stats, **history,
                                                              **({"stopped_early": True} if "stopped_early" in stats
                                                                 else {}), **group_meta(group)})
-            say(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in model.create_metrics())
+            say(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in metric_names(stats))
                 + f"; {stats['samples']} samples in {stats['seconds']:.1f} s "
                 f"({stats['samples'] / max(stats['seconds'], 1e-9):.0f}/s"
                 + (f" on {group.size} ranks" if group.size > 1 else "") + f"); saved {path}")
@@ -152,7 +151,7 @@ class Validate:
 
     def __init__(self, model, net, optimizer, dataset, config, folder, curves, say, resume, meta):
         runner = config["runner"]
-        batches = model_folder.load_module(runner["infer_reader_path"], config["config_path"]).batches
+        batches = model_folder.test_reader(config).batches
         users = background.sample(dataset.table, runner["seed"])
         self.validator = validation.Validator(model, config, runner["train_data_dir"], dataset.valid_campaigns,
                                               batches, users, (resume or {}).get("validation", ()))

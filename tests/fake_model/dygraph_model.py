@@ -65,9 +65,6 @@ class DygraphModel:
         lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
         return paddle.optimizer.Adam(learning_rate=lr, parameters=net.parameters())
 
-    def create_metrics(self):
-        return ["loss"]
-
     def _loss(self, net, batch):
         feeds = self.create_feeds(batch)
         return self.create_loss(net(feeds["ids"]), feeds["label"])

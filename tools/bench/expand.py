@@ -143,7 +143,7 @@ def negatives(args):
     from tools.utils.run import model_folder
     from tools.utils.measure import metrics
     config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"runner.thread_num={args.threads}"])
-    model = model_folder.model_module(config).DygraphModel()
+    model = model_folder.load_model(config)
     cfg.validate(config, "expand", model)
     meta = ckpt.read_meta(args.checkpoint)
     cfg.attach_schema(config, meta["data_schema"], args.checkpoint)

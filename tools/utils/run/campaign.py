@@ -16,26 +16,25 @@ def adapt(model, net, params, seeds, config, aid, batches, users=None):
     """Restore `params`, seed with (seed, aid), fine-tune on the seeds; returns the network that scores the
     campaign: net in eval mode, or what the model's campaign_net hook makes of it (MetaHeac adds a wide part
     fitted on the seeds, put on the network's scale on reference users drawn from `users`, the background
-    users of tools/utils/data/background.py, or on the seeds themselves without them)."""
+    users of tools/utils/data/background.py, or on the seeds themselves without them). model: a contract.Model;
+    its fit_campaign, when it has one, fits the net in place of fine-tuning."""
     from .. import paddle_env
     seed = config["runner"]["seed"]
     net.set_state_dict(params)
     paddle_env.seed_all(paddle_env.derived_seed(seed, aid % 2**32))
-    fit = getattr(model, "fit_campaign", None)  # a model fitted by its own rule (the look-alike baselines)
-    if fit is not None:
-        fit(net, seeds, config)
+    if model.fit_campaign is not None:  # a model fitted by its own rule (the look-alike baselines)
+        model.fit_campaign(net, seeds, config)
     else:
         fine_tune(model, net, seeds, config, batches, np.random.default_rng([seed, aid % 2**32]))
     net.eval()
-    hook = getattr(model, "campaign_net", None)
-    if hook is None or not len(seeds["label"]):
+    if model.campaign_net is None or not len(seeds["label"]):
         return net
     if users is None:
         reference = seeds
     else:
         picked = background.reference(users, np.random.default_rng([seed, aid % 2**32, 2]))
         reference = background.rows_for(picked, aid, seeds["ad"][0])
-    return hook(net, seeds, reference, config)
+    return model.campaign_net(net, seeds, reference, config)
 
 
 def fine_tune(model, net, seeds, config, batches, rng):

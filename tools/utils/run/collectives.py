@@ -17,6 +17,8 @@ are taken and scaled.
 """
 import numpy as np
 
+from .contract import take_grad_rows
+
 
 class Collectives:
     """Collective calls of one rank of `size`; lost(what, error) turns a failed call into the run's
@@ -48,12 +50,12 @@ class Collectives:
     def sum_gradients(self, net, share, what):
         """Every parameter's .grad becomes the sum over the ranks of share x its gradient on that rank.
 
-        A parameter no rank's gradient reached keeps no gradient (as in one process). net.grad_rows is
-        consumed: the next meta-step names its own rows.
+        A parameter no rank's gradient reached keeps no gradient (as in one process). net.grad_rows
+        (contract.Network) is consumed: the next meta-step names its own rows.
         """
         paddle = self.paddle
         named = list(net.named_parameters())
-        rows = self._rows_to_sum(named, net.__dict__.pop("grad_rows", None) or {}, what)
+        rows = self._rows_to_sum(named, take_grad_rows(net), what)
         summed = [(p, ids) for (_, p), ids in zip(named, rows) if ids is not None]
         with paddle.no_grad():
             for p, _ in summed:  # a gradient on every rank where any rank has one

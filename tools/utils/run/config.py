@@ -28,7 +28,6 @@ import difflib
 import math
 import os
 import re
-import sys
 
 import yaml
 
@@ -415,7 +414,7 @@ def _check_value(config, key, kind, what):
 # ---------------------------------------------------------------- what a tool needs
 def hyper_parameters_of(model):
     """{"hyper_parameters.<key>": (kind, default, meaning)} as the model folder declares them."""
-    return {f"hyper_parameters.{key}": spec for key, spec in getattr(model, "HYPER_PARAMETERS", {}).items()}
+    return {f"hyper_parameters.{key}": spec for key, spec in model.HYPER_PARAMETERS.items()}
 
 
 def validate(config, tool, model):
@@ -447,7 +446,7 @@ def validate(config, tool, model):
 
 def _undeclared(config, key, declared, model):
     """The message for a hyper-parameter the model does not declare, set by the config itself or by -o."""
-    model_file = os.path.relpath(getattr(sys.modules.get(type(model).__module__), "__file__", "dygraph_model.py"))
+    model_file = model.source
     names = ", ".join(k.partition(".")[2] for k in declared) or "none"
     by_option = config[SOURCES][key] == "-o"
     if any(k.startswith(key + ".") for k in declared):

@@ -1,4 +1,5 @@
-"""Loading a model folder's modules: its dygraph_model.py and the readers its config names.
+"""Loading a model folder's modules: its dygraph_model.py and the readers its config names, checked against the
+contract (tools/utils/run/contract.py).
 
 Inside this project a module is imported by its ordinary name (net.py at the
 top is `net`, models/mmoe/dygraph_model.py is `models.mmoe.dygraph_model`),
@@ -14,6 +15,7 @@ import importlib.util
 import os
 import sys
 
+from . import contract
 from ..errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,10 +48,45 @@ def _folder_package(folder):
 
 
 def model_module(config):
-    """The model folder's dygraph_model module (config["model_dir"]), after Paddle's environment is set (tools/utils/paddle_env)."""
+    """The model folder's dygraph_model module (config["model_dir"]), after Paddle's environment is set
+    (tools/utils/paddle_env.py)."""
     from .. import paddle_env  # noqa: F401  (before any model module imports paddle)
     if config.get("model_dir") is None:
         raise ConfigError(f"{config['config_path']}: no dygraph_model.py beside it or beside any of its base "
                           "configs; keep the config in its model folder, or give it `base: <model folder>/config.yaml`"
                           " to use that folder's model")
     return load_module(os.path.join(config["model_dir"], "dygraph_model.py"), config["config_path"])
+
+
+def load_model(config):
+    """The model folder's DygraphModel as the tools call it (contract.Model)."""
+    module = model_module(config)
+    source = os.path.relpath(module.__file__)
+    if not isinstance(getattr(module, "DygraphModel", None), type):
+        raise ConfigError(f"{source}: no class DygraphModel; a model folder's dygraph_model.py defines it with the "
+                          "hooks of tools/utils/run/contract.py (ModelHooks)")
+    return contract.Model(module.DygraphModel(), source)
+
+
+def train_dataset(config, data_dir):
+    """RecDataset(config, data_dir) of the reader runner.train_reader_path names: the meta-batches of the training
+    data (contract.TrainReader)."""
+    reader = _reader(config, "train_reader_path", contract.TrainReaderModule)
+    return contract.require(reader.RecDataset(config, data_dir), contract.TrainReader,
+                            f"{os.path.relpath(reader.__file__)}: RecDataset")
+
+
+def test_reader(config):
+    """The module runner.infer_reader_path names (contract.TestReaderModule): test_dataset and its batches."""
+    return _reader(config, "infer_reader_path", contract.TestReaderModule)
+
+
+def test_dataset(reader, config, data_dir):
+    """reader.RecDataset(config, data_dir): the campaigns of one test folder (contract.TestReader)."""
+    return contract.require(reader.RecDataset(config, data_dir), contract.TestReader,
+                            f"{os.path.relpath(reader.__file__)}: RecDataset")
+
+
+def _reader(config, key, protocol):
+    module = load_module(config["runner"][key], config["config_path"])
+    return contract.require(module, protocol, os.path.relpath(module.__file__))

@@ -29,6 +29,8 @@ from .distributed import SINGLE
 from ..errors import Stopped, TrainingError
 from ..progress import progress
 
+COUNTS = ("meta_batches", "samples", "seconds", "stopped_early")  # what an epoch's statistics hold besides metrics
+
 
 class StopRequests:
     """While active, SIGTERM and SIGINT are recorded (self.signal) instead of ending the process.
@@ -91,12 +93,12 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
     group's SharedFolder; curves: where each meta-step's metrics go, as train/<metric> at the meta-step counted
     across epochs (tools/utils/measure/curves.py); validate(epoch, step) after a meta-step: True to stop training there
     (tools/trainer.py's validation campaigns). Returns the epoch's statistics {"meta_batches", "samples",
-    "seconds", <metric>: mean}, with "stopped_early": the meta-step, when validate stopped it.
+    "seconds", <metric>: mean}, with "stopped_early": the meta-step, when validate stopped it; the metrics are
+    the values train_forward returns (metric_names).
     """
     runner, hp = config["runner"], config["hyper_parameters"]
-    names = model.create_metrics()
     dataset.set_epoch(epoch, resume and resume["reader"])
-    totals = dict(resume["totals"]) if resume else {"samples": 0, "seconds": 0.0, **dict.fromkeys(names, 0.0)}
+    totals = dict(resume["totals"]) if resume else {"samples": 0, "seconds": 0.0}
     net.train()
     start, snapshot, checked = time.perf_counter() - totals["seconds"], _weights(net), dataset.step
     bar = progress(dataset, total=len(dataset), desc=f"epoch {epoch}", unit="step", initial=dataset.step,
@@ -126,11 +128,11 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
             optimizer.step()
             optimizer.clear_grad()
             totals["samples"] += sum(len(support["label"]) + len(query["label"]) for support, query in meta_batch)
-            for name in names:
-                totals[name] += values[name]
-                curves.add(f"train/{name}", values[name], epoch * len(dataset) + step)
+            for name, value in values.items():
+                totals[name] = totals.get(name, 0.0) + value
+                curves.add(f"train/{name}", value, epoch * len(dataset) + step)
             if step % runner["print_interval"] == 0 or step == len(dataset):
-                bar.set_postfix({**{n: f"{totals[n] / step:.4f}" for n in names},
+                bar.set_postfix({**{n: f"{totals[n] / step:.4f}" for n in metric_names(totals)},
                                  "samples/s": f"{totals['samples'] / (time.perf_counter() - start):.0f}"})
                 if _unchanged(net, snapshot):
                     raise TrainingError(
@@ -149,7 +151,7 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
                 if step < len(dataset):
                     save_step(step, stopped_early=True)
                 return {"stopped_early": step, "meta_batches": step, "samples": totals["samples"],
-                        "seconds": time.perf_counter() - start, **{n: totals[n] / step for n in names}}
+                        "seconds": time.perf_counter() - start, **{n: totals[n] / step for n in metric_names(totals)}}
             if runner["save_steps"] and step % runner["save_steps"] == 0 and step < len(dataset):
                 save_step(step)
     bar.close()
@@ -157,4 +159,9 @@ def run_epoch(model, net, optimizer, dataset, config, epoch, folder, resume=None
     require_finite(net, f"epoch {epoch}")
     steps = len(dataset)
     return {"meta_batches": steps, "samples": totals["samples"], "seconds": totals["seconds"],
-            **{n: totals[n] / max(steps, 1) for n in names}}
+            **{n: totals[n] / max(steps, 1) for n in metric_names(totals)}}
+
+
+def metric_names(counts):
+    """The metrics among an epoch's totals or statistics: every value train_forward returned, in its order."""
+    return [name for name in counts if name not in COUNTS]
