@@ -4,6 +4,7 @@ take the outputs, arguments that are not numbers, and the unknown ids counted tw
 expand runs in this process (tools/utils/cli.run, as its command line does) on the model the shipped config
 trains on the sample (tests/conftest.py: sample_model, shared with test_expand.py).
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -85,12 +86,12 @@ def test_output_places_and_arguments_are_checked_before_any_work(sample_model, h
     says = {"export is a file": f"{model}: exists and is not a folder; give --export a folder",
             "out is a file": f"{out}: exists and is not a folder; give --out a folder",
             "out not empty": f"{out}: not empty; choose another --out, or pass --force (its top_k.csv, expand.json, "
-                             "all_scores.npy are replaced, nothing else)",
+                             "expand.png, all_scores.npy are replaced, nothing else)",
             "export not empty": f"{model}: not empty; choose another --export, or pass --force (it is replaced whole)",
             "out inside export": f"{model / 'out'}: lies inside --export {model}, which is replaced whole",
             "export is out": f"{out}: lies inside --export {out}",
-            "negatives inf": "--negatives is inf; give a finite number, 0 or more",
-            "negatives nan": "--negatives is nan; give a finite number, 0 or more",
+            "negatives inf": "--negatives is inf; give a finite number above 0",
+            "negatives nan": "--negatives is nan; give a finite number above 0",
             "out cannot be written": f"{out}: cannot be written ("}[case]
     if case == "export is a file":
         model.write_text("mine")
@@ -123,13 +124,14 @@ def test_force_replaces_expands_own_outputs_and_keeps_the_rest(sample_model, hot
     out = tmp_path / "out"
     argv = ("--campaign", campaign, "--pool", os.path.join(pool, "pool_stage2.npz"), "--out", out)
     assert run(sample_model, *argv, "--all-scores", "--export", out / "model") == 0
-    assert listing(out) == ["all_scores.npy", "expand.json", "model", "top_k.csv"]
+    png = ["expand.png"] if importlib.util.find_spec("matplotlib") else []  # the chart needs matplotlib
+    assert listing(out) == ["all_scores.npy", "expand.json", *png, "model", "top_k.csv"]
     (out / "notes.txt").write_text("mine")
     (out / "model" / "old.txt").write_text("an old export's")
     first = (out / "top_k.csv").read_text()
     assert run(sample_model, *argv, "--export", out / "model") == 2
     assert run(sample_model, *argv, "--export", out / "model", "--force", "-o", "runner.seed=7") == 0
-    assert listing(out) == ["expand.json", "model", "notes.txt", "top_k.csv"]  # the old all_scores.npy went
+    assert listing(out) == ["expand.json", *png, "model", "notes.txt", "top_k.csv"]  # the old all_scores.npy went
     assert (out / "notes.txt").read_text() == "mine" and not (out / "model" / "old.txt").exists()
     assert (out / "top_k.csv").read_text() != first and json.loads((out / "expand.json").read_text())["top_k"] == 5
 
@@ -181,6 +183,6 @@ def test_unknown_pool_ids_are_counted_once_with_positive_only_seeds(sample_model
     assert unknown["kw1"] > 100
     out = tmp_path / "out"
     assert run(sample_model, "--campaign", positives, "--pool", pool, "--out", out, "--negatives", "1") == 0
-    assert "negatives drawn from the pool" in capsys.readouterr().out
+    assert "negatives drawn from background users" in capsys.readouterr().out
     counted = json.loads((out / "expand.json").read_text())["unknown_ids"]["pool"]
     assert counted == {f: {"ids": seen[f], "unknown": unknown[f]} for f in vocabulary.FIELDS}

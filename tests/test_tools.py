@@ -116,9 +116,9 @@ def test_hyper_parameters_are_the_model_folders(tmp_path):
     model = Needs("embed_dim", "optimizer.learning_rate")
     config = cfg.validate(cfg.load_config(str(tmp_path / "m" / "config.yaml"), runner), "train", model)
     assert config["hyper_parameters"] == {"embed_dim": 4, "optimizer": {"learning_rate": 0.001}}  # base's dropped
-    with pytest.raises(cfg.ConfigError, match=r"^-o hyper_parameters.local_lr: no such key; .*the "
-                                              r"hyper_parameters of this model \(tests/test_tools.py\) are: "
-                                              r"embed_dim, optimizer.learning_rate$"):
+    with pytest.raises(cfg.ConfigError, match=r"^-o hyper_parameters.local_lr: no such key; .*this model's "
+                                              r"hyper_parameters are declared in tests/test_tools.py "
+                                              r"\(HYPER_PARAMETERS: embed_dim, optimizer.learning_rate\)$"):
         cfg.validate(cfg.load_config(str(tmp_path / "m" / "config.yaml"), runner + ["hyper_parameters.local_lr=1"]),
                      "train", model)
     (tmp_path / "m" / "config.yaml").write_text("base: ../config.yaml\nhyper_parameters:\n  embed_dims: 4\n")

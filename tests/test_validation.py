@@ -31,7 +31,7 @@ def test_early_stopping_keeps_the_checkpoint_of_the_best_validation_gauc(trained
     history = best["validation"]
     gaucs = [h["gauc"] for h in history]
     top = int(np.argmax(gaucs))  # the first of the best
-    assert (best["epoch"], best["step"]) == (history[top]["epoch"], history[top]["step"])
+    assert best["best_at"] == {"epoch": history[top]["epoch"], "step": history[top]["step"]}
     final = json.loads(max((folder / "out").glob("*/meta.json"), key=os.path.getmtime).read_text())["validation"]
     assert final[:len(history)] == history
     assert "stopped early" in done.stdout  # this run (seeded) stops: 3 validations after the best, none better

@@ -92,8 +92,8 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     vocab = ckpt.vocabulary(path)
     camp = expansion.read_campaign(campaign_dir, config["data_schema"], vocab, aid)
     if not (camp.seeds["label"] == 1).any():
-        raise UserError(f"{campaign_dir}: the seeds of campaign {camp.aid} hold no positive (label 1): there is "
-                        "nothing to expand from; give the users who clicked or converted")
+        raise UserError(f"{campaign_dir}: the seeds hold no positive (label 1) user, so there is nothing to expand "
+                        f"from (campaign {camp.aid}); give the campaign's positive seeds (negatives are optional)")
     mismatch = camp.unknown.mismatch()
     if mismatch and not allow_unknown:
         raise UserError(f"{campaign_dir}: {mismatch}; the checkpoint {path} was most likely trained on another "
@@ -252,7 +252,7 @@ def main(argv=None):
     if args.top_k < 1:
         raise UserError(f"--top-k is {args.top_k}; give 1 or more")
     if not (args.negatives > 0 and math.isfinite(args.negatives)):
-        raise UserError(f"--negatives is {args.negatives}; give a number of negatives per seed above 0")
+        raise UserError(f"--negatives is {args.negatives}; give a finite number above 0")
     if args.folds < 0 or args.folds == 1:
         raise UserError(f"--folds is {args.folds}; give 0 (no quality estimate) or 2 or more")
     expand(cfg.load_config(args.config_yaml, args.opt), args.campaign, args.pool, args.top_k, args.out, args.epoch,

@@ -172,7 +172,7 @@ class Validate:
         for key in (validation.METRIC, "precision", "auc"):
             self.curves.add(f"valid/{key}", record[key], record["at"])
         if record["improved"]:
-            self.folder.save_best(self.net, self.optimizer, {**self.meta, "epoch": epoch, "step": step,
+            self.folder.save_best(self.net, self.optimizer, {**self.meta, "best_at": {"epoch": epoch, "step": step},
                                                              "validation": self.history})
         self.say(validation.describe(record) + ("; the best so far, saved as " + BEST if record["improved"] else ""))
         return self.validator.stop()

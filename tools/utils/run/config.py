@@ -450,11 +450,11 @@ def _undeclared(config, key, declared, model):
     names = ", ".join(k.partition(".")[2] for k in declared) or "none"
     by_option = config[SOURCES][key] == "-o"
     if any(k.startswith(key + ".") for k in declared):
-        problem = f"{key} must be a section (a mapping of keys to values), got {quoted(get(config, key))}"
+        problem = f"{key[:100]} must be a section (a mapping of keys to values), got {quoted(get(config, key))}"
     else:
-        problem = (f"{key}: no such key" if by_option else f"unknown key {key!r}") + _hint(key, declared)
-    return (f"{'-o ' if by_option else config[SOURCES][key] + ': '}{problem}; "
-            f"the hyper_parameters of this model ({model_file}) are: {names}")
+        problem = (f"{key[:100]}: no such key" if by_option else f"unknown key {quoted(key)}") + _hint(key, declared)
+    return (f"{'-o ' if by_option else config[SOURCES][key] + ': '}{problem}; this model's hyper_parameters are "
+            f"declared in {model_file} (HYPER_PARAMETERS{': ' + names if len(names) < 60 else ''})")
 
 
 def _fill(config, declarations):

@@ -244,9 +244,6 @@ class SharedFolder:
         return self.group.save(lambda: self.folder.save_best(net, optimizer, meta), net,
                                "saving the best checkpoint")
 
-    def best_meta(self):
-        return self.group.on_main(self.folder.best_meta, f"reading the best checkpoint in {self.path}")
-
     def save_step(self, epoch, step, net, optimizer, meta):
         return self.group.save(lambda: self.folder.save_step(epoch, step, net, optimizer, meta), net,
                                f"saving the checkpoint of epoch {epoch}, meta-step {step}")

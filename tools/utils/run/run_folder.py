@@ -166,11 +166,6 @@ class RunFolder:
             shutil.rmtree(old)
         return best
 
-    def best_meta(self):
-        """The meta.json of BEST, or None."""
-        path = os.path.join(self.path, BEST)
-        return ckpt.read_meta(path) if ckpt.is_finished(path) else None
-
     def _data_meta(self):
         return {DATA_KEY: self.data} if self.data is not None else {}
 
