@@ -27,6 +27,8 @@ def folder_config(folder):
 def test_every_model_folder_keeps_the_contract(folder):
     model = model_folder.load_model(folder_config(folder))
     hooks = model.hooks
+    inside = os.path.relpath(folder, ROOT)  # a project folder's module has its ordinary name, one module however reached
+    assert type(hooks).__module__ == ".".join(([] if inside == "." else inside.split(os.sep)) + ["dygraph_model"])
     for name in contract.REQUIRED_HOOKS:
         if name == "train_forward" and not model.trains_across_campaigns:
             assert model.train_forward is None

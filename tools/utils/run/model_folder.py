@@ -18,7 +18,7 @@ import sys
 from . import contract
 from ..errors import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # the project, above tools/utils/run
 
 
 def load_module(path, config_path):
