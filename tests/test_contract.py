@@ -6,13 +6,15 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 import reader_test
 import reader_train
 from helpers import ROOT, assert_one_line_error, fake_model_folder, reader_config, run, write_split
-from tools.utils.errors import ConfigError
-from tools.utils.run import contract, model_folder
+from tools.utils.errors import CheckpointError, ConfigError
+from tools.utils.run import config as cfg
+from tools.utils.run import contract, model_folder, trained
 
 FOLDERS = [ROOT] + sorted(os.path.join(ROOT, "models", name) for name in os.listdir(os.path.join(ROOT, "models"))
                           if os.path.isfile(os.path.join(ROOT, "models", name, "dygraph_model.py"))) \
@@ -120,12 +122,27 @@ def test_a_new_model_folder_with_a_key_of_its_own_runs_through_the_tools_unchang
     (folder / "config.yaml").write_text(config)
     bad = run("trainer.py", folder, "-o", "hyper_parameters.l2_penalty=-1")
     assert_one_line_error(bad, "-o hyper_parameters.l2_penalty must be a number >= 0, got -1")
-    trained = run("trainer.py", folder)
-    assert trained.returncode == 0, trained.stderr
-    assert re.search(r"^epoch 1: loss \d\.\d{4}, penalty \d+\.\d{4}; ", trained.stdout, re.M), trained.stdout
+    training = run("trainer.py", folder)
+    assert training.returncode == 0, training.stderr
+    assert re.search(r"^epoch 1: loss \d\.\d{4}, penalty \d+\.\d{4}; ", training.stdout, re.M), training.stdout
     tested = run("infer_meta.py", folder, "--split", "both")
     assert tested.returncode == 0, tested.stderr
     assert "test_hot" in tested.stdout and "test_cold" in tested.stdout
     meta = json.loads((folder / "out" / "1" / "meta.json").read_text())
     assert meta["identity"]["hyper_parameters"]["l2_penalty"] == 0.01
     assert meta["stats"]["penalty"] > 0 and set(meta["stats"]) >= {"loss", "penalty"}
+
+    # the tools that read a checkpoint load it one way (tools/utils/run/trained.py): its data facts, its weights
+    config = cfg.load_config(str(folder / "config.yaml"))
+    model = model_folder.load_model(config)
+    cfg.validate(config, "infer", model)
+    path, read = trained.checkpoint(config, 1, "make it")
+    assert path == str(folder / "out" / "1") and read == meta
+    assert config["data_schema"] == meta["data_schema"] and config["train_campaigns"] == [1, 2, 3, 4, 5]
+    net, params = trained.load_trained(model, config, path)
+    with np.load(folder / "out" / "1" / "params.npz") as saved:
+        assert sorted(saved.files) == sorted(params) == sorted(net.state_dict())
+        for name, value in net.state_dict().items():
+            np.testing.assert_array_equal(value.numpy(), saved[name])
+    with pytest.raises(CheckpointError, match=r"out/2: no finished checkpoint of epoch 2 .*`make it`"):
+        trained.checkpoint(config, 2, "make it")

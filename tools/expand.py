@@ -45,7 +45,7 @@ from tools.utils import cli
 from tools.utils.run import config as cfg
 from tools.utils.serving import expansion
 from tools.utils.serving import exported, quality
-from tools.utils.run import campaign, model_folder, resources
+from tools.utils.run import campaign, model_folder, resources, trained
 from tools.utils.measure import charts
 from tools.utils.data import background
 from tools.utils.data import vocabulary
@@ -82,12 +82,8 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     model = model_folder.load_model(config)
     cfg.validate(config, "expand", model)
     epoch = runner["infer_end_epoch"] - 1 if epoch is None else epoch
-    path = ckpt.require(runner["infer_load_path"], epoch,
-                        f"python tools/trainer.py -m {config['config_path']} -o runner.epochs="
-                        f"{epoch + 1 if epoch != 'best' else runner['infer_end_epoch']}")
-    meta = ckpt.read_meta(path)
-    cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", path), path)
-    config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", path)
+    path, meta = trained.checkpoint(config, epoch, f"python tools/trainer.py -m {config['config_path']} -o runner.epochs="
+                                                   f"{epoch + 1 if epoch != 'best' else runner['infer_end_epoch']}")
     resources.require_memory(config)
     vocab = ckpt.vocabulary(path)
     camp = expansion.read_campaign(campaign_dir, config["data_schema"], vocab, aid)
@@ -110,10 +106,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     from tools.utils import paddle_env
     paddle_env.set_threads(runner["thread_num"])
     paddle_env.set_device(runner["use_gpu"])
-    paddle_env.seed_all(runner["seed"])
-    net = model.create_model(config)
-    params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
-    ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
+    net, params = trained.load_trained(model, config, path, trust_pickle)
     batches = model_folder.test_reader(config).batches
 
     rows, drawn = camp.seeds, 0

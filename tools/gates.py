@@ -28,12 +28,11 @@ import sys
 import numpy as np
 
 from tools.infer_meta import split_dirs
-from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.run import config as cfg
 from tools.utils.data import dataset
 from tools.utils.measure.gates import GATES, campaign_gates, write_csv, write_heatmap
-from tools.utils.run import model_folder
+from tools.utils.run import model_folder, trained
 from tools.utils.measure import metrics
 from tools.utils.errors import ConfigError
 from tools.utils.progress import progress
@@ -49,11 +48,8 @@ def gates(config, epoch=None, out_dir=None, trust_pickle=False):
         raise ConfigError(f"{config['config_path']}: runner.train_data_dir is missing (the training campaigns); "
                           "add it to the YAML or pass -o runner.train_data_dir=...")
     epoch = runner["infer_end_epoch"] - 1 if epoch is None else epoch
-    path = ckpt.require(runner["infer_load_path"], epoch,
-                        f"python tools/trainer.py -m {config['config_path']} -o runner.epochs={epoch + 1}")
-    meta = ckpt.read_meta(path)
-    cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", path), path)
-    config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", path)
+    path, _ = trained.checkpoint(config, epoch, f"python tools/trainer.py -m {config['config_path']} -o "
+                                                f"runner.epochs={epoch + 1}")
     folders = {"train": runner["train_data_dir"], **dict(zip(("hot", "cold"), split_dirs(runner["test_data_dir"],
                                                                                         "both")))}
     schemas = {split: dataset.read_schema(folder) for split, folder in folders.items()}
@@ -63,9 +59,7 @@ def gates(config, epoch=None, out_dir=None, trust_pickle=False):
     from tools.utils import paddle_env
     paddle_env.set_threads(runner["thread_num"])
     paddle_env.set_device(False)
-    net = model.create_model(config)
-    ckpt.restore_params(net, ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle),
-                        os.path.join(path, ckpt.PARAMS_FILE))
+    net, _ = trained.load_trained(model, config, path, trust_pickle)
     if not all(hasattr(net, f"{gate}_w0") for gate in GATES):
         raise ConfigError(f"{config['config_path']}: the model of this folder has no expert and critic gates "
                           "(expert_gate_*, critic_gate_* parameters); tools/gates.py reads MetaHeac's")

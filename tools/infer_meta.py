@@ -48,7 +48,7 @@ from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.run import config as cfg
 from tools.utils.data.dataset import load_split
-from tools.utils.run import campaign, distributed, model_folder, resources
+from tools.utils.run import campaign, distributed, model_folder, resources, trained
 from tools.utils.measure import metrics
 from tools.utils.data import background
 from tools.utils.errors import CheckpointError, TrainingError
@@ -217,8 +217,7 @@ def checkpoints(config, trainer_command, trust_pickle=False, best=False):
         train = load_split(runner["train_data_dir"], stages=(1,))
         meta = {"data_schema": train["schema"], "train_campaigns": np.unique(train["stage1"]["aid"]).tolist()}
         first = runner["train_data_dir"]
-    cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", first), first)
-    config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", first)
+    trained.learn(config, meta, first)
     return paths
 
 
@@ -247,12 +246,10 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
     paddle_env.set_threads(runner["thread_num"])
     group = distributed.join(paddle_env.set_device(runner["use_gpu"], quiet=distributed.world()[0] > 0))
     with group.session():
-        paddle_env.seed_all(runner["seed"])
-        net = model.create_model(config)
+        net = trained.build(model, config)
         runs = []
         for epoch, path in paths.items():
-            params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
-            ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
+            params = trained.restore(net, path, trust_pickle)
             users = ckpt.background_users(path)
             if users is None and runner["infer_seeds"] == "positive":
                 raise CheckpointError(f"{path}: holds no background users (a checkpoint of an earlier version); "

@@ -140,18 +140,14 @@ def negatives(args):
     from tools.utils.run import config as cfg
     from tools.utils.data import background
     from tools.utils import paddle_env
-    from tools.utils.run import model_folder
+    from tools.utils.run import model_folder, trained
     from tools.utils.measure import metrics
     config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"runner.thread_num={args.threads}"])
     model = model_folder.load_model(config)
     cfg.validate(config, "expand", model)
-    meta = ckpt.read_meta(args.checkpoint)
-    cfg.attach_schema(config, meta["data_schema"], args.checkpoint)
-    config["train_campaigns"] = meta["train_campaigns"]
+    trained.learn(config, ckpt.read_meta(args.checkpoint), args.checkpoint)
     paddle_env.set_threads(args.threads)
-    net = model.create_model(config)
-    params = ckpt.load_arrays(args.checkpoint, ckpt.PARAMS_FILE)
-    ckpt.restore_params(net, params, args.checkpoint)
+    net, params = trained.load_trained(model, config, args.checkpoint)
     import reader_test
     ratios = [float(r) for r in args.ratios.split(",")]
     users = ckpt.background_users(args.checkpoint)
