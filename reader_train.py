@@ -26,9 +26,8 @@ import math
 
 import numpy as np
 
-from tools.utils.data.dataset import CampaignIndex, load_split, require_vocabulary, take
+from tools.utils.data.dataset import CampaignIndex, held_out, load_split, require_vocabulary, take
 from tools.utils.errors import DataError
-from tools.utils.run.validation import held_out
 
 SAMPLE_METHODS = {"normal": lambda rows: rows, "sqrt": np.sqrt, "unit": np.ones_like}
 

@@ -22,31 +22,8 @@ import numpy as np
 from . import campaign
 from ..measure import metrics
 from ..data import dataset
-from ..errors import ConfigError
 
 METRIC = "gauc"  # the mean per-campaign AUC: the ranking an advertiser gets
-
-
-def held_out(data_dir, aids, amount, seed, config_path="config"):
-    """The sorted aids of the validation campaigns among `aids` (the training campaigns), or an empty array."""
-    if not amount:
-        return np.empty(0, np.int64)
-    stage2 = dataset.stage_path(data_dir, 2)
-    if stage2 is None:
-        raise ConfigError(f"{config_path}: runner.valid_campaigns needs candidates (a *_stage2.npz) in {data_dir}; "
-                          "set runner.valid_campaigns: 0 or preprocess data with test1_truth.csv")
-    with np.load(stage2, allow_pickle=False) as archive:
-        candidates = np.unique(archive["aid"])
-    eligible = np.intersect1d(np.asarray(aids), candidates)
-    count = int(amount) if amount >= 1 else max(1, int(round(amount * len(aids))))
-    if amount >= 1 and amount != count:
-        raise ConfigError(f"{config_path}: runner.valid_campaigns is {amount}; give a whole number of campaigns, or "
-                          "a fraction below 1")
-    if count >= len(aids) or count > len(eligible):
-        raise ConfigError(f"{config_path}: runner.valid_campaigns asks for {count} validation campaigns but "
-                          f"{data_dir} has {len(aids)} training campaigns, {len(eligible)} of them with candidates; "
-                          "ask for fewer")
-    return np.sort(np.random.default_rng([seed, 11]).choice(eligible, count, replace=False))
 
 
 class Validator:
