@@ -41,7 +41,7 @@ HYPER_PARAMETERS = {
     "meta_order": ("one of 1 | 2", 2, "2: exact second-order MAML; 1: first order"),
     "local_lr": ("number > 0", "required", "the inner SGD step"),
     "local_test_learning_rate": ("number > 0", "required", "Adam of fine-tuning on a test campaign's seeds"),
-    "optimizer.class": ("one of adam", "adam", "the outer and fine-tuning optimiser"),
+    "optimizer.class": ("one of adam", "adam", "the outer and fine-tuning optimiser (OPTIMIZERS)"),
     "optimizer.learning_rate": ("number > 0", "required", "the outer Adam step"),
     "wide_weight": ("number >= 0", 2.0, "weight of a campaign's wide part (a logistic regression on its seeds' "
                     "ids) beside the fine-tuned network, in standard deviations; 0: the network alone, the paper's"),
@@ -222,6 +222,16 @@ def adam(net, learning_rate):
     return paddle.optimizer.Adam(learning_rate=float(learning_rate), parameters=net.parameters())
 
 
+OPTIMIZERS = {"adam": adam}  # hyper_parameters.optimizer.class: the optimiser over a net's parameters at a rate
+
+
+def optimizer(net, config, learning_rate=None):
+    """The optimiser hyper_parameters.optimizer.class names, over all of net's parameters, at
+    optimizer.learning_rate (the outer step's) unless learning_rate is given (fine-tuning's)."""
+    chosen = config["hyper_parameters"]["optimizer"]
+    return OPTIMIZERS[chosen["class"]](net, chosen["learning_rate"] if learning_rate is None else learning_rate)
+
+
 # ---------------------------------------------------------------- test time: a campaign's wide part
 def multi_hot(layout, batch):
     """The features net.WideLinear weighs, as a SciPy CSR matrix [B, sum of the user tables' rows]: a 1 in the
@@ -321,9 +331,7 @@ class DygraphModel:
         return bce(pred, label, weight)
 
     def create_optimizer(self, net, config, learning_rate=None):
-        """Adam over all parameters (torch's defaults); lr from hyper_parameters.optimizer unless given."""
-        lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
-        return adam(net, lr)
+        return optimizer(net, config, learning_rate)
 
     def train_forward(self, net, meta_batch, config):
         """Meta-loss of one meta-batch [(support, query), ...]: the mean query loss after one inner SGD step,

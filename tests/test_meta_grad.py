@@ -1,12 +1,15 @@
 """The MAML meta-step of DygraphModel.train_forward against independent computations, in float64."""
+import os
+
 import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
 import dygraph_model as dm
-from helpers import MAX_IDXS_LIST, TINY_HP, layout, random_batch, schema
+from helpers import MAX_IDXS_LIST, ROOT, TINY_HP, layout, random_batch, schema
 from tools.utils.data.schema import AD_FIELDS, DYNAMIC_FIELDS, DYNAMIC_OFFSETS, STATIC_FIELDS
 from tools.utils.paddle_env import paddle
+from tools.utils.run import model_folder
 
 LOCAL_LR = 0.5  # large, so that the second-order term is clearly visible
 
@@ -270,6 +273,18 @@ def test_loss_of_saturated_probabilities_is_finite_with_finite_gradients(float64
     assert float(loss) == pytest.approx((-2 * np.log(dm.LOG_FLOOR) + np.log(2)) / 3, rel=1e-9)
     loss.backward()
     assert np.isfinite(p.grad.numpy()).all()
+
+
+def test_the_optimizer_is_the_one_the_config_names():
+    """hyper_parameters.optimizer.class chooses from OPTIMIZERS, the classes the model declares; validate refuses
+    any other (tools/utils/run/config.py)."""
+    from tools.utils.run import config as cfg
+    assert dm.HYPER_PARAMETERS["optimizer.class"][0] == "one of " + " | ".join(dm.OPTIMIZERS)
+    net = param_holder(paddle.create_parameter([3], "float32"))
+    assert isinstance(dm.DygraphModel().create_optimizer(net, config(2)), paddle.optimizer.Adam)
+    wrong = cfg.load_config(os.path.join(ROOT, "config.yaml"), ["hyper_parameters.optimizer.class=sgd"])
+    with pytest.raises(cfg.ConfigError, match=r"^-o hyper_parameters.optimizer.class must be one of adam, got 'sgd'"):
+        cfg.validate(wrong, "train", model_folder.load_model(wrong))
 
 
 def test_adam_is_torchs_adam(float64):

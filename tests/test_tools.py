@@ -501,3 +501,18 @@ def test_importing_paddle_before_paddle_env_is_named_and_the_tools_never_do():
     loads = ("from tools.utils.run import model_folder\nmodel_folder.model_module({'model_dir': '.', "
              "'config_path': 'x'})")
     assert stderr_of(loads) == ""  # the model module imports paddle, after the environment is set
+
+
+def test_config_big_is_the_sample_config_on_the_full_data():
+    """config_big.yaml sets only what the full data changes (base: config.yaml): the same model and
+    hyper_parameters, PaddleRec's batch of 1024, its own data and output folders."""
+    sample, big = (cfg.load_config(os.path.join(ROOT, name)) for name in ("config.yaml", "config_big.yaml"))
+    for config in (sample, big):
+        cfg.validate(config, "train", model_folder.load_model(config))
+    assert big["model_dir"] == sample["model_dir"] == ROOT and big["hyper_parameters"] == sample["hyper_parameters"]
+    changed = {key: value for key, value in big["runner"].items() if sample["runner"].get(key) != value}
+    assert changed == {"train_data_dir": os.path.join(ROOT, "data", "big", "train"),
+                       "test_data_dir": os.path.join(ROOT, "data", "big", "test_hot"), "train_batch_size": 1024,
+                       "infer_batch_size": 1024, "print_interval": 20,
+                       "model_save_path": os.path.join(ROOT, "output_model_metaheac_big"),
+                       "infer_load_path": os.path.join(ROOT, "output_model_metaheac_big")}
