@@ -121,11 +121,11 @@ def test_preprocess_failing_late_keeps_the_old_splits(tmp_path, monkeypatch):
     before = snapshot(out)
     calls = []
 
-    def disk_full(job):
+    def disk_full(state, job):
         calls.append(job)
         if len(calls) == 3:
             raise OSError(28, "No space left on device", job[0])
-        return real(job)
+        return real(state, job)
 
     real = raw.write_stage_file
     monkeypatch.setattr(raw, "write_stage_file", disk_full)

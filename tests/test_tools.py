@@ -497,7 +497,13 @@ def test_fine_tuning_reshuffles_the_seeds_every_pass_into_consecutive_batches(pa
 def test_importing_paddle_before_paddle_env_is_named_and_the_tools_never_do():
     def stderr_of(code):
         return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stderr
-    assert "paddle was imported before tools.utils.paddle_env" in stderr_of("import paddle\nimport tools.utils.paddle_env")
+    assert "paddle was imported before tools.utils.paddle_env" in stderr_of(
+        "import paddle\nfrom tools.utils import paddle_env\npaddle_env.load()")
+    untouched = ("import os, sys\nkeys = set(os.environ)\nfrom tools.utils import paddle_env\n"
+                 "assert 'paddle' not in sys.modules and set(os.environ) == keys\n"
+                 "from tools.utils.paddle_env import paddle\nassert os.environ['GLOG_minloglevel'] == '2'\n"
+                 "assert paddle is sys.modules['paddle'] is paddle_env.load()")
+    assert stderr_of(untouched) == ""  # importing the module sets nothing; asking for paddle sets it all
     loads = ("from tools.utils.run import model_folder\nmodel_folder.model_module({'model_dir': '.', "
              "'config_path': 'x'})")
     assert stderr_of(loads) == ""  # the model module imports paddle, after the environment is set

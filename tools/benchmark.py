@@ -152,7 +152,8 @@ def _start_worker():
     with one line in its log), and Ctrl-C is the parent's; then Paddle is imported once, so no run's wall time
     includes it."""
     quiet_worker_signals()
-    import tools.utils.paddle_env  # noqa: F401
+    from tools.utils import paddle_env
+    paddle_env.load()
 
 
 def run_one(method, seed, train, infer, folder):

@@ -38,7 +38,7 @@ from .dataset import DataError
 from .raw_csv import read_ads, read_oracle, read_rows
 from ..files import drop_staging, inside, make_staging, replace_folders, staging_folder
 from ..progress import progress as progress_bar
-from .raw_users import WORKER_STATE, fork_map, read_users
+from .raw_users import fork_map, read_users
 
 AD_FILE, USER_FILE, SEED_FILE, CANDIDATE_FILE, ORACLE_FILE = (
     "adFeature.csv", "userFeature.data", "train.csv", "test1_truth.csv", "oracle.csv")
@@ -290,11 +290,11 @@ def write_splits(out_dir, force, stages, split_aids, users, campaigns, ads, max_
     return counts
 
 
-def write_stage_file(job):
-    """Write one stage file (and its oracle) from the rows of stage k; returns the row count."""
+def write_stage_file(state, job):
+    """Write one stage file (and its oracle) from the rows of stage k of state["stages"]; returns the row count."""
     path, k, rows = job
-    stage = WORKER_STATE["stages"][k]
-    arrays = stage_arrays(stage, rows, WORKER_STATE["users"], WORKER_STATE["campaigns"], WORKER_STATE["ads"])
+    stage = state["stages"][k]
+    arrays = stage_arrays(stage, rows, state["users"], state["campaigns"], state["ads"])
     dataset.save_stage(path, arrays)
     if "oracle" in stage:
         dataset.atomic_write(dataset.oracle_path(path),

@@ -117,10 +117,11 @@ def iter_users(path, workers=2, block_bytes=BLOCK_BYTES):
             lines += n_lines
 
 
-def parse_pool_range(byte_range):
-    """Parse every user of one block: (lines, uids, static, dynamic, lengths, the first problem or None)."""
+def parse_pool_range(state, byte_range):
+    """Parse every user of one block of state["path"]: (lines, uids, static, dynamic, lengths, the first problem
+    or None)."""
     start, end = byte_range
-    with open(WORKER_STATE["path"], "rb") as f:
+    with open(state["path"], "rb") as f:
         f.seek(start)
         data = f.read(end - start)
     uids = np.unique(np.array(UID_GROUP.findall(data), dtype=np.int64))
@@ -128,7 +129,7 @@ def parse_pool_range(byte_range):
     dynamic = np.full((len(uids), schema.DYNAMIC_WIDTH), -1, np.int32)
     lengths = np.zeros((len(uids), len(schema.DYNAMIC_FIELDS)), np.int8)
     n_lines, users, at, problems = parse_block(data, uids, static, dynamic, lengths,
-                                               truncated=end == WORKER_STATE["size"] and not data.endswith(b"\n"))
+                                               truncated=end == state["size"] and not data.endswith(b"\n"))
     if problems:
         return n_lines, None, None, None, None, (problems[0][0], problems[0][1] + "; fix the line")
     if len(users) != len(uids) or len(np.unique(users)) != len(users):
@@ -184,7 +185,7 @@ def block_ranges(path, block_bytes):
     return list(zip(starts, starts[1:] + [size]))
 
 
-WORKER_STATE = {}
+_FORKED = {}  # fork_map's (func, state) by call, set before its pool forks: the workers inherit them
 
 
 def quiet_worker_signals():
@@ -197,43 +198,49 @@ def quiet_worker_signals():
 
 @contextmanager
 def fork_map(func, items, workers, state):
-    """Iterator over func(item) for the items, in order: in this process when
+    """Iterator over func(state, item) for the items, in order: in this process when
     workers <= 1, else in a pool of forked processes, at most workers + 1 items
-    ahead of the consumer (so results wait in memory a few at a time). `state`
-    goes into WORKER_STATE before the fork, so the workers inherit big arrays
-    (and write into shared ones) instead of receiving pickled copies."""
-    WORKER_STATE.update(state)
-    pool = None
+    ahead of the consumer (so results wait in memory a few at a time). The
+    workers inherit `state` through the fork (_FORKED), big arrays included (and
+    write into shared ones), instead of receiving pickled copies."""
+    pool, key = None, id(state)
+    _FORKED[key] = (func, state)
     try:
         if workers <= 1 or len(items) < 2:
-            yield map(func, items)
+            yield (func(state, item) for item in items)
         else:
             pool = multiprocessing.get_context("fork").Pool(min(workers, len(items)), quiet_worker_signals)
-            yield _ahead(pool, func, items, workers + 1)
+            yield _ahead(pool, key, items, workers + 1)
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-        WORKER_STATE.clear()
+        del _FORKED[key]
 
 
-def _ahead(pool, func, items, window):
+def _forked_call(key, item):
+    func, state = _FORKED[key]
+    return func(state, item)
+
+
+def _ahead(pool, key, items, window):
     pending = collections.deque()
     for item in items:
-        pending.append(pool.apply_async(func, (item,)))
+        pending.append(pool.apply_async(_forked_call, (key, item)))
         if len(pending) >= window:
             yield pending.popleft().get()
     while pending:
         yield pending.popleft().get()
 
 
-def parse_range(byte_range):
+def parse_range(state, byte_range):
+    """Parse one block of state["path"] into the shared tables of read_users."""
     start, end = byte_range
-    with open(WORKER_STATE["path"], "rb") as f:
+    with open(state["path"], "rb") as f:
         f.seek(start)
         data = f.read(end - start)
-    truncated = end == WORKER_STATE["size"] and not data.endswith(b"\n")
-    return parse_block(data, WORKER_STATE["uids"], *WORKER_STATE["tables"], truncated=truncated)
+    truncated = end == state["size"] and not data.endswith(b"\n")
+    return parse_block(data, state["uids"], *state["tables"], truncated=truncated)
 
 
 def parse_block(data, uids, static, dynamic, lengths, truncated=False):

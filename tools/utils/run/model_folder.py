@@ -50,7 +50,8 @@ def _folder_package(folder):
 def model_module(config):
     """The model folder's dygraph_model module (config["model_dir"]), after Paddle's environment is set
     (tools/utils/paddle_env.py)."""
-    from .. import paddle_env  # noqa: F401  (before any model module imports paddle)
+    from .. import paddle_env
+    paddle_env.load()  # Paddle's environment, before any model module imports paddle
     if config.get("model_dir") is None:
         raise ConfigError(f"{config['config_path']}: no dygraph_model.py beside it or beside any of its base "
                           "configs; keep the config in its model folder, or give it `base: <model folder>/config.yaml`"

@@ -104,7 +104,8 @@ def read_inputs(out_dir):
 
 def predictor(out_dir, threads=1):
     """A Paddle Inference predictor of an exported campaign model (CPU, Paddle's default passes and oneDNN)."""
-    from ..paddle_env import paddle  # noqa: F401  (Paddle's environment before paddle.inference)
+    from .. import paddle_env
+    paddle_env.load()  # Paddle's environment, before paddle.inference
     from paddle import inference
     config = inference.Config(os.path.join(out_dir, f"{MODEL}.json"), os.path.join(out_dir, f"{MODEL}.pdiparams"))
     config.disable_gpu()
