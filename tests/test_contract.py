@@ -135,8 +135,8 @@ def test_a_new_model_folder_with_a_key_of_its_own_runs_through_the_tools_unchang
     # the tools that read a checkpoint load it one way (tools/utils/run/trained.py): its data facts, its weights
     config = cfg.load_config(str(folder / "config.yaml"))
     model = model_folder.load_model(config)
-    cfg.validate(config, "infer", model)
-    path, read = trained.checkpoint(config, 1, "make it")
+    spec = cfg.validate(config, "infer", model)
+    config, path, read = trained.checkpoint(spec, 1, "make it")
     assert path == str(folder / "out" / "1") and read == meta
     assert config["data_schema"] == meta["data_schema"] and config["train_campaigns"] == [1, 2, 3, 4, 5]
     net, params = trained.load_trained(model, config, path)
@@ -145,4 +145,4 @@ def test_a_new_model_folder_with_a_key_of_its_own_runs_through_the_tools_unchang
         for name, value in net.state_dict().items():
             np.testing.assert_array_equal(value.numpy(), saved[name])
     with pytest.raises(CheckpointError, match=r"out/2: no finished checkpoint of epoch 2 .*`make it`"):
-        trained.checkpoint(config, 2, "make it")
+        trained.checkpoint(spec, 2, "make it")

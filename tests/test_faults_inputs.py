@@ -152,7 +152,7 @@ def test_the_parameter_estimate_is_the_networks_count(hp):
     from tools.utils.run import config as cfg
     from tools.utils.run import model_folder, resources
     config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"hyper_parameters.{k}={v}" for k, v in hp.items()])
-    cfg.attach_schema(config, schema(), "test")
+    config = cfg.with_data(config, "test", schema=schema())
     net = model_folder.model_module(config).DygraphModel().create_model(config)
     assert resources.parameter_estimate(config["hyper_parameters"]) == sum(int(np.prod(p.shape))
                                                                            for p in net.parameters())
@@ -183,8 +183,8 @@ def test_a_network_that_cannot_fit_is_refused_before_anything_is_built(tiny_meta
         (data / "train" / dataset.SCHEMA_FILE).write_text(json.dumps(schema))
     config = os.path.join(ROOT, "config.yaml")
     options = [*TINY, f"runner.train_data_dir={data / 'train'}", option]
-    hp = cfg.load_config(config, options)["hyper_parameters"]
-    cfg.attach_schema({"hyper_parameters": hp, "config_path": config}, dataset.read_schema(str(data / "train")), "x")
+    hp = cfg.with_data({"hyper_parameters": cfg.load_config(config, options)["hyper_parameters"], "config_path": config},
+                       "x", schema=dataset.read_schema(str(data / "train")))["hyper_parameters"]
     count = resources.parameter_estimate(hp)
     assert count * resources.BYTES_PER_PARAMETER > resources.memory_limit()
     out = tmp_path / "out"

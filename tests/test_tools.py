@@ -7,6 +7,7 @@ it proves they are generic over model folders.
 """
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -171,14 +172,24 @@ def test_schema_gives_max_idxs_and_explicit_lists_must_match(tmp_path):
     split.mkdir(parents=True)
     dataset.write_schema(str(split), {"static": [5] * 7, "dynamic": [9] * 7, "ad": [3] * 6})
     (tmp_path / "config.yaml").write_text(YAML.replace("  local_lr:", "  max_idxs: schema\n  local_lr:"))
-    config = cfg.load_config(str(tmp_path / "config.yaml"))
-    cfg.attach_schema(config, dataset.read_schema(str(split)), str(split))
+    loaded = cfg.load_config(str(tmp_path / "config.yaml"), ["runner.seed=1", "runner.train_batch_size=4",
+                                                             "runner.train_reader_path=r"])
+    spec = cfg.validate(loaded, "train", Needs(*YAML_KEYS, "max_idxs"))
+    assert "thread_num" not in loaded["runner"] and spec["runner"]["thread_num"] == 2  # filled in the spec only
+    config = cfg.with_data(spec, str(split), schema=dataset.read_schema(str(split)), train_campaigns=[3, 1])
     assert config["hyper_parameters"]["max_idxs"] == [[5] * 7, [9] * 7, [3] * 6]
-    assert config["data_schema"]["dynamic_widths"] == [10, 10, 10, 5, 5, 5, 5]
+    assert config["data_schema"]["dynamic_widths"] == [10, 10, 10, 5, 5, 5, 5] and config["train_campaigns"] == [3, 1]
+    # the run spec stays as validated, and neither it nor the config made from it can be changed in place
+    assert spec["hyper_parameters"]["max_idxs"] == "schema" and "data_schema" not in spec
+    for change in (lambda: spec["runner"].update(seed=3), lambda: config["hyper_parameters"]["max_idxs"][0].append(1),
+                   lambda: config.__setitem__("train_campaigns", []), lambda: config["data_schema"].pop("ad_fields")):
+        with pytest.raises(TypeError, match=r"a validated config is read-only .*\(with_data\)"):
+            change()
+    assert json.loads(json.dumps(config)) == config and pickle.loads(pickle.dumps(config)) == config
     other = cfg.load_config(str(tmp_path / "config.yaml"), ["hyper_parameters.max_idxs=[[4,4,4,4,4,4,4],"
                                                            "[9,9,9,9,9,9,9],[3,3,3,3,3,3]]"])
     with pytest.raises(cfg.ConfigError, match=r"max_idxs is \[\[4, 4, .* but .*train has \[\[5, 5"):
-        cfg.attach_schema(other, dataset.read_schema(str(split)), str(split))
+        cfg.with_data(other, str(split), schema=dataset.read_schema(str(split)))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -342,7 +353,7 @@ def test_trainer_saves_each_epoch_and_resumes_exactly(paddle, model_dir, trained
     meta = ckpt.read_meta(os.path.join(out, "1"))
     assert meta["stats"]["meta_batches"] == 19  # ceil(300 rows / 16)
     from tools import trainer
-    _, reader = trainer.prepare(cfg.load_config(str(model_dir / "config.yaml")))
+    _, reader, _ = trainer.prepare(cfg.load_config(str(model_dir / "config.yaml")))
     reader.set_epoch(1)  # the trainer's epoch 1 draws from (seed, 1)
     assert meta["stats"]["samples"] == sum(len(s["label"]) + len(q["label"]) for mb in reader for s, q in mb)
 

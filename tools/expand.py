@@ -78,12 +78,13 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     if export_dir:
         outputs.folder(export_dir, "--export")
     outputs.check()
-    runner = config["runner"]
     model = model_folder.load_model(config)
-    cfg.validate(config, "expand", model)
+    config = cfg.validate(config, "expand", model)
+    runner = config["runner"]
     epoch = runner["infer_end_epoch"] - 1 if epoch is None else epoch
-    path, meta = trained.checkpoint(config, epoch, f"python tools/trainer.py -m {config['config_path']} -o runner.epochs="
-                                                   f"{epoch + 1 if epoch != 'best' else runner['infer_end_epoch']}")
+    make = (f"python tools/trainer.py -m {config['config_path']} -o runner.epochs="
+            f"{epoch + 1 if epoch != 'best' else runner['infer_end_epoch']}")
+    config, path, meta = trained.checkpoint(config, epoch, make)
     resources.require_memory(config)
     vocab = ckpt.vocabulary(path)
     camp = expansion.read_campaign(campaign_dir, config["data_schema"], vocab, aid)

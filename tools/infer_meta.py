@@ -198,8 +198,8 @@ def write_metrics(out_dir, tag, runs):
 
 
 def checkpoints(config, trainer_command, trust_pickle=False, best=False):
-    """{epoch: folder} of the finished checkpoints to test ({"best": folder} with best); the model's data facts
-    taken from the first.
+    """(config, {epoch: folder}): the finished checkpoints to test ({"best": folder} with best), and the run spec
+    with the data facts of the first (trained.learn).
 
     A checkpoint of an earlier version (trusted pickles) does not hold them: they come from the training data.
     """
@@ -217,21 +217,20 @@ def checkpoints(config, trainer_command, trust_pickle=False, best=False):
         train = load_split(runner["train_data_dir"], stages=(1,))
         meta = {"data_schema": train["schema"], "train_campaigns": np.unique(train["stage1"]["aid"]).tolist()}
         first = runner["train_data_dir"]
-    trained.learn(config, meta, first)
-    return paths
+    return trained.learn(config, meta, first), paths
 
 
 def infer(config, split=None, trainer_command="python tools/trainer.py", trust_pickle=False, best=False):
     """Meta-inference of runner's checkpoints on the test split(s); returns the runs (split x epoch results),
     on rank 0 of a distributed run ([] on the other ranks, which print and write nothing)."""
-    runner = config["runner"]
     say = print if distributed.world()[0] == 0 else (lambda *args, **kwargs: None)
     model = model_folder.load_model(config)
-    cfg.validate(config, "infer", model)
+    config = cfg.validate(config, "infer", model)
+    runner = config["runner"]
     if runner["infer_train_epoch"] == 0:
         say("note: fine-tuning is off (runner.infer_train_epoch 0): every campaign is scored by the "
             "checkpoint's weights as they are")
-    paths = checkpoints(config, trainer_command, trust_pickle, best)
+    config, paths = checkpoints(config, trainer_command, trust_pickle, best)
     resources.require_memory(config)
     out_dir = runner.get("infer_output_path") or os.path.join(runner["infer_load_path"], "results")
     if distributed.world()[0] == 0:  # rank 0 writes the results: check before the work

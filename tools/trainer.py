@@ -49,23 +49,23 @@ EXAMPLES = (
 
 
 def prepare(config, untrained=False):
-    """Load and check everything training needs before anything is written: (model, reader dataset).
+    """Load and check everything training needs before anything is written: (model, reader dataset, the run
+    spec with what the training data says, cfg.with_data).
 
     Under paddle.distributed.launch every rank needs at least one task of each meta-batch (unless nothing
     is trained: untrained, or a model that does not train across campaigns).
     """
-    runner = config["runner"]
     model = model_folder.load_model(config)
-    cfg.validate(config, "train", model)
+    config = cfg.validate(config, "train", model)
     if config["runner"]["valid_campaigns"]:
-        cfg.validate(config, "validate", model)
+        config = cfg.validate(config, "validate", model)
     if not untrained and model.trains_across_campaigns:
         distributed.require_enough_tasks(config["hyper_parameters"]["task_count"], config["config_path"])
-    cfg.attach_schema(config, read_schema(runner["train_data_dir"]), runner["train_data_dir"])
+    data_dir = config["runner"]["train_data_dir"]
+    config = cfg.with_data(config, data_dir, schema=read_schema(data_dir))
     resources.require_memory(config)
-    dataset = model_folder.train_dataset(config, runner["train_data_dir"])
-    config["train_campaigns"] = [int(aid) for aid in dataset.campaigns]
-    return model, dataset
+    dataset = model_folder.train_dataset(config, data_dir)
+    return model, dataset, cfg.with_data(config, data_dir, train_campaigns=dataset.campaigns)
 
 
 def train(config, overwrite=False, untrained=False, trust_pickle=False):
@@ -76,7 +76,7 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
     Under paddle.distributed.launch every rank runs this; rank 0 alone writes and prints.
     """
     from tools.utils import paddle_env
-    model, dataset = prepare(config, untrained)
+    model, dataset, config = prepare(config, untrained)
     runner = config["runner"]
     untrained = untrained or not model.trains_across_campaigns
     epochs = 1 if untrained else runner["epochs"]

@@ -144,8 +144,7 @@ def negatives(args):
     from tools.utils.measure import metrics
     config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"runner.thread_num={args.threads}"])
     model = model_folder.load_model(config)
-    cfg.validate(config, "expand", model)
-    trained.learn(config, ckpt.read_meta(args.checkpoint), args.checkpoint)
+    config = trained.learn(cfg.validate(config, "expand", model), ckpt.read_meta(args.checkpoint), args.checkpoint)
     paddle_env.set_threads(args.threads)
     net, params = trained.load_trained(model, config, args.checkpoint)
     import reader_test

@@ -19,10 +19,14 @@ model_save_path, ...) are relative to that YAML's folder, so a model folder
 works from any working directory; paths given with `-o` are relative to the
 working directory, like any command-line argument.
 
-The tools add facts about the data: config["data_schema"] (the data's
-schema.json, which the model's tables follow) and config["train_campaigns"]
-(the training aids, for models with per-campaign blocks); at test time both
-come from the checkpoint.
+validate returns the run spec: a new, read-only config (Frozen: a change is a
+TypeError), the loaded one left as it was. What is learnt from the data is
+not written into it: with_data makes the config the model's hooks and the
+readers read, the spec plus config["data_schema"] (the data's schema.json,
+which the model's tables follow, and hyper_parameters.max_idxs from it) and
+config["train_campaigns"] (the training aids, for models with per-campaign
+blocks), again a new read-only one. The trainer learns both from the training
+data; at test time both come from the checkpoint (tools/utils/run/trained.py).
 """
 import difflib
 import math
@@ -417,8 +421,50 @@ def hyper_parameters_of(model):
     return {f"hyper_parameters.{key}": spec for key, spec in model.HYPER_PARAMETERS.items()}
 
 
+class Frozen(dict):
+    """A mapping of a run spec (validate, with_data): read-only, so no module changes the config another reads."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a validated config is read-only (tools/utils/run/config.py: validate); what is learnt "
+                        "from the data makes a new one (with_data)")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):
+        return Frozen, (dict(self),)
+
+
+class FrozenList(list):
+    """A list of a run spec, read-only as Frozen."""
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = append = clear = extend = insert = pop = remove = reverse = \
+        sort = Frozen._refuse
+
+    def __reduce__(self):
+        return FrozenList, (list(self),)
+
+
+def freeze(value):
+    """value (dicts and lists inside) as Frozen and FrozenList, copied."""
+    if isinstance(value, dict):
+        return Frozen({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return FrozenList(freeze(v) for v in value)
+    return value
+
+
+def _thaw(value):
+    """A plain copy of value, dicts and lists inside included."""
+    if isinstance(value, dict):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_thaw(v) for v in value]
+    return value
+
+
 def validate(config, tool, model):
-    """Check what `tool` ("train", "infer" or "expand") and the model folder read; fill in declared defaults.
+    """The run spec of `tool` ("train", "infer", "expand" or "validate"): config checked for what the tool and the
+    model folder read, declared defaults filled in, as a new read-only config (Frozen); config is not changed.
 
     The runner keys are the tool's (TOOL_KEYS, declared in KEYS); the hyper_parameters are the model folder's
     (model.HYPER_PARAMETERS: key -> (kind, default, meaning), declared in its dygraph_model.py). A
@@ -426,6 +472,7 @@ def validate(config, tool, model):
     another model's), and left out where a base config sets it: a baseline inherits MetaHeac's config, not its
     experts.
     """
+    config = _thaw(config)
     declared = hyper_parameters_of(model)
     runner_keys = [(f"runner.{k}", KEYS[f"runner.{k}"]) for k in TOOL_KEYS[tool]]
     _fill(config, runner_keys)
@@ -441,7 +488,7 @@ def validate(config, tool, model):
     if tool != "train" and runner["infer_end_epoch"] <= runner["infer_start_epoch"]:
         raise ConfigError(f"{config['config_path']}: runner.infer_end_epoch ({runner['infer_end_epoch']}) must be "
                           f"above infer_start_epoch ({runner['infer_start_epoch']}); the range is [start, end)")
-    return config
+    return freeze(config)
 
 
 def _undeclared(config, key, declared, model):
@@ -469,17 +516,25 @@ def _fill(config, declarations):
         _check_value(config, key, kind, what)
 
 
-def attach_schema(config, schema, source):
-    """Take the data's field layout and vocabulary from `schema` (a schema.json dict read from `source`).
+def with_data(spec, source, schema=None, train_campaigns=None):
+    """The config the model's hooks and the readers read: a new read-only config, the run spec with what was
+    learnt from the data read from `source` (spec itself unchanged).
 
-    hyper_parameters.max_idxs 'schema' (or absent) becomes the schema's maxima; explicit lists must equal them,
-    since the embedding tables have one row per id of the data.
+    schema (a schema.json dict): config["data_schema"], the data's field layout and vocabulary;
+    hyper_parameters.max_idxs 'schema' (or absent) becomes the schema's maxima, and explicit lists must equal
+    them, since the embedding tables have one row per id of the data. train_campaigns: config["train_campaigns"],
+    the training aids.
     """
-    want = max_idxs_list(schema)
-    got = config["hyper_parameters"].get("max_idxs", "schema")
-    if got != "schema" and got != want:
-        raise ConfigError(f"{config['config_path']}: hyper_parameters.max_idxs is {quoted(got)} but {source} has "
-                          f"{want}; the embedding tables need one row per id of the data: set max_idxs: schema")
-    config["hyper_parameters"]["max_idxs"] = want
-    config["data_schema"] = schema
-    return config
+    config = _thaw(spec)
+    if schema is not None:
+        want = max_idxs_list(schema)
+        got = config["hyper_parameters"].get("max_idxs", "schema")
+        if got != "schema" and got != want:
+            raise ConfigError(f"{config['config_path']}: hyper_parameters.max_idxs is {quoted(got)} but {source} "
+                              f"has {want}; the embedding tables need one row per id of the data: set max_idxs: "
+                              "schema")
+        config["hyper_parameters"]["max_idxs"] = want
+        config["data_schema"] = schema
+    if train_campaigns is not None:
+        config["train_campaigns"] = [int(aid) for aid in train_campaigns]
+    return freeze(config)

@@ -8,21 +8,20 @@ from . import checkpoint as ckpt
 from . import config as cfg
 
 
-def checkpoint(config, epoch, how_to_make):
-    """(path, meta): the folder of runner.infer_load_path's finished checkpoint of `epoch` (an int, or "best") and
-    its meta.json, whose data facts are set on config (learn); how_to_make: the command that makes it, for the
-    error when it is missing."""
-    path = ckpt.require(config["runner"]["infer_load_path"], epoch, how_to_make)
+def checkpoint(spec, epoch, how_to_make):
+    """(config, path, meta): the folder of runner.infer_load_path's finished checkpoint of `epoch` (an int, or
+    "best"), its meta.json, and the config the model reads, the run spec with the checkpoint's data facts
+    (learn); how_to_make: the command that makes the checkpoint, for the error when it is missing."""
+    path = ckpt.require(spec["runner"]["infer_load_path"], epoch, how_to_make)
     meta = ckpt.read_meta(path)
-    learn(config, meta, path)
-    return path, meta
+    return learn(spec, meta, path), path, meta
 
 
-def learn(config, meta, source):
-    """What a training learnt from its data, from a checkpoint's meta.json (read from source), set on config:
-    data_schema (the data's schema.json, through cfg.attach_schema) and train_campaigns (the training aids)."""
-    cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", source), source)
-    config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", source)
+def learn(spec, meta, source):
+    """The config the model reads (cfg.with_data): the run spec with what a training learnt from its data, from a
+    checkpoint's meta.json read from source: data_schema (the data's schema.json) and train_campaigns."""
+    return cfg.with_data(spec, source, schema=ckpt.meta_field(meta, "data_schema", source),
+                         train_campaigns=ckpt.meta_field(meta, "train_campaigns", source))
 
 
 def build(model, config):
