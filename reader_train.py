@@ -15,7 +15,7 @@ it is small, and halve the little data it has.
 
 Rows are grouped by campaign once (one argsort); drawing a batch then costs
 O(batch): a slice of the grouped row numbers and k distinct draws from it
-(Generator.choice without replacement: 0.016 ms for 1,024 of 10^8).
+(Generator.choice without replacement; its cost: docs/performance.md).
 One epoch is ceil(stage-1 rows / train_batch_size) meta-batches; epoch e
 draws from a generator seeded with (seed, e), so a resumed run repeats it.
 state() is the position in the epoch (meta-batches drawn and the generator's
@@ -86,7 +86,7 @@ class RecDataset:
         The task_count largest keys u ** (1 / weight), u uniform, are a weighted
         draw without replacement, one after another in proportion to the
         weights left (Efraimidis and Spirakis, 2006); in logs for precision.
-        O(campaigns), 10x faster than Generator.choice with p.
+        O(campaigns), faster than Generator.choice with p (docs/performance.md).
         """
         keys = np.log(rng.random(len(self.index))) / self.task_weights
         return np.argpartition(keys, -self.task_count)[-self.task_count:]

@@ -7,8 +7,8 @@ extensions, which we never do, and installs an INFO handler on the root logger
 module's load() instead of importing paddle (`from tools.utils.paddle_env
 import paddle` calls it); importing the module itself changes nothing.
 
-It also sets two things that must precede the import and that halve the time
-of a meta-step on this project's 2-core AMD machines (tools/bench/model.py):
+It also sets two things that must precede the import and that shorten a
+meta-step on this project's 2-core AMD machines (docs/performance.md):
 MKL_DEBUG_CPU_TYPE=5 on AMD CPUs, so the MKL inside Paddle takes its AVX2
 matrix kernels instead of a generic path, and glibc malloc settings that keep
 table-sized gradient buffers in the heap instead of returning them to the
@@ -63,7 +63,7 @@ def load():
         return _loaded[0]
     if "paddle" in sys.modules:
         warnings.warn("paddle was imported before tools.utils.paddle_env, too late for the CPU settings made before "
-                      "Paddle loads (MKL's AVX2 kernels on AMD CPUs: meta-steps about 1.8x faster; malloc options); "
+                      "Paddle loads (MKL's AVX2 kernels on AMD CPUs, malloc options: docs/performance.md); "
                       "import tools.utils.paddle_env before paddle or net", stacklevel=2)
     os.environ.setdefault("GLOG_minloglevel", "2")
     if _is_amd_cpu():
