@@ -17,9 +17,10 @@ Batch = Mapping[str, Any]  # NumPy arrays by name (label, aid, uid, static, dyna
 
 
 class ModelHooks(Protocol):
-    """What every DygraphModel gives. config is the run's config as its hooks see it: the sections runner and
-    hyper_parameters, plus what the tools learnt from the data, data_schema (the data's schema.json: the field
-    layout and vocabulary maxima) and train_campaigns (the sorted aids of the training campaigns)."""
+    """What every DygraphModel gives. config is the run's config as its hooks see it, read-only (config.py:
+    with_data): the sections runner and hyper_parameters, plus what the tools learnt from the data, data_schema
+    (the data's schema.json: the field layout and vocabulary maxima) and train_campaigns (the sorted aids of the
+    training campaigns)."""
 
     HYPER_PARAMETERS: Mapping[str, Tuple[str, Any, str]]
     """key -> (kind, default or "required", meaning) of every hyper_parameters key the folder reads; config.py's
