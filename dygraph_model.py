@@ -12,7 +12,8 @@ All tasks of a meta-batch run as one computation (StackedMetaBatch): the dense
 weights are expanded to one copy per task, the support batches stacked into
 one batch (the query batches likewise), and the inner gradient of the sum of
 the tasks' support losses gives every task its own gradient, since task t's
-loss depends only on copy t and on task t's rows.
+loss depends only on copy t and on task t's rows. meta_loss_reference is the
+same meta-loss written task by task as the paper writes it, to read first.
 """
 import functools
 
@@ -25,7 +26,7 @@ LOG_FLOOR = 1e-12  # p and 1 - p are clipped below at this inside the logs (see 
 
 
 # The hyper_parameters of this model folder (its readers' too): key -> (kind, default or "required", meaning).
-# tools/utils/config.py checks a config against them (its kind_check lists the kinds).
+# tools/utils/run/config.py checks a config against them (its kind_check lists the kinds).
 HYPER_PARAMETERS = {
     "max_idxs": ("max_idxs", "schema", "vocabulary maxima [static, dynamic, ad], or schema (the data's schema.json)"),
     "embed_dim": ("int >= 1", "required", "embedding width"),
@@ -40,13 +41,32 @@ HYPER_PARAMETERS = {
     "meta_order": ("one of 1 | 2", 2, "2: exact second-order MAML; 1: first order"),
     "local_lr": ("number > 0", "required", "the inner SGD step"),
     "local_test_learning_rate": ("number > 0", "required", "Adam of fine-tuning on a test campaign's seeds"),
-    "optimizer.class": ("one of adam", "adam", "the outer and fine-tuning optimiser"),
+    "optimizer.class": ("one of adam", "adam", "the outer and fine-tuning optimiser (OPTIMIZERS)"),
     "optimizer.learning_rate": ("number > 0", "required", "the outer Adam step"),
     "wide_weight": ("number >= 0", 2.0, "weight of a campaign's wide part (a logistic regression on its seeds' "
                     "ids) beside the fine-tuned network, in standard deviations; 0: the network alone, the paper's"),
 }
 WIDE_CS = tuple(np.logspace(-3, 2, 11))  # the inverse regularisations fit_wide chooses from
 WIDE_FOLDS = 5
+
+
+# ---------------------------------------------------------------- the meta-batch's table rows (compact_ids)
+def columns(layout, batch):
+    """The ids of static | dynamic | ad side by side, [B, columns]."""
+    return np.concatenate([np.asarray(batch[k]) for k in layout.ID_ARRAYS], axis=1)
+
+
+def split_columns(layout, ids):
+    """The inverse of columns: {static, dynamic, ad} of a [B, columns] array."""
+    cut = np.cumsum([len(layout.static), layout.list_offsets[-1]])
+    return dict(zip(layout.ID_ARRAYS, np.split(ids, cut, axis=1)))
+
+
+def column_table(layout):
+    """The table of every column of columns(layout, batch): [columns] indices into layout.table_names."""
+    return np.concatenate([np.arange(len(layout.static)),
+                           len(layout.static) + np.repeat(np.arange(len(layout.lists)), layout.list_widths),
+                           len(layout.user_fields) + np.arange(len(layout.ad))])
 
 
 def compact_ids(layout, batches, table_rows, groups=None):
@@ -66,25 +86,26 @@ def compact_ids(layout, batches, table_rows, groups=None):
     groups = np.zeros(len(batches), np.int64) if groups is None else np.asarray(groups, np.int64)
     sizes = np.asarray(table_rows, np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes * (groups.max() + 1))])
-    id_blocks = [layout.columns(b).astype(np.int64) for b in batches]
+    id_blocks = [columns(layout, b).astype(np.int64) for b in batches]
     ids = np.concatenate(id_blocks)
-    rows_of_column = sizes[layout.column_table]
+    table_of_column = column_table(layout)
+    rows_of_column = sizes[table_of_column]
     outside = (ids < 0) | (ids >= rows_of_column)
     if outside.any():  # a shifted id would silently land in the next table or group
         row, col = np.argwhere(outside)[0]
-        raise ValueError(f"id {ids[row, col]} of table {layout.table_names[layout.column_table[col]]} (row {row} "
+        raise ValueError(f"id {ids[row, col]} of table {layout.table_names[table_of_column[col]]} (row {row} "
                          f"of the stacked batches) is outside the table's rows 0..{rows_of_column[col] - 1}")
     group_of_row = np.repeat(groups, [len(block) for block in id_blocks])[:, None]
-    shifted = ids + offsets[layout.column_table] + group_of_row * rows_of_column
+    shifted = ids + offsets[table_of_column] + group_of_row * rows_of_column
     present = np.zeros(offsets[-1], dtype=bool)
     present[shifted] = True
     unique = np.flatnonzero(present)
     rank = np.cumsum(present) - 1  # rank[i] = position of shifted id i in `unique`
     starts = np.searchsorted(unique, offsets)
-    local = rank[shifted] - starts[layout.column_table]
+    local = rank[shifted] - starts[table_of_column]
     row_ids = [(unique[lo:hi] - off) % size for lo, hi, off, size in zip(starts[:-1], starts[1:], offsets, sizes)]
     bounds = np.cumsum([len(block) for block in id_blocks])[:-1]
-    remapped = [{**batch, **layout.split_columns(block)} for batch, block in zip(batches, np.split(local, bounds))]
+    remapped = [{**batch, **split_columns(layout, block)} for batch, block in zip(batches, np.split(local, bounds))]
     return remapped, row_ids
 
 
@@ -102,7 +123,7 @@ def read_rows(net, row_ids):
     gradient to the table's .grad at those rows only (index_add_): the same
     .grad, without the table-sized temporary. net.grad_rows records the rows
     ({table name: row ids}): the gradient is zero outside them, so a run across
-    processes sums only those rows (tools/utils/collectives.py).
+    processes sums only those rows (tools/utils/run/collectives.py).
     """
     names, rows = net.layout.table_names, []
     for name, ids in zip(names, row_ids):
@@ -201,6 +222,16 @@ def adam(net, learning_rate):
     return paddle.optimizer.Adam(learning_rate=float(learning_rate), parameters=net.parameters())
 
 
+OPTIMIZERS = {"adam": adam}  # hyper_parameters.optimizer.class: the optimiser over a net's parameters at a rate
+
+
+def optimizer(net, config, learning_rate=None):
+    """The optimiser hyper_parameters.optimizer.class names, over all of net's parameters, at
+    optimizer.learning_rate (the outer step's) unless learning_rate is given (fine-tuning's)."""
+    chosen = config["hyper_parameters"]["optimizer"]
+    return OPTIMIZERS[chosen["class"]](net, chosen["learning_rate"] if learning_rate is None else learning_rate)
+
+
 # ---------------------------------------------------------------- test time: a campaign's wide part
 def multi_hot(layout, batch):
     """The features net.WideLinear weighs, as a SciPy CSR matrix [B, sum of the user tables' rows]: a 1 in the
@@ -252,13 +283,38 @@ def logit(p):
     return np.log(np.maximum(p, LOG_FLOOR)) - np.log(np.maximum(1 - p, LOG_FLOOR))
 
 
+# ---------------------------------------------------------------- the meta-loss as the paper writes it
+def meta_loss_reference(net, meta_batch, local_lr, second_order=True):
+    """The meta-loss of train_forward, one task after another (the paper's Algorithm 1, the official
+    metamodel.py's loop), to read and to check the fast version against. With theta every parameter of net,
+    the tables whole, and L the loss (bce) of a batch:
+
+        theta_i = theta - local_lr * grad_theta L(theta; support_i)      the inner step of task i
+        meta-loss = mean over i of L(theta_i; query_i)                   what the outer step minimises
+
+    second_order False takes the inner gradient as a constant (first-order MAML). train_forward computes the
+    same for all tasks at once, on only the table rows they touch (StackedMetaBatch); tests/test_meta_grad.py
+    holds the two equal, loss and gradients. This one builds a gradient of every table's full size per task.
+    """
+    theta = dict(net.named_parameters())
+    losses = []
+    for support, query in meta_batch:
+        support, query = create_feeds(support), create_feeds(query)
+        inner = paddle.grad(bce(net(support, theta), support["label"]), list(theta.values()),
+                            create_graph=second_order)
+        theta_i = {name: w - local_lr * g for (name, w), g in zip(theta.items(), inner)}
+        losses.append(bce(net(query, theta_i), query["label"]))
+    return paddle.add_n(losses) / len(losses)
+
+
 class DygraphModel:
-    """Model hooks called by tools/trainer.py and tools/infer_meta.py; holds no state.
+    """The model hooks the tools call (tools/utils/run/contract.py: ModelHooks, and the optional campaign_net);
+    holds no state.
 
     Reads hyper_parameters embed_dim, mlp_dims, num_expert, num_output,
     embedding_init, local_lr, meta_order, local_test_learning_rate and
     optimizer.learning_rate, and the data's field layout config["data_schema"]
-    (tools/utils/config.py validates them all before a model is built).
+    (tools/utils/run/config.py validates them all before a model is built).
     """
 
     HYPER_PARAMETERS = HYPER_PARAMETERS
@@ -275,15 +331,11 @@ class DygraphModel:
         return bce(pred, label, weight)
 
     def create_optimizer(self, net, config, learning_rate=None):
-        """Adam over all parameters (torch's defaults); lr from hyper_parameters.optimizer unless given."""
-        lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
-        return adam(net, lr)
-
-    def create_metrics(self):
-        return ["loss"]
+        return optimizer(net, config, learning_rate)
 
     def train_forward(self, net, meta_batch, config):
-        """Meta-loss of one meta-batch [(support, query), ...]: the mean query loss after one inner SGD step.
+        """Meta-loss of one meta-batch [(support, query), ...]: the mean query loss after one inner SGD step,
+        meta_loss_reference computed for all tasks at once (StackedMetaBatch).
 
         hyper_parameters.meta_order 2 keeps the inner gradient's graph (exact
         MAML, the official code's); 1 treats the inner gradient as a constant.

@@ -62,26 +62,12 @@ class FieldLayout:
         self.table_names = tuple("emb_" + f for f in self.user_fields + self.ad)
         self.rows = tuple(m + 1 for group in max_idxs for m in group)
         self.list_offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(self.list_widths)]))
-        # The table of every column of static | dynamic | ad, side by side.
-        self.column_table = np.concatenate([
-            np.arange(len(self.static)),
-            len(self.static) + np.repeat(np.arange(len(self.lists)), self.list_widths),
-            len(self.user_fields) + np.arange(len(self.ad))])
 
     @classmethod
     def from_schema(cls, schema):
-        """The layout of a schema.json dict (tools/utils/dataset.py writes and checks them)."""
+        """The layout of a schema.json dict (tools/utils/data/dataset.py writes and checks them)."""
         return cls(schema["static_fields"], schema["dynamic_fields"], schema["dynamic_widths"], schema["ad_fields"],
                    [schema["max_idxs"][group] for group in cls.ID_ARRAYS])
-
-    def columns(self, batch):
-        """The ids of static | dynamic | ad side by side, [B, columns]."""
-        return np.concatenate([np.asarray(batch[k]) for k in self.ID_ARRAYS], axis=1)
-
-    def split_columns(self, ids):
-        """The inverse of columns: {static, dynamic, ad} of a [B, columns] array."""
-        cut = np.cumsum([len(self.static), self.list_offsets[-1]])
-        return dict(zip(self.ID_ARRAYS, np.split(ids, cut, axis=1)))
 
 
 def embedding_initializer(init, rows, dim):

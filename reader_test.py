@@ -9,7 +9,7 @@ it is scored without fine-tuning).
 """
 import numpy as np
 
-from tools.utils.dataset import CampaignIndex, load_split, require_vocabulary, take
+from tools.utils.data.dataset import CampaignIndex, load_split, require_vocabulary, take
 from tools.utils.errors import DataError
 
 

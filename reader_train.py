@@ -15,7 +15,7 @@ it is small, and halve the little data it has.
 
 Rows are grouped by campaign once (one argsort); drawing a batch then costs
 O(batch): a slice of the grouped row numbers and k distinct draws from it
-(Generator.choice without replacement: 0.016 ms for 1,024 of 10^8).
+(Generator.choice without replacement; its cost: docs/performance.md).
 One epoch is ceil(stage-1 rows / train_batch_size) meta-batches; epoch e
 draws from a generator seeded with (seed, e), so a resumed run repeats it.
 state() is the position in the epoch (meta-batches drawn and the generator's
@@ -26,9 +26,8 @@ import math
 
 import numpy as np
 
-from tools.utils.dataset import CampaignIndex, load_split, require_vocabulary, take
+from tools.utils.data.dataset import CampaignIndex, held_out, load_split, require_vocabulary, take
 from tools.utils.errors import DataError
-from tools.utils.validation import held_out
 
 SAMPLE_METHODS = {"normal": lambda rows: rows, "sqrt": np.sqrt, "unit": np.ones_like}
 
@@ -37,7 +36,7 @@ class RecDataset:
     """Iterable over the meta-batches of one epoch; len() is the number of meta-batches.
 
     campaigns: the sorted aids of the training campaigns; valid_campaigns: those held out of meta-training as
-    validation campaigns (runner.valid_campaigns, tools/utils/validation.py), whose rows are not drawn.
+    validation campaigns (runner.valid_campaigns, tools/utils/run/validation.py), whose rows are not drawn.
     """
 
     def __init__(self, config, data_dir):
@@ -87,7 +86,7 @@ class RecDataset:
         The task_count largest keys u ** (1 / weight), u uniform, are a weighted
         draw without replacement, one after another in proportion to the
         weights left (Efraimidis and Spirakis, 2006); in logs for precision.
-        O(campaigns), 10x faster than Generator.choice with p.
+        O(campaigns), faster than Generator.choice with p (docs/performance.md).
         """
         keys = np.log(rng.random(len(self.index))) / self.task_weights
         return np.argpartition(keys, -self.task_count)[-self.task_count:]

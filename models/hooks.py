@@ -17,12 +17,7 @@ class PerCampaignHooks:
         return metaheac.bce(pred, label, weight)
 
     def create_optimizer(self, net, config, learning_rate=None):
-        """Adam; lr from hyper_parameters.optimizer unless given (fine-tuning gives its own)."""
-        lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
-        return metaheac.adam(net, lr)
-
-    def create_metrics(self):
-        return ["loss"]
+        return metaheac.optimizer(net, config, learning_rate)
 
     def infer_train_forward(self, net, batch, config):
         """Plain loss on one fine-tune batch; the caller runs backward and the optimiser step."""

@@ -30,7 +30,7 @@ def mlp_net(config):
 
 
 def hyper_parameters(*keys):
-    """The declarations (tools/utils/config.py's form) of these keys, as MetaHeac's folder declares them."""
+    """The declarations (tools/utils/run/config.py's form) of these keys, as MetaHeac's folder declares them."""
     return {key: metaheac.HYPER_PARAMETERS[key] for key in keys}
 
 

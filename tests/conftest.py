@@ -1,7 +1,7 @@
 """Every test imports the project by its ordinary module names, with Paddle's environment set first.
 
 The project root goes on sys.path once here (the tools' scripts do the same
-through tools/_bootstrap.py), and tools/utils/paddle_env is imported before
+through tools/_bootstrap.py), and tools/utils/paddle_env loads Paddle before
 any test module imports paddle, as the tools do.
 """
 import os
@@ -12,7 +12,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import tools.utils.paddle_env  # noqa: E402,F401
+import tools.utils.paddle_env  # noqa: E402
+
+tools.utils.paddle_env.load()
 
 
 @pytest.fixture(scope="session")

@@ -7,17 +7,17 @@ import sys
 
 import numpy as np
 
-from tools.utils import dataset as D
-from tools.utils import schema as S
+from tools.utils.data import dataset
+from tools.utils.data.schema import AD_FIELDS, DYNAMIC_FIELDS, DYNAMIC_WIDTHS, GROUPS, STATIC_FIELDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_IDXS = {"static": [3, 2, 9, 5, 7, 2, 1], "dynamic": [12, 8, 6, 30, 20, 10, 10], "ad": [4, 5, 3, 3, 3, 2]}
-MAX_IDXS_LIST = [MAX_IDXS[group] for group in S.GROUPS]
+MAX_IDXS_LIST = [MAX_IDXS[group] for group in GROUPS]
 TINY_HP = dict(embed_dim=4, mlp_dims=[5, 6], num_expert=3, num_output=2)  # a MetaHeacNet small enough to check
 
 
 def schema(max_idxs=MAX_IDXS):
-    return D.make_schema(max_idxs)
+    return dataset.make_schema(max_idxs)
 
 
 def layout(max_idxs=MAX_IDXS):
@@ -36,14 +36,14 @@ def make_stage(rng, rows_by_aid, uid_start=0, max_idxs=MAX_IDXS, hit_maxima=Fals
     aid = np.repeat(aids, list(rows_by_aid.values()))[rng.permutation(sum(rows_by_aid.values()))]
     n = len(aid)
     ad_of_campaign = {a: rng.integers(0, np.array(max_idxs["ad"]) + 1) for a in aids}
-    static = rng.integers(0, np.array(max_idxs["static"]) + 1, size=(n, len(S.STATIC_FIELDS)))
-    ad = np.array([ad_of_campaign[a] for a in aid]).reshape(n, len(S.AD_FIELDS))
+    static = rng.integers(0, np.array(max_idxs["static"]) + 1, size=(n, len(STATIC_FIELDS)))
+    ad = np.array([ad_of_campaign[a] for a in aid]).reshape(n, len(AD_FIELDS))
     dynamic = np.concatenate([rng.integers(0, top + 1, size=(n, width))
-                              for top, width in zip(max_idxs["dynamic"], S.DYNAMIC_WIDTHS)], axis=1)
-    lengths = rng.integers(0, np.array(S.DYNAMIC_WIDTHS) + 1, size=(n, len(S.DYNAMIC_FIELDS)))
+                              for top, width in zip(max_idxs["dynamic"], DYNAMIC_WIDTHS)], axis=1)
+    lengths = rng.integers(0, np.array(DYNAMIC_WIDTHS) + 1, size=(n, len(DYNAMIC_FIELDS)))
     if hit_maxima and n:
         static[0], ad[0] = max_idxs["static"], max_idxs["ad"]
-        dynamic[0] = np.repeat(max_idxs["dynamic"], S.DYNAMIC_WIDTHS)
+        dynamic[0] = np.repeat(max_idxs["dynamic"], DYNAMIC_WIDTHS)
     logit = 1.5 * (static[:, 0] - 1.5) + 0.5 * (ad[:, 0] - 2)
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
     return {"label": label, "aid": aid, "static": static.astype(np.int32), "dynamic": dynamic.astype(np.int32),
@@ -56,9 +56,9 @@ def random_batch(rng, n, max_idxs=MAX_IDXS):
     full (when n allows)."""
     batch = make_stage(rng, {0: n}, max_idxs=max_idxs)
     batch["label"] = rng.integers(0, 2, n).astype(np.int8)
-    batch["ad"] = rng.integers(0, np.array(max_idxs["ad"]) + 1, size=(n, len(S.AD_FIELDS))).astype(np.int32)
+    batch["ad"] = rng.integers(0, np.array(max_idxs["ad"]) + 1, size=(n, len(AD_FIELDS))).astype(np.int32)
     batch["lengths"][:1] = 0
-    batch["lengths"][1:2] = S.DYNAMIC_WIDTHS
+    batch["lengths"][1:2] = DYNAMIC_WIDTHS
     return batch
 
 
@@ -66,12 +66,12 @@ def write_split(folder, stage1_rows, stage2_rows=None, seed=0, max_idxs=MAX_IDXS
     """A split folder with schema.json, stage 1 and (if given) stage 2; rows are {aid: count}."""
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
-    D.write_schema(str(folder), max_idxs)
+    dataset.write_schema(str(folder), max_idxs)
     prefix = "train" if stage2_rows is None else "test"
     stage1 = make_stage(rng, stage1_rows, max_idxs=max_idxs)
-    D.save_stage(os.path.join(folder, f"{prefix}_stage1.npz"), stage1)
+    dataset.save_stage(os.path.join(folder, f"{prefix}_stage1.npz"), stage1)
     if stage2_rows is not None:
-        D.save_stage(os.path.join(folder, f"{prefix}_stage2.npz"),
+        dataset.save_stage(os.path.join(folder, f"{prefix}_stage2.npz"),
                      make_stage(rng, stage2_rows, uid_start=len(stage1["label"]), max_idxs=max_idxs))
     return str(folder)
 
@@ -108,9 +108,9 @@ def fake_model_folder(folder):
     write_split(folder / "data" / "train", {1: 120, 2: 80, 3: 60, 4: 30, 5: 10}, seed=1)
     write_split(folder / "data" / "test_hot", {11: 60, 12: 40, 13: 20, 19: 10}, {11: 200, 12: 150, 13: 100}, seed=2)
     cold = write_split(folder / "data" / "test_cold", {21: 10, 22: 5}, {21: 80, 22: 6}, seed=3)
-    stage2 = D.load_split(cold)["stage2"]
+    stage2 = dataset.load_split(cold)["stage2"]
     stage2["label"][stage2["aid"] == 22] = 0  # a campaign without positive candidates
-    D.save_stage(os.path.join(cold, "test_stage2.npz"), stage2)
+    dataset.save_stage(os.path.join(cold, "test_stage2.npz"), stage2)
     return folder
 
 

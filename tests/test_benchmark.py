@@ -11,7 +11,7 @@ import pytest
 
 from helpers import write_split
 from tools import benchmark
-from tools.utils import dataset as D
+from tools.utils.data import dataset
 
 METHODS = ["lr", "lookalike_lr", "mlp_pretrain", "metaheac"]
 SEEDS = [2021, 2022]
@@ -32,8 +32,8 @@ def data(tmp_path_factory):
     write_split(root / "test_hot", {11: 60, 12: 40}, {11: 120, 12: 100}, seed=2)
     write_split(root / "test_cold", {21: 8, 22: 6}, {21: 80, 22: 60}, seed=3)
     for split in ("test_hot", "test_cold"):
-        path = D.stage_path(str(root / split), 2)
-        np.save(D.oracle_path(path), true_probability(D.load_split(str(root / split))["stage2"]))
+        path = dataset.stage_path(str(root / split), 2)
+        np.save(dataset.oracle_path(path), true_probability(dataset.load_split(str(root / split))["stage2"]))
     return str(root)
 
 

@@ -1,4 +1,4 @@
-"""Training curves (runner.use_visual, tools/utils/curves.py): VisualDL's records and a PNG."""
+"""Training curves (runner.use_visual, tools/utils/measure/curves.py): VisualDL's records and a PNG."""
 import os
 import struct
 import subprocess
@@ -8,13 +8,13 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from helpers import ROOT, fake_model_folder, run
-from tools.utils import checkpoint as ckpt
-from tools.utils import curves as C
+from tools.utils.run import checkpoint as ckpt
+from tools.utils.measure import curves
 
 
 def record_class():
     """VisualDL 2.5's visualdl.Record message (its record.proto, the fields used for scalars), built with
-    protobuf's own descriptors, so the files are decoded independently of tools/utils/curves.py."""
+    protobuf's own descriptors, so the files are decoded independently of tools/utils/measure/curves.py."""
     F = descriptor_pb2.FieldDescriptorProto
     proto = descriptor_pb2.FileDescriptorProto(name="test_vdl_record.proto", package="visualdl", syntax="proto3")
     record = proto.message_type.add(name="Record")
@@ -85,16 +85,16 @@ def test_a_training_run_writes_visualdl_records_and_a_png_and_a_resumed_run_cont
 
 
 def test_a_resumed_run_replaces_the_steps_logged_past_its_checkpoint_and_a_torn_record(tmp_path):
-    curves = C.Curves(str(tmp_path))
+    written = curves.Curves(str(tmp_path))
     for step in range(1, 11):
-        curves.add("train/loss", 1.0 / step, step)
+        written.add("train/loss", 1.0 / step, step)
         if step % 5 == 0:
-            curves.add("valid/gauc", 0.5 + step / 100, step)
-    curves.close()
-    path = C.log_file(str(tmp_path))
+            written.add("valid/gauc", 0.5 + step / 100, step)
+    written.close()
+    path = curves.log_file(str(tmp_path))
     with open(path, "ab") as f:
-        f.write(C.encode("train/loss", 11, 0.5)[:-3])  # a killed run's last write
-    resumed = C.Curves(str(tmp_path))  # the stopped run's checkpoint was at step 6
+        f.write(curves.encode("train/loss", 11, 0.5)[:-3])  # a killed run's last write
+    resumed = curves.Curves(str(tmp_path))  # the stopped run's checkpoint was at step 6
     for step in range(7, 9):
         resumed.add("train/loss", 2.0, step)
     resumed.close()
@@ -103,7 +103,7 @@ def test_a_resumed_run_replaces_the_steps_logged_past_its_checkpoint_and_a_torn_
         [("train/loss", s) for s in range(1, 6)] + [("valid/gauc", 5), ("train/loss", 6), ("train/loss", 7),
                                                     ("train/loss", 8)])
     assert [v.value for v in values[-3:]] == [np.float32(1 / 6), 2.0, 2.0]
-    afresh = C.Curves(str(tmp_path))  # a run started over (--overwrite): its first step is 1
+    afresh = curves.Curves(str(tmp_path))  # a run started over (--overwrite): its first step is 1
     afresh.add("train/loss", 3.0, 1)
     afresh.close()
     assert [(v.tag, v.id, v.value) for v in vdl_values(path)] == [("meta_data_tag", 0, 0.0), ("train/loss", 1, 3.0)]
@@ -111,7 +111,7 @@ def test_a_resumed_run_replaces_the_steps_logged_past_its_checkpoint_and_a_torn_
 
 def test_without_matplotlib_the_curves_say_so_in_one_note(tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from tools.utils import curves\n"
+            "from tools.utils.measure import curves\n"
             f"c = curves.Curves({str(tmp_path)!r}); c.add('train/loss', 0.5, 1)\n"
             "print(*c.finish(), sep='\\n')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -119,4 +119,4 @@ def test_without_matplotlib_the_curves_say_so_in_one_note(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1] == "note: matplotlib is not installed (it is in requirements-dev.txt), so no " \
                                           "curves.png"
-    assert not (tmp_path / "curves.png").exists() and len(vdl_values(C.log_file(str(tmp_path)))) == 2
+    assert not (tmp_path / "curves.png").exists() and len(vdl_values(curves.log_file(str(tmp_path)))) == 2

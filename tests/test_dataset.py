@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from helpers import make_stage
-from tools.utils import dataset as D
-from tools.utils import schema as S
+from tools.utils.data import dataset
+from tools.utils.data.schema import AD_FIELDS, ARRAYS, DYNAMIC_FIELDS, DYNAMIC_OFFSETS, DYNAMIC_WIDTHS, STATIC_FIELDS
 
 ROWS = 40
 MAXIMA = {"static": [3, 2, 20, 5, 7, 2, 1], "dynamic": [30, 20, 12, 400, 300, 50, 60], "ad": [9, 11, 4, 6, 5, 3]}
@@ -31,19 +31,19 @@ def make_arrays(seed=0, with_uid=False):
 def write_split(folder, arrays, name="test_stage1.npz", savez=False):
     """A split folder with our schema and one stage file; returns the stage path."""
     os.makedirs(folder, exist_ok=True)
-    D.write_schema(str(folder), MAXIMA)
+    dataset.write_schema(str(folder), MAXIMA)
     path = os.path.join(folder, name)
     if savez:
         with open(path, "wb") as f:  # np.savez would append .npz to a str path ending otherwise
             np.savez(f, **arrays)
     else:
-        D.save_stage(path, arrays)
+        dataset.save_stage(path, arrays)
     return path
 
 
 def load_error(folder):
-    with pytest.raises(D.DataError) as info:
-        D.load_split(str(folder))
+    with pytest.raises(dataset.DataError) as info:
+        dataset.load_split(str(folder))
     return str(info.value)
 
 
@@ -52,49 +52,49 @@ def load_error(folder):
 def test_round_trip_keeps_every_value_and_dtype(tmp_path, compress):
     arrays = make_arrays(with_uid=True)
     path = str(tmp_path / "train_stage1.npz")
-    D.save_stage(path, arrays, compress=compress)
-    D.write_schema(str(tmp_path), MAXIMA)
-    split = D.load_split(str(tmp_path))
+    dataset.save_stage(path, arrays, compress=compress)
+    dataset.write_schema(str(tmp_path), MAXIMA)
+    split = dataset.load_split(str(tmp_path))
     assert split["stage2"] is None
     assert split["schema"]["max_idxs"] == MAXIMA
     loaded = split["stage1"]
     assert sorted(loaded) == sorted(arrays)
     for name, a in arrays.items():
-        assert loaded[name].dtype == S.ARRAYS[name][0]
+        assert loaded[name].dtype == ARRAYS[name][0]
         np.testing.assert_array_equal(loaded[name], a)
-    assert D.max_idxs_list(split["schema"]) == [MAXIMA["static"], MAXIMA["dynamic"], MAXIMA["ad"]]
+    assert dataset.max_idxs_list(split["schema"]) == [MAXIMA["static"], MAXIMA["dynamic"], MAXIMA["ad"]]
 
 
 def test_resave_is_byte_identical(tmp_path):
     arrays = make_arrays()
     first, second, third = (str(tmp_path / f"{k}_stage1.npz") for k in "abc")
-    D.save_stage(first, arrays)
+    dataset.save_stage(first, arrays)
     os.utime(first, (0, 0))  # a different file time must not leak into the bytes
-    D.save_stage(second, {k: v.astype(np.int64) for k, v in arrays.items()})
-    D.save_stage(third, D.load_stage(first, D.make_schema(MAXIMA)))
+    dataset.save_stage(second, {k: v.astype(np.int64) for k, v in arrays.items()})
+    dataset.save_stage(third, dataset.load_stage(first, dataset.make_schema(MAXIMA)))
     data = [Path(p).read_bytes() for p in (first, second, third)]
     assert data[0] == data[1] == data[2]
-    D.save_stage(first, make_arrays(seed=1))  # and the bytes do depend on the values
+    dataset.save_stage(first, make_arrays(seed=1))  # and the bytes do depend on the values
     assert Path(first).read_bytes() != data[0]
 
 
 def test_numpy_savez_files_are_accepted(tmp_path):
     arrays = make_arrays()
     write_split(tmp_path, arrays, savez=True)
-    np.testing.assert_array_equal(D.load_split(str(tmp_path))["stage1"]["dynamic"], arrays["dynamic"])
+    np.testing.assert_array_equal(dataset.load_split(str(tmp_path))["stage1"]["dynamic"], arrays["dynamic"])
 
 
 def test_both_stages_and_their_paths(tmp_path):
     write_split(tmp_path, make_arrays(seed=1), "test_stage1.npz")
     write_split(tmp_path, make_arrays(seed=2), "test_stage2.npz")
-    split = D.load_split(str(tmp_path))
+    split = dataset.load_split(str(tmp_path))
     np.testing.assert_array_equal(split["stage2"]["label"], make_arrays(seed=2)["label"])
-    assert D.load_split(str(tmp_path), stages=(1,))["stage2"] is None
-    assert D.stage_path(str(tmp_path), 2) == str(tmp_path / "test_stage2.npz")
+    assert dataset.load_split(str(tmp_path), stages=(1,))["stage2"] is None
+    assert dataset.stage_path(str(tmp_path), 2) == str(tmp_path / "test_stage2.npz")
 
 
 # ---------------------------------------------------------------- bad stage files
-@pytest.mark.parametrize("name", [n for n, spec in S.ARRAYS.items() if spec[2]])
+@pytest.mark.parametrize("name", [n for n, spec in ARRAYS.items() if spec[2]])
 def test_missing_array(tmp_path, name):
     arrays = make_arrays()
     del arrays[name]
@@ -152,10 +152,10 @@ def test_label_outside_0_1(tmp_path, value):
 ])
 def test_id_outside_vocabulary(tmp_path, group, field, above):
     """One id of the field set one above its maximum, or to -1, in its last list slot."""
-    fields = {"static": S.STATIC_FIELDS, "dynamic": S.DYNAMIC_FIELDS, "ad": S.AD_FIELDS}[group]
+    fields = {"static": STATIC_FIELDS, "dynamic": DYNAMIC_FIELDS, "ad": AD_FIELDS}[group]
     j = fields.index(field)
     top = MAXIMA[group][j]
-    column = S.DYNAMIC_OFFSETS[j + 1] - 1 if group == "dynamic" else j
+    column = DYNAMIC_OFFSETS[j + 1] - 1 if group == "dynamic" else j
     bad = top + 1 if above else -1
     arrays = make_arrays()
     arrays[group][23, column] = bad
@@ -166,18 +166,18 @@ def test_id_outside_vocabulary(tmp_path, group, field, above):
 
 def test_the_largest_id_itself_is_accepted(tmp_path):
     arrays = make_arrays()
-    assert arrays["dynamic"][:, S.DYNAMIC_OFFSETS[3]:S.DYNAMIC_OFFSETS[4]].max() == MAXIMA["dynamic"][3]
+    assert arrays["dynamic"][:, DYNAMIC_OFFSETS[3]:DYNAMIC_OFFSETS[4]].max() == MAXIMA["dynamic"][3]
     write_split(tmp_path, arrays)
-    D.load_split(str(tmp_path))
+    dataset.load_split(str(tmp_path))
 
 
 @pytest.mark.parametrize("field, value", [("kw2", 6), ("interest1", 11), ("topic1", -1)])
 def test_length_outside_width(tmp_path, field, value):
     arrays = make_arrays()
-    arrays["lengths"][5, S.DYNAMIC_FIELDS.index(field)] = value
+    arrays["lengths"][5, DYNAMIC_FIELDS.index(field)] = value
     write_split(tmp_path, arrays)
     message = load_error(tmp_path)
-    width = S.DYNAMIC_WIDTHS[S.DYNAMIC_FIELDS.index(field)]
+    width = DYNAMIC_WIDTHS[DYNAMIC_FIELDS.index(field)]
     assert f"'lengths' ({field}) row 5 is {value}, outside 0..{width}" in message
 
 
@@ -247,7 +247,7 @@ def test_missing_schema(tmp_path):
 
 
 def edited_schema(edit):
-    sch = D.make_schema(MAXIMA)
+    sch = dataset.make_schema(MAXIMA)
     edit(sch)
     return sch
 
@@ -279,10 +279,10 @@ def test_schema_that_is_not_json(tmp_path):
 
 def test_oracle_probabilities(tmp_path):
     path = write_split(tmp_path, make_arrays())
-    assert D.load_oracle(path, ROWS) is None
+    assert dataset.load_oracle(path, ROWS) is None
     p = np.random.default_rng(0).random(ROWS)
-    np.save(D.oracle_path(path), p)
-    np.testing.assert_array_equal(D.load_oracle(path, ROWS), p)
-    np.save(D.oracle_path(path), p * 2)
-    with pytest.raises(D.DataError, match="probabilities in"):
-        D.load_oracle(path, ROWS)
+    np.save(dataset.oracle_path(path), p)
+    np.testing.assert_array_equal(dataset.load_oracle(path, ROWS), p)
+    np.save(dataset.oracle_path(path), p * 2)
+    with pytest.raises(dataset.DataError, match="probabilities in"):
+        dataset.load_oracle(path, ROWS)

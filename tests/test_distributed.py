@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, TINY_HP, fake_model_folder, random_batch, schema
-from tools.utils import checkpoint as ckpt
-from tools.utils import distributed
-from tools.utils.collectives import Collectives
+from tools.utils.run import checkpoint as ckpt
+from tools.utils.run import distributed
+from tools.utils.run.collectives import Collectives
 from tools.utils.errors import ConfigError
 
 CONFIG = os.path.join(ROOT, "config.yaml")

@@ -78,17 +78,17 @@ def test_rerunning_the_trainer_resumes_instead_of_retraining(runs):
 
 def test_the_checkpoint_carries_the_vocabulary_and_refuses_data_encoded_otherwise(runs, tmp_path):
     import shutil
-    from tools.utils import checkpoint as ckpt
-    from tools.utils import dataset as D
-    from tools.utils import vocabulary
+    from tools.utils.run import checkpoint as ckpt
+    from tools.utils.data import dataset
+    from tools.utils.data import vocabulary
     _, _, _, out, _ = runs
     carried = ckpt.vocabulary(str(out / "0"))
     shipped = vocabulary.load(os.path.join(ROOT, "data", "train"))
     assert carried.keys() == shipped.keys() and all(np.array_equal(carried[f], shipped[f]) for f in shipped)
     other = tmp_path / "test_hot"  # the same maxima, other raw-id maps (as after preprocessing other raw files)
     shutil.copytree(os.path.join(ROOT, "data", "test_hot"), other)
-    schema = D.read_schema(str(other))
-    D.write_schema(str(other), schema["max_idxs"], "0" * 64)
+    schema = dataset.read_schema(str(other))
+    dataset.write_schema(str(other), schema["max_idxs"], "0" * 64)
     refused = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "infer_meta.py"), "-m", CONFIG, "-o",
                               f"runner.infer_load_path={out}", f"runner.test_data_dir={other}"],
                              cwd=ROOT, capture_output=True, text=True)

@@ -10,10 +10,11 @@ import pytest
 
 from helpers import ROOT
 from tools import expand
-from tools.utils import cli, serving
-from tools.utils import dataset as D
-from tools.utils import expansion as E
-from tools.utils import vocabulary as V
+from tools.utils import cli
+from tools.utils.serving import exported
+from tools.utils.data import dataset
+from tools.utils.serving import expansion
+from tools.utils.data import vocabulary
 
 CONFIG = os.path.join(ROOT, "config.yaml")
 HOT = os.path.join(ROOT, "data", "test_hot")
@@ -22,16 +23,16 @@ HOT = os.path.join(ROOT, "data", "test_hot")
 def stage_folder(folder, name, rows):
     """A data-folder stage: the shipped hot split's schema.json and vocabulary, and one stage file."""
     os.makedirs(folder, exist_ok=True)
-    for f in (D.SCHEMA_FILE, V.VOCAB_FILE):
+    for f in (dataset.SCHEMA_FILE, vocabulary.VOCAB_FILE):
         shutil.copy(os.path.join(HOT, f), folder)
-    D.save_stage(os.path.join(folder, name), rows)
+    dataset.save_stage(os.path.join(folder, name), rows)
     return os.path.join(folder, name)
 
 
 @pytest.fixture(scope="module")
 def hot(tmp_path_factory):
     """Per hot test campaign of the sample: (its seeds folder, its candidates as a pool file, labels by uid)."""
-    split, out = D.load_split(HOT), tmp_path_factory.mktemp("hot")
+    split, out = dataset.load_split(HOT), tmp_path_factory.mktemp("hot")
     campaigns = {}
     for aid in np.unique(split["stage2"]["aid"]):
         seeds = {k: v[split["stage1"]["aid"] == aid] for k, v in split["stage1"].items()}
@@ -57,7 +58,7 @@ def test_the_expanded_audience_beats_a_random_one_and_stays_below_the_oracle(sam
     probabilities; 30 hits of 322 where random expects 16.5 (3.4 standard deviations)."""
     model_dir, _ = sample_model
     oracle = np.load(os.path.join(HOT, "test_stage2_oracle.npy"))
-    stage2_aid = D.load_split(HOT)["stage2"]["aid"]
+    stage2_aid = dataset.load_split(HOT)["stage2"]["aid"]
     hits = random = best = total = 0
     for aid, (campaign, pool, rows) in hot.items():
         k = max(1, len(rows["label"]) // 20)
@@ -75,17 +76,17 @@ def test_the_expanded_audience_beats_a_random_one_and_stays_below_the_oracle(sam
 def test_positive_only_seeds_end_to_end_with_an_exported_model(sample_model, hot, tmp_path):
     model_dir, _ = sample_model
     aid, (campaign, pool, rows) = next(iter(hot.items()))
-    seeds = D.load_split(campaign, stages=(1,))["stage1"]
+    seeds = dataset.load_split(campaign, stages=(1,))["stage1"]
     positives = {k: v[seeds["label"] == 1] for k, v in seeds.items()}
     only = stage_folder(tmp_path / "positives", "test_stage1.npz", positives)
-    stage2 = D.load_split(HOT)["stage2"]
+    stage2 = dataset.load_split(HOT)["stage2"]
     users = np.sort(np.unique(stage2["uid"], return_index=True)[1])  # each hot candidate once: 6,216 users
     absent = ~np.isin(positives["uid"], stage2["uid"])
     pool_rows = {k: np.concatenate([stage2[k][users], positives[k][absent]]) for k in rows}  # the seeds too
     pool = stage_folder(tmp_path / "pool", "pool_stage2.npz", pool_rows)
-    out, exported = tmp_path / "out", tmp_path / "model"
+    out, export_dir = tmp_path / "out", tmp_path / "model"
     done = run_expand(model_dir, "--campaign", os.path.dirname(only), "--pool", pool, "--top-k", "30", "--out",
-                      str(out), "--all-scores", "--export", str(exported))
+                      str(out), "--all-scores", "--export", str(export_dir))
     assert done.returncode == 0, done.stderr
     n_pos = len(positives["label"])
     assert f"{n_pos} positive and 0 negative seeds, {19 * n_pos} negatives drawn from background users" in done.stdout
@@ -96,7 +97,7 @@ def test_positive_only_seeds_end_to_end_with_an_exported_model(sample_model, hot
     assert scores.shape == (len(pool_rows["uid"]),)
     ranked = np.argsort(-scores[~np.isin(pool_rows["uid"], positives["uid"])], kind="stable")[:30]
     np.testing.assert_array_equal(top, pool_rows["uid"][~np.isin(pool_rows["uid"], positives["uid"])][ranked])
-    served = serving.predict(serving.predictor(str(exported)), pool_rows["static"], pool_rows["dynamic"],
+    served = exported.predict(exported.predictor(str(export_dir)), pool_rows["static"], pool_rows["dynamic"],
                              pool_rows["lengths"])
     np.testing.assert_allclose(served, scores, atol=1e-6)  # Paddle Inference gives the dygraph net's scores
     kept = run_expand(model_dir, "--campaign", os.path.dirname(only), "--pool", pool, "--top-k", "10000", "--out",
@@ -128,10 +129,10 @@ def test_raw_files_are_encoded_exactly_as_preprocess_encoded_them(sample_model, 
     model_dir, _ = sample_model
     aid, (campaign, pool, _) = next(iter(hot.items()))
     folder = raw_campaign(raw, tmp_path / "raw", aid)
-    from tools.utils import checkpoint as ckpt
+    from tools.utils.run import checkpoint as ckpt
     vocab = ckpt.vocabulary(str(model_dir / "0"))
-    encoded = E.read_campaign(campaign, D.read_schema(campaign), vocab)
-    from_raw = E.read_campaign(str(folder), D.read_schema(campaign), vocab)
+    encoded = expansion.read_campaign(campaign, dataset.read_schema(campaign), vocab)
+    from_raw = expansion.read_campaign(str(folder), dataset.read_schema(campaign), vocab)
     for key in ("uid", "label", "static", "dynamic", "lengths", "ad"):
         np.testing.assert_array_equal(from_raw.seeds[key], encoded.seeds[key], err_msg=key)
     for source, out in ((campaign, "a"), (str(folder), "b")):
@@ -158,7 +159,7 @@ def test_bad_input_is_one_line_and_writes_nothing(sample_model, hot, raw, tmp_pa
     model_dir, _ = sample_model
     aid, (campaign, pool, rows) = next(iter(hot.items()))
     base = ["-o", f"runner.infer_load_path={model_dir}", "--top-k", "5", "--out", str(tmp_path / "out")]
-    seeds = D.load_split(campaign, stages=(1,))["stage1"]
+    seeds = dataset.load_split(campaign, stages=(1,))["stage1"]
     missing = raw_campaign(raw, tmp_path / "missing", aid, drop_user=seeds["uid"][0])
     one_line(capsys, base + ["--campaign", str(missing), "--pool", pool], "no line for 1 of the",
              f"uid {seeds['uid'][0]}")
@@ -171,7 +172,7 @@ def test_bad_input_is_one_line_and_writes_nothing(sample_model, hot, raw, tmp_pa
     no_uid = stage_folder(tmp_path / "no_uid", "p_stage2.npz", {k: v for k, v in rows.items() if k != "uid"})
     one_line(capsys, base + ["--campaign", campaign, "--pool", no_uid], "no 'uid' array")
     other = stage_folder(tmp_path / "other", "p_stage2.npz", rows)
-    D.write_schema(os.path.dirname(other), D.read_schema(HOT)["max_idxs"], "f" * 64)
+    dataset.write_schema(os.path.dirname(other), dataset.read_schema(HOT)["max_idxs"], "f" * 64)
     one_line(capsys, base + ["--campaign", campaign, "--pool", other], "encoded with other raw-id maps")
     assert not (tmp_path / "out").exists()
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, assert_one_line_error, fake_model_folder, run, write_split
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from helpers import fake_model_folder
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 
 
@@ -91,16 +91,16 @@ def test_a_checkpoint_entry_that_is_a_link_is_refused_in_one_line(folder, traine
 # ---------------------------------------------------------------- 2: the training data changed
 def test_a_resume_on_changed_training_data_is_refused_naming_the_file(folder, tmp_path, capsys):
     """Issue 20 #2: train_stage1.npz rewritten with rows dropped and labels flipped; the rerun resumed on it."""
-    from tools.utils import dataset as D
+    from tools.utils.data import dataset
     data, out = tmp_path / "train", tmp_path / "out"
     shutil.copytree(folder / "data" / "train", data)
     options = (f"runner.train_data_dir={data}", "runner.save_steps=5")
     assert train(folder, out, "runner.epochs=1", *options) == 0
     stage = data / "train_stage1.npz"
     original = stage.read_bytes()
-    arrays = D.load_stage(str(stage), D.read_schema(str(data)))
+    arrays = dataset.load_stage(str(stage), dataset.read_schema(str(data)))
     keep = np.arange(len(arrays["label"])) % 5 != 0  # 20% of the rows dropped, the labels flipped
-    D.save_stage(str(stage), {**{k: v[keep] for k, v in arrays.items()}, "label": 1 - arrays["label"][keep]})
+    dataset.save_stage(str(stage), {**{k: v[keep] for k, v in arrays.items()}, "label": 1 - arrays["label"][keep]})
     saved = snapshot(out)
     assert train(folder, out, "runner.epochs=2", *options) == 2
     error_line(capsys, f"{stage}: has other bytes since {out / '0'} was saved", "needs the same training data",

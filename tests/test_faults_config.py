@@ -64,7 +64,7 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, capsys, text, 
 
 
 def test_yaml_merge_keys_still_override_without_being_called_repeated(tmp_path):
-    from tools.utils import config as cfg
+    from tools.utils.run import config as cfg
     path = tmp_path / "config.yaml"
     path.write_text(f"base: {CONFIG}\nrunner:\n  <<: {{epochs: 3, seed: 5}}\n  epochs: 4\n")
     runner = cfg.load_config(str(path))["runner"]

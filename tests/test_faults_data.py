@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, make_stage
-from tools.utils import dataset as D
-from tools.utils import schema as S
+from tools.utils.data import dataset
+from tools.utils.data import schema
 
 PREPROCESS = os.path.join(ROOT, "tools", "preprocess.py")
 IMPORT_PICKLE = os.path.join(ROOT, "tools", "import_pickle.py")
@@ -103,7 +103,7 @@ def test_preprocess_force_keeps_raw_inside_out_and_other_files(tmp_path):
     assert not (data / "train" / "old.txt").exists()
     first = snapshot(data)
     for split in SPLITS:
-        D.load_split(str(data / split))
+        dataset.load_split(str(data / split))
 
     # --out . (was an OSError traceback): the splits of the current folder are replaced, nothing else
     done = cli(PREPROCESS, "--raw", tmp_path / "raw", "--out", ".", "--force", "--quiet", cwd=data)
@@ -114,22 +114,23 @@ def test_preprocess_force_keeps_raw_inside_out_and_other_files(tmp_path):
 
 def test_preprocess_failing_late_keeps_the_old_splits(tmp_path, monkeypatch):
     """A write failing after the data was read (disk full while deflating) changes nothing in --out."""
-    from tools.utils import raw
+    from tools.utils.data import raw
     out = tmp_path / "out"
     raw.preprocess(write_raw(tmp_path / "raw"), str(out), workers=1, progress=False)
     (out / "notes.txt").write_text("mine")
     before = snapshot(out)
     calls = []
 
-    def disk_full(job):
+    def disk_full(state, job):
         calls.append(job)
         if len(calls) == 3:
             raise OSError(28, "No space left on device", job[0])
-        return real(job)
+        return real(state, job)
 
     real = raw.write_stage_file
     monkeypatch.setattr(raw, "write_stage_file", disk_full)
-    with pytest.raises(D.DataError, match=r"cannot write the data folders \(No space left on device\).*unchanged"):
+    with pytest.raises(dataset.DataError,
+                       match=r"cannot write the data folders \(No space left on device\).*unchanged"):
         raw.preprocess(str(tmp_path / "raw"), str(out), seed=9, workers=1, progress=False, force=True)
     assert snapshot(out) == before
 
@@ -143,15 +144,15 @@ def frame_of(arrays):
     """A DataFrame with the published MetaHeac columns (lists as object cells of arrays)."""
     n = len(arrays["label"])
     cols = {"label": arrays["label"].astype(np.int64), "aid": arrays["aid"].astype(np.int64)}
-    for j, f in enumerate(S.STATIC_FIELDS):
+    for j, f in enumerate(schema.STATIC_FIELDS):
         cols[f] = arrays["static"][:, j].astype(np.int64)
-    for j, f in enumerate(S.DYNAMIC_FIELDS):
+    for j, f in enumerate(schema.DYNAMIC_FIELDS):
         cells = np.empty(n, object)
-        cells[:] = list(arrays["dynamic"][:, S.DYNAMIC_OFFSETS[j]:S.DYNAMIC_OFFSETS[j + 1]].astype(np.int64))
+        cells[:] = list(arrays["dynamic"][:, schema.DYNAMIC_OFFSETS[j]:schema.DYNAMIC_OFFSETS[j + 1]].astype(np.int64))
         cols[f] = cells
-    for j, f in enumerate(S.DYNAMIC_FIELDS):
+    for j, f in enumerate(schema.DYNAMIC_FIELDS):
         cols[f + "_length"] = arrays["lengths"][:, j].astype(np.int64)
-    for j, f in enumerate(S.AD_FIELDS):
+    for j, f in enumerate(schema.AD_FIELDS):
         cols[f] = arrays["ad"][:, j].astype(np.int64)
     return pandas().DataFrame(cols)
 
@@ -184,13 +185,13 @@ def test_import_pickle_failure_keeps_the_old_folder(tmp_path):
     done = cli(IMPORT_PICKLE, "--pkl-dir", bad, "--out", out, "--force", "--quiet")
     assert snapshot(out) == before  # the old stage 1, stage 2 and schema.json, byte for byte
     assert_one_line_error(done, "test_hot_stage2.pkl: missing column(s) ['kw2']")
-    D.load_split(str(out / "test_hot"))
+    dataset.load_split(str(out / "test_hot"))
 
     write_frame(bad / "test_hot_stage2.pkl", seed=4)  # now all good: replaced, the rest untouched
     done = cli(IMPORT_PICKLE, "--pkl-dir", bad, "--out", out, "--force", "--quiet")
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(out)) == ["notes.txt", "test_hot"] and (out / "notes.txt").read_text() == "mine"
-    assert len(D.load_split(str(out / "test_hot"))["stage1"]["label"]) == 40
+    assert len(dataset.load_split(str(out / "test_hot"))["stage1"]["label"]) == 40
 
 
 # ------------------------------------------------------------------ 3. no candidates

@@ -14,11 +14,11 @@ import pytest
 
 from helpers import ROOT
 from tools import expand
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import dataset as D
-from tools.utils import vocabulary as V
-from tools.utils.outputs import Outputs
+from tools.utils.data import dataset
+from tools.utils.data import vocabulary
+from tools.utils.serving.outputs import Outputs
 
 CONFIG = os.path.join(ROOT, "config.yaml")
 HOT = os.path.join(ROOT, "data", "test_hot")
@@ -27,7 +27,7 @@ HOT = os.path.join(ROOT, "data", "test_hot")
 @pytest.fixture(scope="module")
 def hot(tmp_path_factory):
     """One hot campaign of the sample: (its seeds folder, a pool of its candidates, the seeds)."""
-    split, out = D.load_split(HOT), tmp_path_factory.mktemp("expand_faults")
+    split, out = dataset.load_split(HOT), tmp_path_factory.mktemp("expand_faults")
     aid = np.unique(split["stage1"]["aid"])[0]
     seeds = {k: v[split["stage1"]["aid"] == aid] for k, v in split["stage1"].items()}
     pool = {k: v[split["stage2"]["aid"] == aid] for k, v in split["stage2"].items()}
@@ -37,9 +37,9 @@ def hot(tmp_path_factory):
 def stage(folder, name, rows):
     """A data-folder stage: the hot split's schema.json and vocabulary, and one stage file; returns the folder."""
     os.makedirs(folder, exist_ok=True)
-    for f in (D.SCHEMA_FILE, V.VOCAB_FILE):
+    for f in (dataset.SCHEMA_FILE, vocabulary.VOCAB_FILE):
         shutil.copy(os.path.join(HOT, f), folder)
-    D.save_stage(os.path.join(folder, name), rows)
+    dataset.save_stage(os.path.join(folder, name), rows)
     return str(folder)
 
 
@@ -168,7 +168,7 @@ def test_unknown_pool_ids_are_counted_once_with_positive_only_seeds(sample_model
     positives = stage(tmp_path / "positives", "test_stage1.npz", {k: v[seeds["label"] == 1] for k, v in seeds.items()})
     vocab = ckpt.vocabulary(str(sample_model[0] / "0"))
     rng = np.random.default_rng(5)
-    lines, seen, unknown = [], dict.fromkeys(V.FIELDS, 0), dict.fromkeys(V.FIELDS, 0)
+    lines, seen, unknown = [], dict.fromkeys(vocabulary.FIELDS, 0), dict.fromkeys(vocabulary.FIELDS, 0)
     for user in range(300):
         groups = []
         for field, count in (("age", 1), ("LBS", 1), ("kw1", 3), ("interest2", 2)):
@@ -185,4 +185,4 @@ def test_unknown_pool_ids_are_counted_once_with_positive_only_seeds(sample_model
     assert run(sample_model, "--campaign", positives, "--pool", pool, "--out", out, "--negatives", "1") == 0
     assert "negatives drawn from background users" in capsys.readouterr().out
     counted = json.loads((out / "expand.json").read_text())["unknown_ids"]["pool"]
-    assert counted == {f: {"ids": seen[f], "unknown": unknown[f]} for f in V.FIELDS}
+    assert counted == {f: {"ids": seen[f], "unknown": unknown[f]} for f in vocabulary.FIELDS}

@@ -13,9 +13,9 @@ import pytest
 
 from helpers import MAX_IDXS, fake_model_folder
 from tools.utils import cli
-from tools.utils import dataset as D
-from tools.utils import schema as S
-from tools.utils import vocabulary as V
+from tools.utils.data import dataset
+from tools.utils.data.schema import ARRAYS, GROUPS
+from tools.utils.data import vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def with_header(path, member, shape):
         for info, data in members.items():
             if info.filename == f"{member}.npy":
                 header_end = data.index(b"\n") + 1
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(S.ARRAYS[member][0])), "fortran_order": False,
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(ARRAYS[member][0])), "fortran_order": False,
                           "shape": shape}
                 import io
                 buf = io.BytesIO()
@@ -70,11 +70,12 @@ def test_a_header_claiming_more_rows_than_the_file_holds_is_refused_before_alloc
     error_line(capsys, f"{stage}: not a readable .npz file of arrays (member 'dynamic' claims shape (10000000000, 50) "
                "of int32 (2,000,000,000,000 bytes) but holds 60,000 bytes", "regenerate it")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(D.DataError, match="member 'dynamic' claims shape"):  # the pool's reader
-        next(D.iter_stage(str(stage), D.read_schema(str(data))))
+    with pytest.raises(dataset.DataError, match="member 'dynamic' claims shape"):  # the pool's reader
+        next(dataset.iter_stage(str(stage), dataset.read_schema(str(data))))
     with_header(stage, "label", (10**10,))  # the rows a pool is sized by
-    with pytest.raises(D.DataError, match=r"not a readable stage file \(member 'label' claims shape \(10000000000,\)"):
-        D.stage_rows(str(stage))
+    with pytest.raises(dataset.DataError,
+                       match=r"not a readable stage file \(member 'label' claims shape \(10000000000,\)"):
+        dataset.stage_rows(str(stage))
 
 
 def test_flipped_bytes_in_a_compressed_member_are_one_line(folder, tmp_path, capsys):
@@ -90,22 +91,22 @@ def test_flipped_bytes_in_a_compressed_member_are_one_line(folder, tmp_path, cap
     stage.write_bytes(bytes(raw))
     assert train(folder, tmp_path / "out", f"runner.train_data_dir={data}") == 2
     error_line(capsys, f"{stage}: not a readable .npz file of arrays (", "regenerate it")
-    with pytest.raises(D.DataError, match=f"{stage}: not a readable .npz file"):
-        list(D.iter_stage(str(stage), D.read_schema(str(data))))
+    with pytest.raises(dataset.DataError, match=f"{stage}: not a readable .npz file"):
+        list(dataset.iter_stage(str(stage), dataset.read_schema(str(data))))
 
 
 def test_a_truncated_vocabulary_is_one_line(folder, tmp_path, capsys):
     """Issue 20 #12: a truncated vocabulary.npz was a BadZipFile traceback."""
     data = data_copy(folder, tmp_path)
-    maxima = dict(zip(S.GROUPS, [MAX_IDXS[g] for g in S.GROUPS]))
-    sizes = dict(zip(V.FIELDS, maxima["static"] + maxima["dynamic"] + maxima["ad"]))
-    V.save(str(data), {field: np.r_[-1, np.arange(1, sizes[field] + 1) * 7] for field in V.FIELDS})
-    assert V.load(str(data))["kw1"][-1] == MAX_IDXS["dynamic"][3] * 7
-    whole = (data / V.VOCAB_FILE).read_bytes()
+    maxima = dict(zip(GROUPS, [MAX_IDXS[g] for g in GROUPS]))
+    sizes = dict(zip(vocabulary.FIELDS, maxima["static"] + maxima["dynamic"] + maxima["ad"]))
+    vocabulary.save(str(data), {field: np.r_[-1, np.arange(1, sizes[field] + 1) * 7] for field in vocabulary.FIELDS})
+    assert vocabulary.load(str(data))["kw1"][-1] == MAX_IDXS["dynamic"][3] * 7
+    whole = (data / vocabulary.VOCAB_FILE).read_bytes()
     for cut in (len(whole) // 2, len(whole) - 30):
-        (data / V.VOCAB_FILE).write_bytes(whole[:cut])
+        (data / vocabulary.VOCAB_FILE).write_bytes(whole[:cut])
         assert train(folder, tmp_path / "out", f"runner.train_data_dir={data}") == 2
-        error_line(capsys, f"{data / V.VOCAB_FILE}: not a vocabulary archive (", "regenerate it")
+        error_line(capsys, f"{data / vocabulary.VOCAB_FILE}: not a vocabulary archive (", "regenerate it")
     assert not (tmp_path / "out").exists()
 
 
@@ -114,11 +115,11 @@ def test_vocabulary_maxima_beyond_int32_ids_are_refused(folder, tmp_path, capsys
     """Issue 20 #12: a schema.json maximum of 10^12 was `IndexError ... exceeds int32 range`."""
     import json
     data = data_copy(folder, tmp_path)
-    schema = json.loads((data / D.SCHEMA_FILE).read_text())
+    schema = json.loads((data / dataset.SCHEMA_FILE).read_text())
     schema["max_idxs"]["dynamic"][3] = maximum
-    (data / D.SCHEMA_FILE).write_text(json.dumps(schema))
+    (data / dataset.SCHEMA_FILE).write_text(json.dumps(schema))
     assert train(folder, tmp_path / "out", f"runner.train_data_dir={data}") == 2
-    error_line(capsys, f"{data / D.SCHEMA_FILE}: max_idxs.dynamic must be 7 integers in 0..2,147,483,646")
+    error_line(capsys, f"{data / dataset.SCHEMA_FILE}: max_idxs.dynamic must be 7 integers in 0..2,147,483,646")
     assert not (tmp_path / "out").exists()
 
 
@@ -134,9 +135,9 @@ def tiny_metaheac(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_metaheac")
     write_split(root / "train", {1: 60, 2: 50, 3: 40, 4: 30, 5: 20}, seed=4)
     write_split(root / "test_hot", {1: 20, 6: 10}, {1: 40, 6: 30}, seed=5)
-    seeds = D.load_split(str(root / "test_hot"))["stage1"]
+    seeds = dataset.load_split(str(root / "test_hot"))["stage1"]
     write_split(root / "campaign", {})  # schema.json; the seeds: campaign 1's of test_hot
-    D.save_stage(str(root / "campaign" / "train_stage1.npz"), {k: v[seeds["aid"] == 1] for k, v in seeds.items()})
+    dataset.save_stage(str(root / "campaign" / "train_stage1.npz"), {k: v[seeds["aid"] == 1] for k, v in seeds.items()})
     out = root / "out"
     from tools import trainer
     assert cli.run(trainer.main, ["-m", os.path.join(ROOT, "config.yaml"), "-o", *TINY,
@@ -148,10 +149,10 @@ def tiny_metaheac(tmp_path_factory):
                                 dict(embed_dim=5, mlp_dims=[7, 3, 4], num_expert=3, num_output=1)])
 def test_the_parameter_estimate_is_the_networks_count(hp):
     from helpers import ROOT, schema
-    from tools.utils import config as cfg
-    from tools.utils import model_folder, resources
+    from tools.utils.run import config as cfg
+    from tools.utils.run import model_folder, resources
     config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"hyper_parameters.{k}={v}" for k, v in hp.items()])
-    cfg.attach_schema(config, schema(), "test")
+    config = cfg.with_data(config, "test", schema=schema())
     net = model_folder.model_module(config).DygraphModel().create_model(config)
     assert resources.parameter_estimate(config["hyper_parameters"]) == sum(int(np.prod(p.shape))
                                                                            for p in net.parameters())
@@ -159,8 +160,8 @@ def test_the_parameter_estimate_is_the_networks_count(hp):
 
 def huge_schema_rows():
     """A kw1 maximum whose table alone (embed_dim 64) needs twice this machine's memory (within int32 ids)."""
-    from tools.utils import resources
-    return min(2 * resources.memory_limit() // (resources.BYTES_PER_PARAMETER * 64), D.MAX_ID)
+    from tools.utils.run import resources
+    return min(2 * resources.memory_limit() // (resources.BYTES_PER_PARAMETER * 64), dataset.MAX_ID)
 
 
 @pytest.mark.parametrize("option", ["hyper_parameters.embed_dim=10000000", "hyper_parameters.num_expert=1000000000",
@@ -171,19 +172,19 @@ def test_a_network_that_cannot_fit_is_refused_before_anything_is_built(tiny_meta
     import json
     from helpers import ROOT
     from tools import infer_meta, trainer
-    from tools.utils import config as cfg
-    from tools.utils import resources
+    from tools.utils.run import config as cfg
+    from tools.utils.run import resources
     data, trained = tiny_metaheac
     if option == "huge schema":
         shutil.copytree(data / "train", tmp_path / "train")
         data, option = tmp_path, "hyper_parameters.embed_dim=64"
-        schema = json.loads((data / "train" / D.SCHEMA_FILE).read_text())
+        schema = json.loads((data / "train" / dataset.SCHEMA_FILE).read_text())
         schema["max_idxs"]["dynamic"][3] = huge_schema_rows()
-        (data / "train" / D.SCHEMA_FILE).write_text(json.dumps(schema))
+        (data / "train" / dataset.SCHEMA_FILE).write_text(json.dumps(schema))
     config = os.path.join(ROOT, "config.yaml")
     options = [*TINY, f"runner.train_data_dir={data / 'train'}", option]
-    hp = cfg.load_config(config, options)["hyper_parameters"]
-    cfg.attach_schema({"hyper_parameters": hp, "config_path": config}, D.read_schema(str(data / "train")), "x")
+    hp = cfg.with_data({"hyper_parameters": cfg.load_config(config, options)["hyper_parameters"], "config_path": config},
+                       "x", schema=dataset.read_schema(str(data / "train")))["hyper_parameters"]
     count = resources.parameter_estimate(hp)
     assert count * resources.BYTES_PER_PARAMETER > resources.memory_limit()
     out = tmp_path / "out"

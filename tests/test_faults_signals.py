@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, fake_model_folder, make_stage
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import dataset as D
+from tools.utils.data import dataset
 
 AT_ONCE = 18  # runs at a time: half of them import Paddle (about 300 MB each)
 STOP_BITS = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
@@ -141,15 +141,15 @@ def inputs(tmp_path_factory):
     """A fake model folder with two trained epochs; an expand campaign and pool; raw files; a pickle."""
     from test_faults_data import frame_of
     from tools import trainer
-    from tools.utils import synthetic
+    from tools.utils.data import synthetic
     root = tmp_path_factory.mktemp("signals")
     folder = fake_model_folder(root / "model")
     assert cli.run(trainer.main, ["-m", str(folder / "config.yaml")]) == 0
-    hot = D.load_split(str(folder / "data" / "test_hot"))["stage1"]
+    hot = dataset.load_split(str(folder / "data" / "test_hot"))["stage1"]
     campaign = root / "campaign"
     campaign.mkdir()
-    D.write_schema(str(campaign), D.read_schema(str(folder / "data" / "test_hot"))["max_idxs"])
-    D.save_stage(str(campaign / "test_stage1.npz"), {k: v[hot["aid"] == 11] for k, v in hot.items()})
+    dataset.write_schema(str(campaign), dataset.read_schema(str(folder / "data" / "test_hot"))["max_idxs"])
+    dataset.save_stage(str(campaign / "test_stage1.npz"), {k: v[hot["aid"] == 11] for k, v in hot.items()})
     synthetic.generate(str(root / "raw"), users=20_000, campaigns=20, train_rows=20_000, test_rows=5_000, hot_cut=60,
                        cold_min=12, seed=1)
     pytest.importorskip("pandas")

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 
 from helpers import ROOT
-from tools.utils import dataset as D
-from tools.utils import schema as S
+from tools.utils.data import dataset
+from tools.utils.data import schema
 
 TINY = ["runner.thread_num=1", "hyper_parameters.embed_dim=8", "hyper_parameters.mlp_dims=[16]",
         "hyper_parameters.num_expert=2", "hyper_parameters.num_output=3"]
@@ -17,13 +17,13 @@ TINY = ["runner.thread_num=1", "hyper_parameters.embed_dim=8", "hyper_parameters
 def numpy_gates(w, rows):
     """Each row's (expert, critic) gate weights from the paper's equations: the task vector is the mean of the
     14 user-field embeddings (lists mean-pooled over their lengths) beside the 6 ad embeddings."""
-    fields = [w["emb_" + f][rows["static"][:, j]] for j, f in enumerate(S.STATIC_FIELDS)]
-    for j, f in enumerate(S.DYNAMIC_FIELDS):
-        lo, hi = S.DYNAMIC_OFFSETS[j], S.DYNAMIC_OFFSETS[j + 1]
+    fields = [w["emb_" + f][rows["static"][:, j]] for j, f in enumerate(schema.STATIC_FIELDS)]
+    for j, f in enumerate(schema.DYNAMIC_FIELDS):
+        lo, hi = schema.DYNAMIC_OFFSETS[j], schema.DYNAMIC_OFFSETS[j + 1]
         inside = np.arange(hi - lo)[None] < rows["lengths"][:, j:j + 1]
         summed = (w["emb_" + f][rows["dynamic"][:, lo:hi]] * inside[:, :, None]).sum(axis=1)
         fields.append(summed / np.maximum(rows["lengths"][:, j:j + 1], 1))
-    ad = [w["emb_" + f][rows["ad"][:, j]] for j, f in enumerate(S.AD_FIELDS)]
+    ad = [w["emb_" + f][rows["ad"][:, j]] for j, f in enumerate(schema.AD_FIELDS)]
     task = np.concatenate([np.mean(fields, axis=0)] + ad, axis=1)
 
     def gate(name):
@@ -59,7 +59,7 @@ def test_the_gates_of_every_campaign_equal_a_numpy_recomputation_from_the_checkp
     expected = []
     for split, folder, stages in (("train", "train", ("stage1",)), ("hot", "test_hot", ("stage1", "stage2")),
                                   ("cold", "test_cold", ("stage1", "stage2"))):
-        data = D.load_split(os.path.join(ROOT, "data", folder))
+        data = dataset.load_split(os.path.join(ROOT, "data", folder))
         rows = {k: np.concatenate([data[s][k] for s in stages]) for k in data["stage1"]}
         e, c = numpy_gates(weights, rows)
         for aid in np.unique(rows["aid"]):

@@ -13,9 +13,9 @@ pd = pytest.importorskip("pandas")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from tools.utils import dataset as D
-from tools.utils import safe_pickle
-from tools.utils import schema as S
+from tools.utils.data import dataset
+from tools.utils.data import safe_pickle
+from tools.utils.data import schema
 
 SAMPLE = os.path.join(ROOT, "..", "shared", "data", "paddlerec_sample.pkl")
 CLI = os.path.join(ROOT, "tools", "import_pickle.py")
@@ -46,21 +46,21 @@ def assert_matches_frame(arrays, df):
     assert len(arrays["label"]) == len(df)
     np.testing.assert_array_equal(arrays["label"], df["label"].to_numpy())
     np.testing.assert_array_equal(arrays["aid"], df["aid"].to_numpy())
-    for j, field in enumerate(S.STATIC_FIELDS):
+    for j, field in enumerate(schema.STATIC_FIELDS):
         np.testing.assert_array_equal(arrays["static"][:, j], df[field].to_numpy(), err_msg=field)
-    for j, field in enumerate(S.AD_FIELDS):
+    for j, field in enumerate(schema.AD_FIELDS):
         np.testing.assert_array_equal(arrays["ad"][:, j], df[field].to_numpy(), err_msg=field)
-    for j, field in enumerate(S.DYNAMIC_FIELDS):
-        lo, hi = S.DYNAMIC_OFFSETS[j], S.DYNAMIC_OFFSETS[j + 1]
+    for j, field in enumerate(schema.DYNAMIC_FIELDS):
+        lo, hi = schema.DYNAMIC_OFFSETS[j], schema.DYNAMIC_OFFSETS[j + 1]
         expected = np.array([list(cell) for cell in df[field]])
         np.testing.assert_array_equal(arrays["dynamic"][:, lo:hi], expected, err_msg=field)
         np.testing.assert_array_equal(arrays["lengths"][:, j], df[field + "_length"].to_numpy(), err_msg=field)
 
 
 def frame_maxima(df):
-    list_max = [max(int(np.max(cell)) for cell in df[f]) for f in S.DYNAMIC_FIELDS]
-    return {"static": [int(df[f].max()) for f in S.STATIC_FIELDS], "dynamic": list_max,
-            "ad": [int(df[f].max()) for f in S.AD_FIELDS]}
+    list_max = [max(int(np.max(cell)) for cell in df[f]) for f in schema.DYNAMIC_FIELDS]
+    return {"static": [int(df[f].max()) for f in schema.STATIC_FIELDS], "dynamic": list_max,
+            "ad": [int(df[f].max()) for f in schema.AD_FIELDS]}
 
 
 # ---------------------------------------------------------------- the real file
@@ -68,7 +68,7 @@ def test_shipped_sample_imports_exactly(frame, tmp_path):
     summaries = safe_pickle.import_pickles([(SAMPLE, "test_hot", 1)], str(tmp_path))
     npz = str(tmp_path / "test_hot" / "test_stage1.npz")
     assert summaries[npz]["rows"] == 586 and summaries[npz]["campaigns"] == 5
-    split = D.load_split(str(tmp_path / "test_hot"))
+    split = dataset.load_split(str(tmp_path / "test_hot"))
     arrays = split["stage1"]
     assert len(arrays["label"]) == 586 and len(np.unique(arrays["aid"])) == 5 and arrays["label"].all()
     assert "uid" not in arrays
@@ -77,14 +77,14 @@ def test_shipped_sample_imports_exactly(frame, tmp_path):
 
 
 def test_tencent_maxima_mode_and_a_later_stage2(frame, tmp_path):
-    with pytest.raises(D.DataError, match="a stage-2 file alone does not make a data folder"):
+    with pytest.raises(dataset.DataError, match="a stage-2 file alone does not make a data folder"):
         safe_pickle.import_pickles([(SAMPLE, "test_cold", 2)], str(tmp_path), max_idxs="tencent")
     assert not os.path.exists(tmp_path / "test_cold")
     for stage in (1, 2):  # stage 2 joins the folder holding stage 1: --force, which keeps stage 1
         safe_pickle.import_pickles([(SAMPLE, "test_cold", stage)], str(tmp_path), max_idxs="tencent",
                                    force=stage == 2)
-    split = D.load_split(str(tmp_path / "test_cold"))
-    assert split["schema"]["max_idxs"] == S.TENCENT_MAX_IDXS
+    split = dataset.load_split(str(tmp_path / "test_cold"))
+    assert split["schema"]["max_idxs"] == schema.TENCENT_MAX_IDXS
     assert_matches_frame(split["stage1"], frame)
     assert_matches_frame(split["stage2"], frame)
 
@@ -94,7 +94,7 @@ def test_id_above_the_tencent_vocabulary_is_refused(frame, tmp_path):
     df["LBS"] = df["LBS"] + 10  # sample max 849 -> 859, above the full data's 855
     path = str(tmp_path / "shifted.pkl")
     df.to_pickle(path)
-    with pytest.raises(D.DataError, match=r"shifted.pkl: field 'LBS' holds id 859, above 855"):
+    with pytest.raises(dataset.DataError, match=r"shifted.pkl: field 'LBS' holds id 859, above 855"):
         safe_pickle.import_pickles([(path, "train", 1)], str(tmp_path / "out"), max_idxs="tencent")
 
 
@@ -122,10 +122,10 @@ def test_later_stage2_keeps_the_maxima_of_stage1(frame, tmp_path):
     path = str(tmp_path / "seeds.pkl")
     seeds.to_pickle(path)
     safe_pickle.import_pickles([(path, "test_hot", 1)], str(tmp_path / "out"))
-    with pytest.raises(D.DataError, match="not empty; choose another --out, or pass --force"):
+    with pytest.raises(dataset.DataError, match="not empty; choose another --out, or pass --force"):
         safe_pickle.import_pickles([(SAMPLE, "test_hot", 2)], str(tmp_path / "out"))
     safe_pickle.import_pickles([(SAMPLE, "test_hot", 2)], str(tmp_path / "out"), force=True)
-    split = D.load_split(str(tmp_path / "out" / "test_hot"))
+    split = dataset.load_split(str(tmp_path / "out" / "test_hot"))
     assert split["schema"]["max_idxs"] == frame_maxima(seeds)
     assert_matches_frame(split["stage1"], seeds)
     assert_matches_frame(split["stage2"], frame)
@@ -137,7 +137,7 @@ def test_force_keeps_other_files_and_refuses_inputs_it_would_delete(frame, tmp_p
     (out / "notes.txt").write_text("mine")
     inner = out / "test_hot" / "copy.pkl"  # replacing test_hot would delete it
     shutil.copy(SAMPLE, inner)
-    with pytest.raises(D.DataError, match=r"copy.pkl: lies inside .*test_hot, which this import replaces"):
+    with pytest.raises(dataset.DataError, match=r"copy.pkl: lies inside .*test_hot, which this import replaces"):
         safe_pickle.import_pickles([(str(inner), "test_hot", 1)], str(out), force=True)
     assert inner.exists()
     safe_pickle.import_pickles([(SAMPLE, "test_hot", 1), (SAMPLE, "test_cold", 1)], str(out), force=True)
@@ -219,7 +219,7 @@ def write_frame(tmp_path, df):
 
 
 def import_error(path, tmp_path):
-    with pytest.raises(D.DataError) as info:
+    with pytest.raises(dataset.DataError) as info:
         safe_pickle.import_pickles([(path, "train", 1)], str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out" / "train" / "train_stage1.npz")
     return str(info.value)
@@ -280,12 +280,12 @@ def test_not_a_dataframe_and_truncated(tmp_path):
 
 def test_missing_pandas_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
-    with pytest.raises(D.DataError, match="pip install pandas"):
+    with pytest.raises(dataset.DataError, match="pip install pandas"):
         safe_pickle.read_dataframe(SAMPLE)
 
 
 def test_two_files_for_one_output(tmp_path):
-    with pytest.raises(D.DataError, match="several input files are train stage 1"):
+    with pytest.raises(dataset.DataError, match="several input files are train stage 1"):
         safe_pickle.import_pickles([(SAMPLE, "train", 1), (SAMPLE, "train", 1)], str(tmp_path))
 
 
@@ -296,7 +296,7 @@ def test_cli_imports_a_folder_with_shared_maxima(frame, tmp_path):
     pkl_dir.mkdir()
     shutil.copy(SAMPLE, pkl_dir / "test_hot_stage1.pkl")
     train = frame.copy()
-    train["kw1"] = [np.where(cell == cell.max(), S.TENCENT_MAX_IDXS["dynamic"][3], cell) for cell in train["kw1"]]
+    train["kw1"] = [np.where(cell == cell.max(), schema.TENCENT_MAX_IDXS["dynamic"][3], cell) for cell in train["kw1"]]
     train.to_pickle(pkl_dir / "train_stage1.pkl")
     (pkl_dir / "notes.pkl").write_bytes(b"ignored: not a split name")
     out = tmp_path / "out"
@@ -305,11 +305,11 @@ def test_cli_imports_a_folder_with_shared_maxima(frame, tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""  # no progress with --quiet, no warnings
     assert f"{out / 'train' / 'train_stage1.npz'}: 586 rows, 5 campaigns, 586 positives" in run.stdout
-    hot, trained = D.load_split(str(out / "test_hot")), D.load_split(str(out / "train"))
+    hot, trained = dataset.load_split(str(out / "test_hot")), dataset.load_split(str(out / "train"))
     assert_matches_frame(hot["stage1"], frame)
     assert_matches_frame(trained["stage1"], train)
     expected = frame_maxima(train)  # the larger kw1 of the two files, written to both splits
-    assert expected["dynamic"][3] == S.TENCENT_MAX_IDXS["dynamic"][3]
+    assert expected["dynamic"][3] == schema.TENCENT_MAX_IDXS["dynamic"][3]
     assert hot["schema"]["max_idxs"] == trained["schema"]["max_idxs"] == expected
 
 

@@ -9,7 +9,7 @@ import pytest
 import dygraph_model
 import net as net_module
 from helpers import TINY_HP, layout, random_batch, schema
-from tools.utils import background
+from tools.utils.data import background
 from tools.utils.paddle_env import paddle
 
 

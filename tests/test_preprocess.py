@@ -16,9 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from tools.utils import dataset, raw, raw_csv, raw_users, vocabulary
-from tools.utils import schema as S
-from tools.utils.dataset import DataError
+from tools.utils.data import dataset, raw, raw_csv, raw_users, vocabulary
+from tools.utils.data import schema
+from tools.utils.data.dataset import DataError
 
 AD_HEADER = "aid,advertiserId,campaignId,creativeId,creativeSize,adCategoryId,productId,productType"
 ADS = [AD_HEADER,
@@ -87,10 +87,10 @@ def run(raw_dir, out_dir, **kw):
 
 # --------------------------------------------------------------- the reference
 def reference(raw_dir, seed=2021, train_fraction=0.5, hot_threshold=2000):
-    """{split: {stage: arrays}} and max_idxs, by the rules of tools/utils/raw.py, in plain Python."""
+    """{split: {stage: arrays}} and max_idxs, by the rules of tools/utils/data/raw.py, in plain Python."""
     raw_dir = Path(raw_dir)
     with open(raw_dir / "adFeature.csv") as f:
-        ads = {int(r["aid"]): [int(r[k]) if r[k] else -1 for k in S.AD_FIELDS] for r in csv.DictReader(f)}
+        ads = {int(r["aid"]): [int(r[k]) if r[k] else -1 for k in schema.AD_FIELDS] for r in csv.DictReader(f)}
     stages = []
     for name, header in (("train.csv", True), ("test1_truth.csv", False)):
         with open(raw_dir / name) as f:
@@ -112,11 +112,11 @@ def reference(raw_dir, seed=2021, train_fraction=0.5, hot_threshold=2000):
     def kept(u, f, width):
         return users[u].get(f, [])[:width]
 
-    vocab = {f: sorted({-1} | {static(u, f) for u in labelled}) for f in S.STATIC_FIELDS}
-    for f, w in zip(S.DYNAMIC_FIELDS, S.DYNAMIC_WIDTHS):
+    vocab = {f: sorted({-1} | {static(u, f) for u in labelled}) for f in schema.STATIC_FIELDS}
+    for f, w in zip(schema.DYNAMIC_FIELDS, schema.DYNAMIC_WIDTHS):
         vocab[f] = sorted({-1} | {v for u in labelled for v in kept(u, f, w)})
     campaigns = sorted({a for st in stages for a, _, _ in st})
-    for j, f in enumerate(S.AD_FIELDS):
+    for j, f in enumerate(schema.AD_FIELDS):
         vocab[f] = sorted({-1} | {ads[a][j] for a in campaigns})
     ids = {f: {v: i for i, v in enumerate(values)} for f, values in vocab.items()}
 
@@ -130,12 +130,12 @@ def reference(raw_dir, seed=2021, train_fraction=0.5, hot_threshold=2000):
 
     def encode(a, u, lab):
         dynamic, lengths = [], []
-        for f, w in zip(S.DYNAMIC_FIELDS, S.DYNAMIC_WIDTHS):
+        for f, w in zip(schema.DYNAMIC_FIELDS, schema.DYNAMIC_WIDTHS):
             values = kept(u, f, w)
             dynamic += [ids[f][v] for v in values] + [0] * (w - len(values))
             lengths.append(len(values))
-        return dict(label=lab, aid=a, uid=u, static=[ids[f][static(u, f)] for f in S.STATIC_FIELDS],
-                    dynamic=dynamic, lengths=lengths, ad=[ids[f][ads[a][j]] for j, f in enumerate(S.AD_FIELDS)])
+        return dict(label=lab, aid=a, uid=u, static=[ids[f][static(u, f)] for f in schema.STATIC_FIELDS],
+                    dynamic=dynamic, lengths=lengths, ad=[ids[f][ads[a][j]] for j, f in enumerate(schema.AD_FIELDS)])
 
     rows_template = ("label", "aid", "uid", "static", "dynamic", "lengths", "ad")
     out = {}
@@ -144,10 +144,10 @@ def reference(raw_dir, seed=2021, train_fraction=0.5, hot_threshold=2000):
         for k, st in enumerate(stages, start=1):
             rows = [encode(*r) for r in st if r[0] in aids]
             out[split][f"stage{k}"] = {name: np.array([r[name] for r in rows], np.int64).reshape(
-                (len(rows),) + S.ARRAYS[name][1]) for name in rows_template}
-    max_idxs = {"static": [len(vocab[f]) - 1 for f in S.STATIC_FIELDS],
-                "dynamic": [len(vocab[f]) - 1 for f in S.DYNAMIC_FIELDS],
-                "ad": [len(vocab[f]) - 1 for f in S.AD_FIELDS]}
+                (len(rows),) + schema.ARRAYS[name][1]) for name in rows_template}
+    max_idxs = {"static": [len(vocab[f]) - 1 for f in schema.STATIC_FIELDS],
+                "dynamic": [len(vocab[f]) - 1 for f in schema.DYNAMIC_FIELDS],
+                "ad": [len(vocab[f]) - 1 for f in schema.AD_FIELDS]}
     return out, max_idxs
 
 
@@ -184,7 +184,7 @@ def test_hand_checked_ids(tmp_path):
         for i, (a, u) in enumerate(zip(cold[stage]["aid"], cold[stage]["uid"])):
             rows[(stage, a, u)] = {k: v[i] for k, v in cold[stage].items()}
     u1, u2, u3, u5 = rows[("stage1", 11, 1)], rows[("stage1", 11, 2)], rows[("stage1", 11, 3)], rows[("stage1", 12, 5)]
-    col = {f: j for j, f in enumerate(S.STATIC_FIELDS)}
+    col = {f: j for j, f in enumerate(schema.STATIC_FIELDS)}
     # LBS over labelled users: 950, 12, -, -, 0, 950, 12, - -> [-1, 0, 12, 950]; 77777 is an unlabelled user's
     assert (u1["static"][col["LBS"]], u5["static"][col["LBS"]], u3["static"][col["LBS"]]) == (3, 1, 0)
     assert mx["static"][col["LBS"]] == 3
@@ -192,13 +192,13 @@ def test_hand_checked_ids(tmp_path):
     assert (u1["static"][col["house"]], u2["static"][col["house"]]) == (0, 1)        # missing -> 0
     # kw1 kept tokens: u1 664359 276966 734911 1 2 (its 3 is cut), u3 11, u5 0
     # -> [-1, 0, 1, 2, 11, 276966, 664359, 734911]
-    kw1 = slice(S.DYNAMIC_OFFSETS[3], S.DYNAMIC_OFFSETS[4])
+    kw1 = slice(schema.DYNAMIC_OFFSETS[3], schema.DYNAMIC_OFFSETS[4])
     assert list(u1["dynamic"][kw1]) == [6, 5, 7, 2, 3]
     assert list(u3["dynamic"][kw1]) == [4, 0, 0, 0, 0]
     assert mx["dynamic"][3] == 7
     # lengths: interest1 12 values -> 10, interest2 2, interest3 missing, kw1 6 -> 5
     assert list(u1["lengths"]) == [10, 2, 0, 5, 0, 3, 0]
-    interest2 = u1["dynamic"][S.DYNAMIC_OFFSETS[1]:S.DYNAMIC_OFFSETS[2]]
+    interest2 = u1["dynamic"][schema.DYNAMIC_OFFSETS[1]:schema.DYNAMIC_OFFSETS[2]]
     assert interest2[0] > 0 and interest2[1] > 0 and not interest2[2:].any()
     # productId of the campaigns with rows: 0, -, 1344, 0, 77, 77 -> [-1, 0, 77, 1344] (ad 99 has no rows)
     assert mx["ad"][4] == 3 and u1["ad"][4] == 1 and u5["ad"][4] == 0

@@ -10,7 +10,7 @@ from scipy.stats import chisquare
 import reader_test
 import reader_train
 from helpers import reader_config, write_split
-from tools.utils import dataset as D
+from tools.utils.data import dataset
 from tools.utils.errors import DataError
 
 
@@ -52,7 +52,7 @@ def test_batches_hold_distinct_rows_of_their_campaign(tmp_path):
     rows = {1: 300, 2: 200, 3: 5, 4: 1}
     folder = write_split(tmp_path, rows)
     ds = reader_train.RecDataset(reader_config(batch_size=32, task_count=4), folder)
-    table = D.load_split(folder, stages=(1,))["stage1"]
+    table = dataset.load_split(folder, stages=(1,))["stage1"]
     aid_of_uid = dict(zip(table["uid"].tolist(), table["aid"].tolist()))
     meta_batch = ds.draw_meta_batch(np.random.default_rng(1))
     assert sorted(int(s["aid"][0]) for s, _ in meta_batch) == [1, 2, 3, 4]
@@ -103,7 +103,7 @@ def test_too_few_campaigns_and_another_vocabulary_are_clear_errors(tmp_path):
 # ---------------------------------------------------------------- test reader
 def test_test_reader_yields_each_campaign_once_with_all_its_rows(tmp_path):
     folder = write_split(tmp_path, {1: 30, 2: 12, 9: 4}, stage2_rows={1: 50, 2: 8, 5: 3})
-    split = D.load_split(folder)
+    split = dataset.load_split(folder)
     ds = reader_test.RecDataset(reader_config(), folder)
     assert ds.skipped == [(9, "no stage-2 rows (candidates) to score")]
     out = list(ds)
@@ -125,5 +125,5 @@ def test_batches_cut_consecutive_rows():
 
 def test_test_folder_without_candidates_is_a_data_error(tmp_path):
     folder = write_split(tmp_path, {1: 5})
-    with pytest.raises(D.DataError, match=r"no candidates to score \(no \*_stage2.npz"):
+    with pytest.raises(dataset.DataError, match=r"no candidates to score \(no \*_stage2.npz"):
         reader_test.RecDataset(reader_config(), folder)

@@ -1,4 +1,5 @@
-"""The exported campaign model (tools/utils/serving.py, serving_net.py) and its shipped encoder (tools/score.py)."""
+"""The exported campaign model (tools/utils/serving/exported.py, export_net.py) and its shipped encoder
+(tools/score.py)."""
 import json
 import os
 import shutil
@@ -11,13 +12,13 @@ import pytest
 import net as net_module
 from helpers import ROOT, TINY_HP, layout, random_batch
 from models import layers
-from tools.utils import checkpoint as ckpt
-from tools.utils import dataset as D
-from tools.utils import schema as S
-from tools.utils import serving
-from tools.utils import vocabulary as V
+from tools.utils.run import checkpoint as ckpt
+from tools.utils.data import dataset
+from tools.utils.data import schema
+from tools.utils.serving import exported
+from tools.utils.data import vocabulary
 from tools.utils.paddle_env import paddle
-from tools.utils.serving_net import MetaHeacCampaign
+from tools.utils.serving.export_net import MetaHeacCampaign
 
 HOT = os.path.join(ROOT, "data", "test_hot")
 USER_INPUTS = ("static", "dynamic", "lengths")
@@ -32,7 +33,7 @@ def batches(rng):
     """Random users (row 0: every list empty, row 1: every list full), padding past the lengths filled with
     other valid ids (never read), a batch of one user and a batch where no user has a list."""
     mixed = random_batch(rng, 64)
-    past = np.arange(S.DYNAMIC_WIDTH)[None] >= np.repeat(mixed["lengths"], S.DYNAMIC_WIDTHS, axis=1)
+    past = np.arange(schema.DYNAMIC_WIDTH)[None] >= np.repeat(mixed["lengths"], schema.DYNAMIC_WIDTHS, axis=1)
     mixed["dynamic"] = np.where(past, random_batch(rng, 64)["dynamic"], mixed["dynamic"])
     empty = random_batch(rng, 5)
     empty["lengths"][:] = 0
@@ -45,14 +46,14 @@ def test_the_exported_metaheac_scorer_equals_the_training_network(tmp_path):
     net.eval()
     rng = np.random.default_rng(4)
     ad_ids = random_batch(rng, 1)["ad"][0]
-    program, _ = serving.export(net, ad_ids, str(tmp_path), {"campaign": 7, "data_schema": {}})
-    predictor = serving.predictor(str(tmp_path))
+    program, _ = exported.export(net, ad_ids, str(tmp_path), {"campaign": 7, "data_schema": {}})
+    predictor = exported.predictor(str(tmp_path))
     scorer = MetaHeacCampaign(net, ad_ids)
     for batch in batches(rng):
         with paddle.no_grad():
             expected = net(feeds_of(batch, ad_ids)).numpy()
             rearranged = scorer(*(paddle.to_tensor(batch[k].astype(np.int64)) for k in USER_INPUTS)).numpy()
-        served = serving.predict(predictor, *(batch[k] for k in USER_INPUTS))
+        served = exported.predict(predictor, *(batch[k] for k in USER_INPUTS))
         np.testing.assert_allclose(rearranged, expected, rtol=0, atol=1e-6)
         np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
     ops = json.dumps(json.load(open(program)))
@@ -65,11 +66,11 @@ def test_another_network_is_exported_as_it_is(tmp_path):
     net.eval()
     rng = np.random.default_rng(8)
     ad_ids = random_batch(rng, 1)["ad"][0]
-    serving.export(net, ad_ids, str(tmp_path), {"data_schema": {}})
+    exported.export(net, ad_ids, str(tmp_path), {"data_schema": {}})
     batch = batches(rng)[0]
     with paddle.no_grad():
         expected = net(feeds_of(batch, ad_ids)).numpy()
-    served = serving.predict(serving.predictor(str(tmp_path)), *(batch[k] for k in USER_INPUTS))
+    served = exported.predict(exported.predictor(str(tmp_path)), *(batch[k] for k in USER_INPUTS))
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
 
 
@@ -77,9 +78,9 @@ def raw_line(uid, static, dynamic, lengths, vocab):
     """A userFeature.data line for encoded ids: each id turned back into its raw value; id 0 of a single-valued
     field (missing) and an empty list are left out, as in the raw data."""
     groups = [f"uid {uid}"]
-    groups += [f"{f} {vocab[f][i]}" for f, i in zip(S.STATIC_FIELDS, static) if i]
-    for j, f in enumerate(S.DYNAMIC_FIELDS):
-        ids = dynamic[S.DYNAMIC_OFFSETS[j]:S.DYNAMIC_OFFSETS[j] + lengths[j]]
+    groups += [f"{f} {vocab[f][i]}" for f, i in zip(schema.STATIC_FIELDS, static) if i]
+    for j, f in enumerate(schema.DYNAMIC_FIELDS):
+        ids = dynamic[schema.DYNAMIC_OFFSETS[j]:schema.DYNAMIC_OFFSETS[j] + lengths[j]]
         if len(ids):
             groups.append(f + " " + " ".join(str(vocab[f][i]) for i in ids))
     return "|".join(groups) + "\n"
@@ -91,13 +92,13 @@ def test_the_exported_model_through_the_shipped_encoder_gives_expand_scores(samp
     exported model gives tools/expand.py's scores, user for user."""
     model_dir, _ = sample_model
     vocab = ckpt.vocabulary(str(model_dir / "0"))
-    split = D.load_split(HOT)
+    split = dataset.load_split(HOT)
     aid = int(np.unique(split["stage2"]["aid"])[0])
     campaign = tmp_path / "campaign"
     campaign.mkdir()
-    for f in (D.SCHEMA_FILE, V.VOCAB_FILE):
+    for f in (dataset.SCHEMA_FILE, vocabulary.VOCAB_FILE):
         shutil.copy(os.path.join(HOT, f), campaign)
-    D.save_stage(str(campaign / "test_stage1.npz"), {k: v[split["stage1"]["aid"] == aid]
+    dataset.save_stage(str(campaign / "test_stage1.npz"), {k: v[split["stage1"]["aid"] == aid]
                                                      for k, v in split["stage1"].items()})
     users = split["stage2"]
     first = np.sort(np.unique(users["uid"], return_index=True)[1])[:1500]
@@ -115,11 +116,11 @@ def test_the_exported_model_through_the_shipped_encoder_gives_expand_scores(samp
         assert done.returncode == 0, done.stderr
         return done
 
-    exported, out, scored = tmp_path / "exported", tmp_path / "out", tmp_path / "scored"
+    export_dir, out, scored = tmp_path / "exported", tmp_path / "out", tmp_path / "scored"
     tool("expand.py", "-m", os.path.join(ROOT, "config.yaml"), "-o", f"runner.infer_load_path={model_dir}",
          "--campaign", str(campaign), "--pool", str(pool), "--top-k", "10", "--out", str(out), "--all-scores",
-         "--export", str(exported))
-    done = tool("score.py", "--model", str(exported), "--pool", str(pool), "--out", str(scored))
+         "--export", str(export_dir))
+    done = tool("score.py", "--model", str(export_dir), "--pool", str(pool), "--out", str(scored))
     expected = np.load(out / "all_scores.npy")
     assert expected.shape == (len(lines),)
     np.testing.assert_allclose(np.load(scored / "scores.npy"), expected, rtol=0, atol=1e-6)
@@ -131,8 +132,8 @@ def test_the_exported_model_through_the_shipped_encoder_gives_expand_scores(samp
     assert summary["unknown_ids"] == json.load(open(out / "expand.json"))["unknown_ids"]["pool"]
     assert summary["unknown_ids"]["kw1"]["unknown"] == 1 and summary["unknown_ids"]["LBS"]["unknown"] == 1
     assert f"scored {len(lines)} users" in done.stdout and "of kw1 ids (1)" in done.stdout
-    rules = json.load(open(exported / "inputs.json"))
-    assert rules["input_rules"] == serving.INPUT_RULES and rules["data_schema"]["vocabulary_sha256"]
+    rules = json.load(open(export_dir / "inputs.json"))
+    assert rules["input_rules"] == exported.INPUT_RULES and rules["data_schema"]["vocabulary_sha256"]
 
 
 @pytest.mark.parametrize("missing", ["inputs.json", "model.pdiparams"])

@@ -15,9 +15,9 @@ from sklearn.metrics import roc_auc_score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from tools.utils import schema as S
-from tools.utils import synthetic as Y
-from tools.utils.raw_text import render_tokens
+from tools.utils.data import schema
+from tools.utils.data import synthetic
+from tools.utils.data.raw_text import render_tokens
 
 AD_HEADER = "aid,advertiserId,campaignId,creativeId,creativeSize,adCategoryId,productId,productType"
 USER_GROUPS = {"uid", "age", "gender", "marriageStatus", "education", "consumptionAbility", "LBS",
@@ -78,7 +78,7 @@ def read_folder(path):
 @pytest.fixture(scope="module")
 def modest(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("modest"))
-    truth = Y.generate(out, **MODEST, seed=11)
+    truth = synthetic.generate(out, **MODEST, seed=11)
     return truth, read_folder(out)
 
 
@@ -134,21 +134,21 @@ def test_user_groups_have_realistic_shapes(modest):
 
 def test_full_scale_vocabularies_match_the_tencent_maxima():
     """Label encoding adds one id for "-1" (missing or padding) to the raw values."""
-    by_name = {f.name: f for f in Y.USER_FIELDS}
-    dynamic = [by_name[name].n_values for name in S.DYNAMIC_FIELDS]
-    assert dynamic == S.TENCENT_MAX_IDXS["dynamic"]
-    static = [by_name[name].n_values - (by_name[name].missing == 0) for name in S.STATIC_FIELDS if name != "house"]
-    assert static + [1] == S.TENCENT_MAX_IDXS["static"]
-    ads, _ = Y.make_ads(np.random.default_rng(0), Y.REAL_CAMPAIGNS)
-    distinct = [len(set(ads[name])) - 1 for name in S.AD_FIELDS]
-    assert distinct == S.TENCENT_MAX_IDXS["ad"]
+    by_name = {f.name: f for f in synthetic.USER_FIELDS}
+    dynamic = [by_name[name].n_values for name in schema.DYNAMIC_FIELDS]
+    assert dynamic == schema.TENCENT_MAX_IDXS["dynamic"]
+    static = [by_name[name].n_values - (by_name[name].missing == 0) for name in schema.STATIC_FIELDS if name != "house"]
+    assert static + [1] == schema.TENCENT_MAX_IDXS["static"]
+    ads, _ = synthetic.make_ads(np.random.default_rng(0), synthetic.REAL_CAMPAIGNS)
+    distinct = [len(set(ads[name])) - 1 for name in schema.AD_FIELDS]
+    assert distinct == schema.TENCENT_MAX_IDXS["ad"]
 
 
 # ----------------------------------------------------------------- labels and oracle
 def test_positive_rate_and_oracle_calibration(modest):
     _, data = modest
     _, _, y, prob = labelled(data)
-    assert abs(y.mean() - Y.TARGET_RATE) < 0.008
+    assert abs(y.mean() - synthetic.TARGET_RATE) < 0.008
     assert abs(prob.mean() - y.mean()) < 4 * math.sqrt((prob * (1 - prob)).sum()) / len(y)
     edges = np.quantile(prob, np.linspace(0, 1, 11))
     bins = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, 9)
@@ -209,12 +209,12 @@ def test_hot_and_cold_campaigns_both_present(modest):
 
 # ----------------------------------------------------------------- determinism and the command line
 def test_same_seed_same_bytes_any_jobs_other_seed_differs(tmp_path, monkeypatch):
-    monkeypatch.setattr(Y, "USER_CHUNK", 700)  # several chunks, so the worker pool is used
+    monkeypatch.setattr(synthetic, "USER_CHUNK", 700)  # several chunks, so the worker pool is used
     for name, seed, jobs in (("a", 5, 1), ("b", 5, 2), ("c", 6, 1)):
-        Y.generate(str(tmp_path / name), **TINY, seed=seed, jobs=jobs)
-    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", Y.FILES, shallow=False)
-    assert match == list(Y.FILES) and not errors
-    for name in Y.FILES[1:]:  # the ad table may repeat; every other file must change
+        synthetic.generate(str(tmp_path / name), **TINY, seed=seed, jobs=jobs)
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", synthetic.FILES, shallow=False)
+    assert match == list(synthetic.FILES) and not errors
+    for name in synthetic.FILES[1:]:  # the ad table may repeat; every other file must change
         assert not filecmp.cmp(tmp_path / "a" / name, tmp_path / "c" / name, shallow=False), name
 
 
@@ -225,9 +225,9 @@ def test_command_line_writes_what_the_library_writes(tmp_path):
                           "--out", str(tmp_path / "cli"), *args], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "train.csv: 3,000 rows" in run.stdout and "oracle AUC" in run.stdout
-    Y.generate(str(tmp_path / "lib"), **TINY, seed=3)
-    match, _, _ = filecmp.cmpfiles(tmp_path / "cli", tmp_path / "lib", Y.FILES, shallow=False)
-    assert match == list(Y.FILES)
+    synthetic.generate(str(tmp_path / "lib"), **TINY, seed=3)
+    match, _, _ = filecmp.cmpfiles(tmp_path / "cli", tmp_path / "lib", synthetic.FILES, shallow=False)
+    assert match == list(synthetic.FILES)
 
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_synthetic.py"),
                           "--out", str(tmp_path / "bad"), *args, "--hot-cut", "900"],
@@ -242,7 +242,7 @@ def test_command_line_writes_what_the_library_writes(tmp_path):
 ])
 def test_bad_settings_name_the_option(change, message):
     with pytest.raises(ValueError, match=message):
-        Y.resolve_scale("sample", **{**TINY, **change})
+        synthetic.resolve_scale("sample", **{**TINY, **change})
 
 
 def test_render_tokens_matches_python_formatting():

@@ -7,6 +7,7 @@ it proves they are generic over model folders.
 """
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -14,11 +15,11 @@ import numpy as np
 import pytest
 
 from helpers import MAX_IDXS, ROOT, assert_one_line_error, fake_model_folder, pairwise_auc, run
-from tools.utils import checkpoint as ckpt
-from tools.utils import config as cfg
-from tools.utils import dataset as D
-from tools.utils import model_folder
-from tools.utils.run_folder import RunFolder
+from tools.utils.run import checkpoint as ckpt
+from tools.utils.run import config as cfg
+from tools.utils.data import dataset
+from tools.utils.run import model_folder
+from tools.utils.run.run_folder import RunFolder
 
 
 # ---------------------------------------------------------------- config
@@ -74,7 +75,9 @@ YAML_KEYS = ("local_lr", "optimizer.class", "optimizer.learning_rate")  # the hy
 
 
 class Needs:
-    """A model that declares these hyper_parameters (as a model folder's DygraphModel does), as MetaHeac does."""
+    """A model (contract.Model) that declares these hyper_parameters as MetaHeac does, from this file."""
+
+    source = os.path.relpath(__file__)
 
     def __init__(self, *keys):
         import dygraph_model
@@ -167,16 +170,26 @@ def test_base_configs_are_inherited_with_paths_relative_to_the_file_that_wrote_t
 def test_schema_gives_max_idxs_and_explicit_lists_must_match(tmp_path):
     split = tmp_path / "data" / "train"
     split.mkdir(parents=True)
-    D.write_schema(str(split), {"static": [5] * 7, "dynamic": [9] * 7, "ad": [3] * 6})
+    dataset.write_schema(str(split), {"static": [5] * 7, "dynamic": [9] * 7, "ad": [3] * 6})
     (tmp_path / "config.yaml").write_text(YAML.replace("  local_lr:", "  max_idxs: schema\n  local_lr:"))
-    config = cfg.load_config(str(tmp_path / "config.yaml"))
-    cfg.attach_schema(config, D.read_schema(str(split)), str(split))
+    loaded = cfg.load_config(str(tmp_path / "config.yaml"), ["runner.seed=1", "runner.train_batch_size=4",
+                                                             "runner.train_reader_path=r"])
+    spec = cfg.validate(loaded, "train", Needs(*YAML_KEYS, "max_idxs"))
+    assert "thread_num" not in loaded["runner"] and spec["runner"]["thread_num"] == 2  # filled in the spec only
+    config = cfg.with_data(spec, str(split), schema=dataset.read_schema(str(split)), train_campaigns=[3, 1])
     assert config["hyper_parameters"]["max_idxs"] == [[5] * 7, [9] * 7, [3] * 6]
-    assert config["data_schema"]["dynamic_widths"] == [10, 10, 10, 5, 5, 5, 5]
+    assert config["data_schema"]["dynamic_widths"] == [10, 10, 10, 5, 5, 5, 5] and config["train_campaigns"] == [3, 1]
+    # the run spec stays as validated, and neither it nor the config made from it can be changed in place
+    assert spec["hyper_parameters"]["max_idxs"] == "schema" and "data_schema" not in spec
+    for change in (lambda: spec["runner"].update(seed=3), lambda: config["hyper_parameters"]["max_idxs"][0].append(1),
+                   lambda: config.__setitem__("train_campaigns", []), lambda: config["data_schema"].pop("ad_fields")):
+        with pytest.raises(TypeError, match=r"a validated config is read-only .*\(with_data\)"):
+            change()
+    assert json.loads(json.dumps(config)) == config and pickle.loads(pickle.dumps(config)) == config
     other = cfg.load_config(str(tmp_path / "config.yaml"), ["hyper_parameters.max_idxs=[[4,4,4,4,4,4,4],"
                                                            "[9,9,9,9,9,9,9],[3,3,3,3,3,3]]"])
     with pytest.raises(cfg.ConfigError, match=r"max_idxs is \[\[4, 4, .* but .*train has \[\[5, 5"):
-        cfg.attach_schema(other, D.read_schema(str(split)), str(split))
+        cfg.with_data(other, str(split), schema=dataset.read_schema(str(split)))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -340,7 +353,7 @@ def test_trainer_saves_each_epoch_and_resumes_exactly(paddle, model_dir, trained
     meta = ckpt.read_meta(os.path.join(out, "1"))
     assert meta["stats"]["meta_batches"] == 19  # ceil(300 rows / 16)
     from tools import trainer
-    _, reader = trainer.prepare(cfg.load_config(str(model_dir / "config.yaml")))
+    _, reader, _ = trainer.prepare(cfg.load_config(str(model_dir / "config.yaml")))
     reader.set_epoch(1)  # the trainer's epoch 1 draws from (seed, 1)
     assert meta["stats"]["samples"] == sum(len(s["label"]) + len(q["label"]) for mb in reader for s, q in mb)
 
@@ -390,7 +403,7 @@ def test_infer_meta_without_fine_tuning_scores_the_checkpoint(paddle, model_dir,
                                                          ("test_hot", 1), ("test_cold", 1)]
     for r in runs:
         params = ckpt.load_arrays(r["checkpoint"], ckpt.PARAMS_FILE)
-        stage2 = D.load_split(r["data_dir"])["stage2"]
+        stage2 = dataset.load_split(r["data_dir"])["stage2"]
         defined = []
         for c in r["campaigns"]:
             rows = stage2["aid"] == c["campaign"]
@@ -414,11 +427,11 @@ def test_infer_meta_without_fine_tuning_scores_the_checkpoint(paddle, model_dir,
 def test_infer_meta_restores_the_weights_for_every_campaign(model_dir, trained, tmp_path):
     only = str(tmp_path / "test_only_13")
     os.makedirs(only)
-    D.write_schema(only, MAX_IDXS)
-    split = D.load_split(str(model_dir / "data" / "test_hot"))
+    dataset.write_schema(only, MAX_IDXS)
+    split = dataset.load_split(str(model_dir / "data" / "test_hot"))
     for stage in ("stage1", "stage2"):
         keep = split[stage]["aid"] == 13
-        D.save_stage(os.path.join(only, f"test_{stage}.npz"), {k: v[keep] for k, v in split[stage].items()})
+        dataset.save_stage(os.path.join(only, f"test_{stage}.npz"), {k: v[keep] for k, v in split[stage].items()})
     results = {}
     for data_dir in (str(model_dir / "data" / "test_hot"), only):
         proc = run("infer_meta.py", model_dir, "-o", "runner.infer_start_epoch=1", f"runner.test_data_dir={data_dir}",
@@ -434,11 +447,11 @@ def test_infer_meta_restores_the_weights_for_every_campaign(model_dir, trained, 
 def test_infer_meta_says_which_campaigns_had_no_seeds_to_fine_tune_on(model_dir, trained, tmp_path):
     folder = str(tmp_path / "test_unseeded")
     os.makedirs(folder)
-    D.write_schema(folder, MAX_IDXS)
-    split = D.load_split(str(model_dir / "data" / "test_hot"))
-    D.save_stage(os.path.join(folder, "test_stage1.npz"), {k: v[split["stage1"]["aid"] == 11]
+    dataset.write_schema(folder, MAX_IDXS)
+    split = dataset.load_split(str(model_dir / "data" / "test_hot"))
+    dataset.save_stage(os.path.join(folder, "test_stage1.npz"), {k: v[split["stage1"]["aid"] == 11]
                                                              for k, v in split["stage1"].items()})
-    D.save_stage(os.path.join(folder, "test_stage2.npz"), split["stage2"])
+    dataset.save_stage(os.path.join(folder, "test_stage2.npz"), split["stage2"])
     proc = run("infer_meta.py", model_dir, "-o", f"runner.test_data_dir={folder}", "runner.infer_start_epoch=1",
                f"runner.infer_output_path={tmp_path / 'res'}")
     assert proc.returncode == 0, proc.stderr
@@ -463,7 +476,7 @@ def test_infer_meta_needs_only_the_checkpoint_and_the_test_data(model_dir, train
 def test_fine_tuning_reshuffles_the_seeds_every_pass_into_consecutive_batches(paddle):
     """As the official test_train: sample(frac=1) once per pass, then consecutive batches."""
     import reader_test
-    from tools.utils import campaign
+    from tools.utils.run import campaign
 
     class Recording:  # the model hooks fine_tune calls, recording each batch's uids
         def __init__(self):
@@ -495,7 +508,28 @@ def test_fine_tuning_reshuffles_the_seeds_every_pass_into_consecutive_batches(pa
 def test_importing_paddle_before_paddle_env_is_named_and_the_tools_never_do():
     def stderr_of(code):
         return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stderr
-    assert "paddle was imported before tools.utils.paddle_env" in stderr_of("import paddle\nimport tools.utils.paddle_env")
-    loads = ("from tools.utils import model_folder\nmodel_folder.model_module({'model_dir': '.', "
+    assert "paddle was imported before tools.utils.paddle_env" in stderr_of(
+        "import paddle\nfrom tools.utils import paddle_env\npaddle_env.load()")
+    untouched = ("import os, sys\nkeys = set(os.environ)\nfrom tools.utils import paddle_env\n"
+                 "assert 'paddle' not in sys.modules and set(os.environ) == keys\n"
+                 "from tools.utils.paddle_env import paddle\nassert os.environ['GLOG_minloglevel'] == '2'\n"
+                 "assert paddle is sys.modules['paddle'] is paddle_env.load()")
+    assert stderr_of(untouched) == ""  # importing the module sets nothing; asking for paddle sets it all
+    loads = ("from tools.utils.run import model_folder\nmodel_folder.model_module({'model_dir': '.', "
              "'config_path': 'x'})")
     assert stderr_of(loads) == ""  # the model module imports paddle, after the environment is set
+
+
+def test_config_big_is_the_sample_config_on_the_full_data():
+    """config_big.yaml sets only what the full data changes (base: config.yaml): the same model and
+    hyper_parameters, PaddleRec's batch of 1024, its own data and output folders."""
+    sample, big = (cfg.load_config(os.path.join(ROOT, name)) for name in ("config.yaml", "config_big.yaml"))
+    for config in (sample, big):
+        cfg.validate(config, "train", model_folder.load_model(config))
+    assert big["model_dir"] == sample["model_dir"] == ROOT and big["hyper_parameters"] == sample["hyper_parameters"]
+    changed = {key: value for key, value in big["runner"].items() if sample["runner"].get(key) != value}
+    assert changed == {"train_data_dir": os.path.join(ROOT, "data", "big", "train"),
+                       "test_data_dir": os.path.join(ROOT, "data", "big", "test_hot"), "train_batch_size": 1024,
+                       "infer_batch_size": 1024, "print_interval": 20,
+                       "model_save_path": os.path.join(ROOT, "output_model_metaheac_big"),
+                       "infer_load_path": os.path.join(ROOT, "output_model_metaheac_big")}

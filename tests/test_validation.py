@@ -1,4 +1,4 @@
-"""Validation campaigns during meta-training (tools/utils/validation.py): held out of training, scored with the
+"""Validation campaigns during meta-training (tools/utils/run/validation.py): held out of training, scored with the
 test protocol, the best checkpoint kept and early stopping, checked on the fake model folder."""
 import json
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import fake_model_folder, run, write_split
-from tools.utils import dataset as D
+from tools.utils.data import dataset
 
 VALID = ["runner.valid_campaigns=2", "runner.valid_interval=2", "runner.valid_patience=3", "runner.epochs=4"]
 
@@ -40,12 +40,12 @@ def test_early_stopping_keeps_the_checkpoint_of_the_best_validation_gauc(trained
     # the saved weights give that GAUC again when meta-inference tests them on the validation campaigns
     held = sorted({h for h in range(1, 7)} - set(best["train_campaigns"]))
     assert len(held) == 2
-    split = D.load_split(str(folder / "data" / "train"))
+    split = dataset.load_split(str(folder / "data" / "train"))
     (tmp_path / "valid").mkdir()
-    D.write_schema(str(tmp_path / "valid"), split["schema"]["max_idxs"])
+    dataset.write_schema(str(tmp_path / "valid"), split["schema"]["max_idxs"])
     for k in (1, 2):
         rows = np.flatnonzero(np.isin(split[f"stage{k}"]["aid"], held))
-        D.save_stage(str(tmp_path / "valid" / f"test_stage{k}.npz"), D.take(split[f"stage{k}"], rows))
+        dataset.save_stage(str(tmp_path / "valid" / f"test_stage{k}.npz"), dataset.take(split[f"stage{k}"], rows))
     again = run("infer_meta.py", folder, "--best", "-o", f"runner.test_data_dir={tmp_path / 'valid'}",
                 f"runner.infer_output_path={tmp_path / 'results'}")
     assert again.returncode == 0, again.stderr

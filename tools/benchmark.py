@@ -21,7 +21,7 @@ Writes OUT/results.md (a table per protocol: per campaign AUC (GAUC) and P@5%
 of the cold and hot campaigns first, what an advertiser gets, then the pooled
 AUC; mean ± sample standard deviation over the seeds; the oracle row when the
 data has the generator's true probabilities), results.csv, results.json and
-gauc.png (tools/utils/benchmark_report.py). A run whose run.json records the
+gauc.png (tools/utils/measure/benchmark_report.py). A run whose run.json records the
 same commands is not repeated, so an interrupted benchmark resumes; delete OUT
 to rerun everything.
 
@@ -44,12 +44,13 @@ import time
 
 import numpy as np
 
-from tools.utils import benchmark_report, cli, metrics
-from tools.utils import dataset as D
+from tools.utils import cli
+from tools.utils.measure import benchmark_report, metrics
+from tools.utils.data import dataset
 from tools.utils.errors import Stopped, UserError
 from tools.utils.files import write_json
-from tools.utils.model_folder import ROOT
-from tools.utils.raw_users import quiet_worker_signals
+from tools.utils.run.model_folder import ROOT
+from tools.utils.data.raw_users import quiet_worker_signals
 
 # name: (row label, config relative to ROOT, extra overrides, trains across campaigns)
 METHODS = {
@@ -89,10 +90,10 @@ def config_keys(config_path):
     """The keys a method's commands may set: the runner keys its config sets and the hyper_parameters its model
     folder declares. --set applies to the methods that have the key. Imports the model (and Paddle): run it in a
     worker."""
-    from tools.utils import config as cfg
-    from tools.utils import model_folder
+    from tools.utils.run import config as cfg
+    from tools.utils.run import model_folder
     config = cfg.load_config(config_path)
-    model = model_folder.model_module(config).DygraphModel()
+    model = model_folder.load_model(config)
     return {key for key in cfg.KEYS if cfg.get(config, key) is not None} | set(cfg.hyper_parameters_of(model))
 
 
@@ -100,7 +101,7 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys, protoc
     """[(method, seed, trainer argv, {protocol: infer_meta argv}, run folder)] for every method x seed; keys:
     config_keys of every method."""
     data_dir = os.path.abspath(data_dir)
-    D.read_schema(os.path.join(data_dir, "train"))  # a data folder, before any run starts
+    dataset.read_schema(os.path.join(data_dir, "train"))  # a data folder, before any run starts
     unused = [item for item in extra if item not in QUICK["set"]  # --quick's settings apply where they can
               and not any(item.partition("=")[0] in keys[m] for m in methods)]
     if unused:
@@ -128,7 +129,7 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys, protoc
 
 def fine_tune_protocol(method, extra, keys):
     """(passes, Adam learning rate, batch) of a method's fine-tuning on each test campaign's seeds."""
-    from tools.utils.config import load_config
+    from tools.utils.run.config import load_config
     config = load_config(os.path.join(ROOT, METHODS[method][1]),
                          [*METHODS[method][2], *[i for i in extra if i.partition("=")[0] in keys]])
     return (config["runner"]["infer_train_epoch"], config["hyper_parameters"]["local_test_learning_rate"],
@@ -151,7 +152,8 @@ def _start_worker():
     with one line in its log), and Ctrl-C is the parent's; then Paddle is imported once, so no run's wall time
     includes it."""
     quiet_worker_signals()
-    import tools.utils.paddle_env  # noqa: F401
+    from tools.utils import paddle_env
+    paddle_env.load()
 
 
 def run_one(method, seed, train, infer, folder):
@@ -222,11 +224,11 @@ def oracle(data_dir):
     out = {}
     for short, split in benchmark_report.SPLITS:
         split_dir = os.path.join(data_dir, split)
-        stage2 = D.load_split(split_dir, stages=(1, 2))["stage2"]
-        probs = D.load_oracle(D.stage_path(split_dir, 2), len(stage2["label"]))
+        stage2 = dataset.load_split(split_dir, stages=(1, 2))["stage2"]
+        probs = dataset.load_oracle(dataset.stage_path(split_dir, 2), len(stage2["label"]))
         if probs is None:
             return None
-        index = D.CampaignIndex(stage2["aid"])
+        index = dataset.CampaignIndex(stage2["aid"])
         campaigns = [{"campaign": int(index.aids[i]),
                       **metrics.campaign_metrics(stage2["label"][index.rows_of(i)], probs[index.rows_of(i)])}
                      for i in range(len(index))]
@@ -238,7 +240,7 @@ def data_summary(data_dir):
     """Rows and campaigns of each split's stages."""
     out = {}
     for split in ("train", "test_hot", "test_cold"):
-        loaded = D.load_split(os.path.join(data_dir, split))
+        loaded = dataset.load_split(os.path.join(data_dir, split))
         out[split] = {f"stage{k}": {"rows": int(len(loaded[f"stage{k}"]["label"])),
                                     "campaigns": int(len(np.unique(loaded[f"stage{k}"]["aid"])))}
                       for k in (1, 2) if loaded[f"stage{k}"] is not None}

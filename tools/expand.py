@@ -7,25 +7,25 @@
 The model is the meta-trained checkpoint meta-inference would test last
 (runner.infer_load_path, epoch runner.infer_end_epoch - 1; --epoch picks
 another). It is adapted to the campaign's seeds exactly as tools/infer_meta.py
-adapts a test campaign (tools/utils/campaign.py: fine-tuned, and for MetaHeac
+adapts a test campaign (tools/utils/run/campaign.py: fine-tuned, and for MetaHeac
 given a wide part fitted on the seeds), then scores every user of the pool.
 DIR is a data-folder stage or raw files (adFeature.csv, train.csv with
 aid,uid,label, userFeature.data) holding the campaign's seeds; --aid picks one
 campaign where DIR holds several. POOL is a stage .npz with uid or a raw
-userFeature.data (tools/utils/expansion.py). Seeds that are all positive get R
+userFeature.data (tools/utils/serving/expansion.py). Seeds that are all positive get R
 negatives per seed (--negatives) drawn from background users, never a user of
-the pool (tools/utils/background.py: the checkpoint's, or --background). Seeds
+the pool (tools/utils/data/background.py: the checkpoint's, or --background). Seeds
 in the pool are left out of the ranking unless --keep-seeds. A campaign whose
 ad ids, or most of whose seeds' ids, the checkpoint has never seen is refused
 (the wrong model) unless --allow-unknown.
 
 Writes OUT/top_k.csv (uid, score, rank), OUT/expand.json (what was done: the
 checkpoint, seeds, negatives and where they came from, the fine-tuning, the
-quality estimated on held-out seeds (tools/utils/quality.py), the score at rank
+quality estimated on held-out seeds (tools/utils/serving/quality.py), the score at rank
 K and a histogram of the pool's scores, unknown ids, timings), OUT/expand.png
 (the histogram and the quality, with matplotlib) and, with --all-scores,
 OUT/all_scores.npy (every pool user's score, in pool order); --export DIR
-writes the adapted model for Paddle Inference (tools/utils/serving.py).
+writes the adapted model for Paddle Inference (tools/utils/serving/exported.py).
 """
 if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
@@ -40,15 +40,18 @@ import time
 
 import numpy as np
 
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import config as cfg
-from tools.utils import expansion as E
-from tools.utils import background, campaign, charts, model_folder, quality, resources, serving
-from tools.utils import vocabulary as V
+from tools.utils.run import config as cfg
+from tools.utils.serving import expansion
+from tools.utils.serving import exported, quality
+from tools.utils.run import campaign, model_folder, resources, trained
+from tools.utils.measure import charts
+from tools.utils.data import background
+from tools.utils.data import vocabulary
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
-from tools.utils.outputs import Outputs
+from tools.utils.serving.outputs import Outputs
 
 EXAMPLES = (
     "python tools/expand.py -m config.yaml --campaign CAMPAIGN --pool userFeature.data --top-k 1000 --out audience",
@@ -66,7 +69,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
            allow_unknown=False, folds=quality.FOLDS, force=False):
     """Adapt the checkpoint to the campaign's seeds and rank the pool; returns the summary dict.
 
-    The outputs are checked before any work and land together or not at all (tools/utils/outputs.py); a
+    The outputs are checked before any work and land together or not at all (tools/utils/serving/outputs.py); a
     non-empty out_dir or export_dir is refused unless force.
     """
     started = time.perf_counter()
@@ -75,19 +78,16 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     if export_dir:
         outputs.folder(export_dir, "--export")
     outputs.check()
+    model = model_folder.load_model(config)
+    config = cfg.validate(config, "expand", model)
     runner = config["runner"]
-    model = model_folder.model_module(config).DygraphModel()
-    cfg.validate(config, "expand", model)
     epoch = runner["infer_end_epoch"] - 1 if epoch is None else epoch
-    path = ckpt.require(runner["infer_load_path"], epoch,
-                        f"python tools/trainer.py -m {config['config_path']} -o runner.epochs="
-                        f"{epoch + 1 if epoch != 'best' else runner['infer_end_epoch']}")
-    meta = ckpt.read_meta(path)
-    cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", path), path)
-    config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", path)
+    make = (f"python tools/trainer.py -m {config['config_path']} -o runner.epochs="
+            f"{epoch + 1 if epoch != 'best' else runner['infer_end_epoch']}")
+    config, path, meta = trained.checkpoint(config, epoch, make)
     resources.require_memory(config)
     vocab = ckpt.vocabulary(path)
-    camp = E.read_campaign(campaign_dir, config["data_schema"], vocab, aid)
+    camp = expansion.read_campaign(campaign_dir, config["data_schema"], vocab, aid)
     if not (camp.seeds["label"] == 1).any():
         raise UserError(f"{campaign_dir}: the seeds hold no positive (label 1) user, so there is nothing to expand "
                         f"from (campaign {camp.aid}); give the campaign's positive seeds (negatives are optional)")
@@ -107,16 +107,13 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     from tools.utils import paddle_env
     paddle_env.set_threads(runner["thread_num"])
     paddle_env.set_device(runner["use_gpu"])
-    paddle_env.seed_all(runner["seed"])
-    net = model.create_model(config)
-    params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
-    ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
-    batches = model_folder.load_module(runner["infer_reader_path"], config["config_path"]).batches
+    net, params = trained.load_trained(model, config, path, trust_pickle)
+    batches = model_folder.test_reader(config).batches
 
     rows, drawn = camp.seeds, 0
     if positive_only:
         rng = np.random.default_rng([runner["seed"], camp.aid % 2**32, 1])  # the negatives' draw
-        rows, drawn = background.with_negatives(camp.seeds, users, negatives, E.pool_uids(pool), rng)
+        rows, drawn = background.with_negatives(camp.seeds, users, negatives, expansion.pool_uids(pool), rng)
         if not drawn:
             raise UserError(f"{users_from}: every background user is a seed or a user of the pool, so no negative "
                             "can be drawn without telling the model that users it ranks are negatives; give "
@@ -128,8 +125,8 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     estimated = time.perf_counter()
     scorer = campaign.adapt(model, net, params, rows, config, camp.aid, batches, users)
     scoring = time.perf_counter()
-    pool_unknown = V.UnknownIds()
-    ranked, scores, n_pool, histogram = E.score_pool(model, scorer, camp, pool, config["data_schema"], vocab,
+    pool_unknown = vocabulary.UnknownIds()
+    ranked, scores, n_pool, histogram = expansion.score_pool(model, scorer, camp, pool, config["data_schema"], vocab,
                                                      config, batches, top_k, keep_seeds, pool_unknown, all_scores)
     done = time.perf_counter()
 
@@ -137,7 +134,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     writer = csv.writer(table)
     writer.writerow(("uid", "score", "rank"))
     writer.writerows((uid, f"{score:.7g}", rank) for rank, (uid, score) in enumerate(ranked, 1))
-    seeds_in_pool = int(np.isin(camp.seeds["uid"], E.pool_uids(pool)).sum()) if "uid" in camp.seeds else 0
+    seeds_in_pool = int(np.isin(camp.seeds["uid"], expansion.pool_uids(pool)).sum()) if "uid" in camp.seeds else 0
     summary = {
         "campaign": camp.aid,
         "checkpoint": {"path": path, "epoch": epoch, "params_sha256": meta.get("sha256", {}).get(ckpt.PARAMS_FILE),
@@ -145,7 +142,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
         "seeds": {"positive": int((camp.seeds["label"] == 1).sum()), "negative": int((camp.seeds["label"] == 0).sum()),
                   "in_pool": seeds_in_pool, "ranked": keep_seeds},
         "negatives": {"drawn": drawn, "per_seed": negatives if drawn else None, "from": users_from if drawn else None,
-                      "rule": E.NEGATIVES_RULE if drawn else None},
+                      "rule": expansion.NEGATIVES_RULE if drawn else None},
         "random_seed": runner["seed"],
         "fine_tuning": {"passes": runner["infer_train_epoch"], "batch": runner["infer_batch_size"],
                         "learning_rate": config["hyper_parameters"].get("local_test_learning_rate"),
@@ -165,11 +162,11 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
             atomic_write(outputs.staged(os.path.join(out_dir, "all_scores.npy")),
                          lambda f: np.save(f, scores.astype(np.float32)))
         if export_dir:
-            serving.export(scorer, camp.ad, outputs.staged(export_dir),
+            exported.export(scorer, camp.ad, outputs.staged(export_dir),
                            {"campaign": camp.aid, "checkpoint": path,
                             "vocabulary_sha256": config["data_schema"].get("vocabulary_sha256"),
                             "data_schema": config["data_schema"]},
-                           V.to_bytes(vocab) if vocab else None)
+                           vocabulary.to_bytes(vocab) if vocab else None)
             summary["export"] = export_dir
         write_json(outputs.staged(os.path.join(out_dir, "expand.json")), summary)
         chart = None if charts.pyplot() is None else os.path.join(out_dir, "expand.png")
@@ -185,8 +182,9 @@ def _background(path, background_file, schema, vocab):
         if not os.path.exists(background_file):
             raise UserError(f"{background_file}: no such file; --background takes users in the pool's formats "
                             "(a stage .npz with uid, or a userFeature.data)")
-        return (E.read_users(background_file, schema, vocab, background.BACKGROUND_USERS, V.UnknownIds()),
-                background_file)
+        users = expansion.read_users(background_file, schema, vocab, background.BACKGROUND_USERS,
+                                     vocabulary.UnknownIds())
+        return users, background_file
     return ckpt.background_users(path), f"{path}/{background.BACKGROUND_FILE}"
 
 

@@ -7,7 +7,7 @@ folders test_hot and test_cold beside runner.test_data_dir). A campaign's
 gate is the mean of its rows' gate weights (its training rows, stage 1 of
 the training data, the rows the trainer reads; a test campaign's seeds and
 candidates, both stages), with the checkpoint's weights before any
-fine-tuning: tools/utils/gates.py says why a mean.
+fine-tuning: tools/utils/measure/gates.py says why a mean.
 
 Writes DIR/gates_epoch<E>.csv (split, campaign, rows, expert_0.., critic_0..;
 each gate's weights sum to 1 on every line) and DIR/gates_epoch<E>.png (a
@@ -28,12 +28,12 @@ import sys
 import numpy as np
 
 from tools.infer_meta import split_dirs
-from tools.utils import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import config as cfg
-from tools.utils import dataset as D
-from tools.utils import gates as G
-from tools.utils import metrics, model_folder
+from tools.utils.run import config as cfg
+from tools.utils.data import dataset
+from tools.utils.measure.gates import GATES, campaign_gates, write_csv, write_heatmap
+from tools.utils.run import model_folder, trained
+from tools.utils.measure import metrics
 from tools.utils.errors import ConfigError
 from tools.utils.progress import progress
 
@@ -41,48 +41,44 @@ from tools.utils.progress import progress
 def gates(config, epoch=None, out_dir=None, trust_pickle=False):
     """Write the CSV and the heatmap of a checkpoint's per-campaign gates; returns [(split, aid, rows, experts,
     critics)]."""
+    model = model_folder.load_model(config)
+    config = cfg.validate(config, "infer", model)
     runner = config["runner"]
-    model = model_folder.model_module(config).DygraphModel()
-    cfg.validate(config, "infer", model)
     if not runner.get("train_data_dir"):
         raise ConfigError(f"{config['config_path']}: runner.train_data_dir is missing (the training campaigns); "
                           "add it to the YAML or pass -o runner.train_data_dir=...")
     epoch = runner["infer_end_epoch"] - 1 if epoch is None else epoch
-    path = ckpt.require(runner["infer_load_path"], epoch,
-                        f"python tools/trainer.py -m {config['config_path']} -o runner.epochs={epoch + 1}")
-    meta = ckpt.read_meta(path)
-    cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", path), path)
-    config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", path)
+    config, path, _ = trained.checkpoint(config, epoch, f"python tools/trainer.py -m {config['config_path']} -o "
+                                                        f"runner.epochs={epoch + 1}")
     folders = {"train": runner["train_data_dir"], **dict(zip(("hot", "cold"), split_dirs(runner["test_data_dir"],
                                                                                         "both")))}
-    schemas = {split: D.read_schema(folder) for split, folder in folders.items()}
+    schemas = {split: dataset.read_schema(folder) for split, folder in folders.items()}
     for split, folder in folders.items():
-        D.require_vocabulary(schemas[split], config["data_schema"], folder, "the checkpoint")
+        dataset.require_vocabulary(schemas[split], config["data_schema"], folder, "the checkpoint")
 
     from tools.utils import paddle_env
     paddle_env.set_threads(runner["thread_num"])
     paddle_env.set_device(False)
-    net = model.create_model(config)
-    ckpt.restore_params(net, ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle),
-                        os.path.join(path, ckpt.PARAMS_FILE))
-    if not all(hasattr(net, f"{gate}_w0") for gate in G.GATES):
+    net, _ = trained.load_trained(model, config, path, trust_pickle)
+    if not all(hasattr(net, f"{gate}_w0") for gate in GATES):
         raise ConfigError(f"{config['config_path']}: the model of this folder has no expert and critic gates "
                           "(expert_gate_*, critic_gate_* parameters); tools/gates.py reads MetaHeac's")
     net.eval()
     table = []
     for split, folder in folders.items():
-        stages = [p for p in (D.stage_path(folder, stage) for stage in ((1,) if split == "train" else (1, 2))) if p]
-        chunks = progress((chunk for p in stages for chunk in D.iter_stage(p, schemas[split])), desc=split,
+        stages = [p for p in (dataset.stage_path(folder, stage) for stage in ((1,) if split == "train" else (1, 2)))
+                  if p]
+        chunks = progress((chunk for p in stages for chunk in dataset.iter_stage(p, schemas[split])), desc=split,
                           unit="chunk")
-        for aid, (rows, experts, critics) in G.campaign_gates(net, chunks).items():
+        for aid, (rows, experts, critics) in campaign_gates(net, chunks).items():
             table.append((split, aid, rows, experts, critics))
     if not table:
         raise ConfigError(f"{config['config_path']}: no rows in {', '.join(folders.values())}; nothing to show")
     out_dir = out_dir or os.path.join(runner["infer_load_path"], "gates")
     os.makedirs(out_dir, exist_ok=True)
     csv_path, png_path = (os.path.join(out_dir, f"gates_epoch{epoch}.{ext}") for ext in ("csv", "png"))
-    G.write_csv(csv_path, table)
-    drawn = G.write_heatmap(png_path, table, f"gate weights per campaign, checkpoint {path}")
+    write_csv(csv_path, table)
+    drawn = write_heatmap(png_path, table, f"gate weights per campaign, checkpoint {path}")
 
     def weights(values):
         return " ".join(f"{v:.3f}" for v in values)

@@ -29,7 +29,8 @@ import argparse
 import os
 import sys
 
-from tools.utils import cli, safe_pickle
+from tools.utils import cli
+from tools.utils.data import safe_pickle
 from tools.utils.files import remove_dead_leftovers
 from tools.utils.progress import progress
 

@@ -6,7 +6,7 @@ per epoch, restored from memory per campaign), fine-tune with a fresh Adam at
 hyper_parameters.local_test_learning_rate for runner.infer_train_epoch passes
 over the campaign's seeds (shuffled anew for every pass, then cut into
 consecutive batches of infer_batch_size, as the official code does), then
-score its candidates (tools/utils/campaign.py). Everything random in a
+score its candidates (tools/utils/run/campaign.py). Everything random in a
 campaign is seeded with (seed, aid), so its result does not depend on the
 other campaigns. Prints a
 table (one row per split x epoch) and writes metrics_<splits>.json and .csv
@@ -44,11 +44,13 @@ import time
 import warnings
 
 import numpy as np
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import config as cfg
-from tools.utils import dataset as D
-from tools.utils import background, campaign, distributed, metrics, model_folder, resources
+from tools.utils.run import config as cfg
+from tools.utils.data.dataset import load_split
+from tools.utils.run import campaign, distributed, model_folder, resources, trained
+from tools.utils.measure import metrics
+from tools.utils.data import background
 from tools.utils.errors import CheckpointError, TrainingError
 from tools.utils.files import atomic_write, plain, require_writable, write_json, write_text
 from tools.utils.progress import progress
@@ -196,8 +198,8 @@ def write_metrics(out_dir, tag, runs):
 
 
 def checkpoints(config, trainer_command, trust_pickle=False, best=False):
-    """{epoch: folder} of the finished checkpoints to test ({"best": folder} with best); the model's data facts
-    taken from the first.
+    """(config, {epoch: folder}): the finished checkpoints to test ({"best": folder} with best), and the run spec
+    with the data facts of the first (trained.learn).
 
     A checkpoint of an earlier version (trusted pickles) does not hold them: they come from the training data.
     """
@@ -212,31 +214,29 @@ def checkpoints(config, trainer_command, trust_pickle=False, best=False):
     first = paths[epochs[0]]
     meta = ckpt.read_meta(first)
     if trust_pickle and "data_schema" not in meta:
-        train = D.load_split(runner["train_data_dir"], stages=(1,))
+        train = load_split(runner["train_data_dir"], stages=(1,))
         meta = {"data_schema": train["schema"], "train_campaigns": np.unique(train["stage1"]["aid"]).tolist()}
         first = runner["train_data_dir"]
-    cfg.attach_schema(config, ckpt.meta_field(meta, "data_schema", first), first)
-    config["train_campaigns"] = ckpt.meta_field(meta, "train_campaigns", first)
-    return paths
+    return trained.learn(config, meta, first), paths
 
 
 def infer(config, split=None, trainer_command="python tools/trainer.py", trust_pickle=False, best=False):
     """Meta-inference of runner's checkpoints on the test split(s); returns the runs (split x epoch results),
     on rank 0 of a distributed run ([] on the other ranks, which print and write nothing)."""
-    runner = config["runner"]
     say = print if distributed.world()[0] == 0 else (lambda *args, **kwargs: None)
-    model = model_folder.model_module(config).DygraphModel()
-    cfg.validate(config, "infer", model)
+    model = model_folder.load_model(config)
+    config = cfg.validate(config, "infer", model)
+    runner = config["runner"]
     if runner["infer_train_epoch"] == 0:
         say("note: fine-tuning is off (runner.infer_train_epoch 0): every campaign is scored by the "
             "checkpoint's weights as they are")
-    paths = checkpoints(config, trainer_command, trust_pickle, best)
+    config, paths = checkpoints(config, trainer_command, trust_pickle, best)
     resources.require_memory(config)
     out_dir = runner.get("infer_output_path") or os.path.join(runner["infer_load_path"], "results")
     if distributed.world()[0] == 0:  # rank 0 writes the results: check before the work
         require_writable(out_dir, "give a writable runner.infer_output_path (-o runner.infer_output_path=...)")
-    reader = model_folder.load_module(runner["infer_reader_path"], config["config_path"])
-    datasets = {d: reader.RecDataset(config, d) for d in split_dirs(runner["test_data_dir"], split)}
+    reader = model_folder.test_reader(config)
+    datasets = {d: model_folder.test_dataset(reader, config, d) for d in split_dirs(runner["test_data_dir"], split)}
     for data_dir, dataset in datasets.items():
         for aid, reason in dataset.skipped:
             say(f"note: {data_dir}: campaign {aid} skipped: {reason}")
@@ -245,12 +245,10 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
     paddle_env.set_threads(runner["thread_num"])
     group = distributed.join(paddle_env.set_device(runner["use_gpu"], quiet=distributed.world()[0] > 0))
     with group.session():
-        paddle_env.seed_all(runner["seed"])
-        net = model.create_model(config)
+        net = trained.build(model, config)
         runs = []
         for epoch, path in paths.items():
-            params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
-            ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
+            params = trained.restore(net, path, trust_pickle)
             users = ckpt.background_users(path)
             if users is None and runner["infer_seeds"] == "positive":
                 raise CheckpointError(f"{path}: holds no background users (a checkpoint of an earlier version); "

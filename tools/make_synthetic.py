@@ -6,7 +6,7 @@
 OUT receives adFeature.csv, userFeature.data, train.csv (stage-1 seeds),
 test1_truth.csv (stage-2 candidates) and oracle.csv (the true click
 probability of every row: for benchmarks, never a feature). The generative
-model is described at the top of tools/utils/synthetic.py. The same arguments
+model is described at the top of tools/utils/data/synthetic.py. The same arguments
 always give byte-identical files (whatever --jobs).
 
 --hot-cut splits the planned campaign sizes: half the campaigns get fewer
@@ -25,7 +25,8 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from tools.utils import cli, synthetic
+from tools.utils import cli
+from tools.utils.data import synthetic
 from tools.utils.errors import UserError
 from tools.utils.files import remove_dead_leftovers
 

@@ -9,7 +9,7 @@ Writes OUT/train/train_stage1.npz (+ train_stage2.npz),
 OUT/test_hot/test_stage{1,2}.npz, OUT/test_cold/test_stage{1,2}.npz and a
 schema.json in each folder (+ *_oracle.npy beside each stage file when
 oracle.csv exists). How ids are encoded and campaigns split: see
-tools/utils/raw.py.
+tools/utils/data/raw.py.
 
 OUT must not hold DIR (nor lie inside it). A non-empty OUT is refused unless
 --force, which replaces OUT/train, OUT/test_hot and OUT/test_cold and leaves
@@ -26,9 +26,9 @@ import os
 import sys
 
 from tools.utils import cli
-from tools.utils import schema as S
+from tools.utils.data import schema
 from tools.utils.files import remove_dead_leftovers
-from tools.utils.raw import SPLITS, STAGING, preprocess
+from tools.utils.data.raw import SPLITS, STAGING, preprocess
 
 
 def parse_args(argv):
@@ -66,7 +66,7 @@ def format_summary(summary, out_dir):
     for folder, _ in SPLITS:
         c = summary.splits[folder]
         lines.append(f"{folder:<10} {c['campaigns']:>9} {c['stage1']:>12} {c['stage2']:>12} {c['positives']:>10}")
-    for group, fields in S.GROUP_FIELDS.items():
+    for group, fields in schema.GROUP_FIELDS.items():
         sizes = ", ".join(f"{f} {m + 1}" for f, m in zip(fields, summary.max_idxs[group]))
         lines.append(f"vocabulary ({group}): {sizes}")
     rate = summary.lines / max(summary.user_seconds, 1e-9)

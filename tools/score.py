@@ -4,7 +4,7 @@
 
 DIR is the folder `tools/expand.py ... --export DIR` wrote (the program, its
 weights, vocabulary.npz and inputs.json). POOL is read and encoded exactly as
-tools/expand.py reads its pool (tools/utils/serving.py's Scorer), so the
+tools/expand.py reads its pool (tools/utils/serving/exported.py's Scorer), so the
 scores equal expand.py's --all-scores for the same users; DIR/inputs.json
 states the input rules for a server that encodes users itself.
 
@@ -30,8 +30,9 @@ import time
 
 import numpy as np
 
-from tools.utils import cli, serving
-from tools.utils import vocabulary as V
+from tools.utils import cli
+from tools.utils.serving import exported
+from tools.utils.data import vocabulary
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
 from tools.utils.progress import progress
@@ -43,8 +44,8 @@ def score(model_dir, pool, out_dir, threads=1):
     paddle_env.set_threads(threads)
     if not os.path.exists(pool):
         raise UserError(f"{pool}: no such pool; give a userFeature.data file or a stage .npz (with uid)")
-    scorer = serving.Scorer(model_dir, threads)
-    unknown, uids, scores = V.UnknownIds(), [], []
+    scorer = exported.Scorer(model_dir, threads)
+    unknown, uids, scores = vocabulary.UnknownIds(), [], []
     started = time.perf_counter()
     bar = progress(total=None, desc="scoring", unit="user", unit_scale=True)
     for chunk_uids, chunk_scores in scorer.score_pool(pool, unknown):

@@ -8,15 +8,15 @@ resumes after the last one, on exactly the same stream of meta-batches, so a
 resumed run ends bitwise equal to an uninterrupted one. SIGTERM or Ctrl-C
 finish the current meta-step, save a step checkpoint and exit (143 / 130).
 The folder's rules (one trainer at a time, leftovers of killed writes
-removed): tools/utils/run_folder.py; the epoch's checks:
-tools/utils/training.py.
+removed): tools/utils/run/run_folder.py; the epoch's checks:
+tools/utils/run/training.py.
 
 Across processes and machines, with PaddlePaddle's launcher (docs/distributed.md):
 
     python -m paddle.distributed.launch --nproc_per_node N tools/trainer.py -m CONFIG [...]
 
 every rank trains on a block of about task_count / N tasks of each meta-batch
-and the gradients are summed (tools/utils/distributed.py); rank 0 alone writes
+and the gradients are summed (tools/utils/run/distributed.py); rank 0 alone writes
 the folder and prints.
 """
 if not __package__:
@@ -25,14 +25,15 @@ if not __package__:
 import os
 import sys
 
-from tools.utils import checkpoint as ckpt
+from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
-from tools.utils import config as cfg
-from tools.utils import curves as C
-from tools.utils import dataset as D
-from tools.utils import background, distributed, model_folder, resources, validation, vocabulary
-from tools.utils.run_folder import BEST, RunFolder
-from tools.utils.training import require_finite, run_epoch
+from tools.utils.run import config as cfg
+from tools.utils.measure.curves import NO_CURVES, for_run
+from tools.utils.data.dataset import read_schema
+from tools.utils.run import distributed, model_folder, resources, validation
+from tools.utils.data import background, vocabulary
+from tools.utils.run.run_folder import BEST, RunFolder
+from tools.utils.run.training import metric_names, require_finite, run_epoch
 
 
 EXAMPLES = (
@@ -48,24 +49,23 @@ EXAMPLES = (
 
 
 def prepare(config, untrained=False):
-    """Load and check everything training needs before anything is written: (model, reader dataset).
+    """Load and check everything training needs before anything is written: (model, reader dataset, the run
+    spec with what the training data says, cfg.with_data).
 
     Under paddle.distributed.launch every rank needs at least one task of each meta-batch (unless nothing
     is trained: untrained, or a model that does not train across campaigns).
     """
-    runner = config["runner"]
-    model = model_folder.model_module(config).DygraphModel()
-    cfg.validate(config, "train", model)
+    model = model_folder.load_model(config)
+    config = cfg.validate(config, "train", model)
     if config["runner"]["valid_campaigns"]:
-        cfg.validate(config, "validate", model)
-    if not untrained and getattr(model, "trains_across_campaigns", True):
+        config = cfg.validate(config, "validate", model)
+    if not untrained and model.trains_across_campaigns:
         distributed.require_enough_tasks(config["hyper_parameters"]["task_count"], config["config_path"])
-    cfg.attach_schema(config, D.read_schema(runner["train_data_dir"]), runner["train_data_dir"])
+    data_dir = config["runner"]["train_data_dir"]
+    config = cfg.with_data(config, data_dir, schema=read_schema(data_dir))
     resources.require_memory(config)
-    reader = model_folder.load_module(runner["train_reader_path"], config["config_path"])
-    dataset = reader.RecDataset(config, runner["train_data_dir"])
-    config["train_campaigns"] = [int(aid) for aid in dataset.campaigns]
-    return model, dataset
+    dataset = model_folder.train_dataset(config, data_dir)
+    return model, dataset, cfg.with_data(config, data_dir, train_campaigns=dataset.campaigns)
 
 
 def train(config, overwrite=False, untrained=False, trust_pickle=False):
@@ -76,9 +76,9 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
     Under paddle.distributed.launch every rank runs this; rank 0 alone writes and prints.
     """
     from tools.utils import paddle_env
-    model, dataset = prepare(config, untrained)
+    model, dataset, config = prepare(config, untrained)
     runner = config["runner"]
-    untrained = untrained or not getattr(model, "trains_across_campaigns", True)
+    untrained = untrained or not model.trains_across_campaigns
     epochs = 1 if untrained else runner["epochs"]
     identity = {**ckpt.run_identity(config), **({"untrained": True} if untrained else {})}
     vocab = vocabulary.load(runner["train_data_dir"], required=False)
@@ -111,7 +111,7 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
                 "again); its best checkpoint is in " + os.path.join(folder.path, BEST))
             return
         group.sync_state(net, optimizer)  # every rank starts from rank 0's weights and optimizer state
-        curves = C.for_run(runner, group.main) if not untrained else C.NO_CURVES
+        curves = for_run(runner, group.main) if not untrained else NO_CURVES
         meta = {"seed": runner["seed"], "config_path": config["config_path"],
                 "data_schema": config["data_schema"], "train_campaigns": config["train_campaigns"]}
         validate = None if untrained or not len(dataset.valid_campaigns) else Validate(
@@ -133,7 +133,7 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
             path = folder.save_epoch(epoch, net, optimizer, {**meta, "stats": stats, **history,
                                                              **({"stopped_early": True} if "stopped_early" in stats
                                                                 else {}), **group_meta(group)})
-            say(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in model.create_metrics())
+            say(f"epoch {epoch}: " + ", ".join(f"{n} {stats[n]:.4f}" for n in metric_names(stats))
                 + f"; {stats['samples']} samples in {stats['seconds']:.1f} s "
                 f"({stats['samples'] / max(stats['seconds'], 1e-9):.0f}/s"
                 + (f" on {group.size} ranks" if group.size > 1 else "") + f"); saved {path}")
@@ -146,12 +146,12 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
 
 
 class Validate:
-    """run_epoch's validate hook: the validation campaigns (tools/utils/validation.py) scored when due, the best
+    """run_epoch's validate hook: the validation campaigns (tools/utils/run/validation.py) scored when due, the best
     checkpoint saved, the curves fed, and whether to stop."""
 
     def __init__(self, model, net, optimizer, dataset, config, folder, curves, say, resume, meta):
         runner = config["runner"]
-        batches = model_folder.load_module(runner["infer_reader_path"], config["config_path"]).batches
+        batches = model_folder.test_reader(config).batches
         users = background.sample(dataset.table, runner["seed"])
         self.validator = validation.Validator(model, config, runner["train_data_dir"], dataset.valid_campaigns,
                                               batches, users, (resume or {}).get("validation", ()))

@@ -40,7 +40,7 @@ def pause(hook):
 
 
 class DygraphModel:
-    # What this folder's config may set (tools/utils/config.py reads it): key -> (kind, default, meaning).
+    # What this folder's config may set (tools/utils/run/config.py reads it): key -> (kind, default, meaning).
     HYPER_PARAMETERS = {
         "task_count": ("int >= 1", "required", "campaigns per meta-batch"),
         "sample_method": ("one of normal | sqrt | unit", "normal", "how campaigns are drawn"),
@@ -64,9 +64,6 @@ class DygraphModel:
     def create_optimizer(self, net, config, learning_rate=None):
         lr = config["hyper_parameters"]["optimizer"]["learning_rate"] if learning_rate is None else learning_rate
         return paddle.optimizer.Adam(learning_rate=lr, parameters=net.parameters())
-
-    def create_metrics(self):
-        return ["loss"]
 
     def _loss(self, net, batch):
         feeds = self.create_feeds(batch)

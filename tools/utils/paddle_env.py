@@ -3,21 +3,22 @@
 `import paddle` prints C++ glog lines (silenced by GLOG_minloglevel, which must
 be set before the import), a "No ccache found" UserWarning about compiling C++
 extensions, which we never do, and installs an INFO handler on the root logger
-(which would make any library's logging.info reach the terminal). Import this
-module instead of paddle first: `from tools.utils.paddle_env import paddle`.
+(which would make any library's logging.info reach the terminal). Call this
+module's load() instead of importing paddle (`from tools.utils.paddle_env
+import paddle` calls it); importing the module itself changes nothing.
 
-It also sets two things that must precede the import and that halve the time
-of a meta-step on this project's 2-core AMD machines (tools/bench_model.py):
+It also sets two things that must precede the import and that shorten a
+meta-step on this project's 2-core AMD machines (docs/performance.md):
 MKL_DEBUG_CPU_TYPE=5 on AMD CPUs, so the MKL inside Paddle takes its AVX2
 matrix kernels instead of a generic path, and glibc malloc settings that keep
 table-sized gradient buffers in the heap instead of returning them to the
 kernel after every step (each return costs page faults on the next use).
 An explicit MKL_DEBUG_CPU_TYPE or MALLOC_* in the environment wins.
 
-The tools load model modules through tools/utils/model_folder.py, which
-imports this module first, and the tests through tests/conftest.py; code of
-one's own that imports paddle (or net.py) before this module loses those
-settings, and this module says so when it is imported after Paddle.
+The tools load model modules through tools/utils/run/model_folder.py, which
+calls load() first, and the tests through tests/conftest.py; code of one's
+own that imports paddle (or net.py) before load() loses those settings, and
+load() says so when Paddle came first.
 """
 import ctypes
 import logging
@@ -29,8 +30,6 @@ import threading
 import warnings
 
 import numpy as np
-
-os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 def _is_amd_cpu():
@@ -53,48 +52,67 @@ def _keep_freed_memory():
     libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
 
 
-if "paddle" in sys.modules:
-    warnings.warn("paddle was imported before tools.utils.paddle_env, too late for the CPU settings made before "
-                  "Paddle loads (MKL's AVX2 kernels on AMD CPUs: meta-steps about 1.8x faster; malloc options); "
-                  "import tools.utils.paddle_env before paddle or net", stacklevel=2)
-if _is_amd_cpu():
-    os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
-_keep_freed_memory()
-warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+_loaded = []  # the paddle module, once load() has imported it
 
-_root = logging.getLogger()
-_root_handlers, _root_level = list(_root.handlers), _root.level
-# Paddle installs a C++ handler for SIGTERM while it loads (it prints a stack dump and aborts): SIGTERM and SIGINT
-# wait while it loads, then the Python handlers there before get them back, and one that came meanwhile arrives
-# (tools/utils/cli.py turns it into one line; a KeyboardInterrupt inside the import would be an ImportError).
-_STOPS = (signal.SIGTERM, signal.SIGINT)
-_handlers = {s: signal.getsignal(s) for s in _STOPS} if threading.current_thread() is threading.main_thread() else {}
-_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
-try:
-    import paddle  # noqa: E402
-finally:
-    for _signal, _handler in _handlers.items():
-        if _handler is not None:
-            signal.signal(_signal, _handler)
-    signal.pthread_sigmask(signal.SIG_SETMASK, _mask)
 
-for _handler in [h for h in _root.handlers if h not in _root_handlers]:
-    _root.removeHandler(_handler)
-_root.setLevel(_root_level)
+def load():
+    """Paddle, imported once with the settings above made first (later calls return it): GLOG_minloglevel,
+    MKL_DEBUG_CPU_TYPE on AMD CPUs, the malloc options, the ccache warning filtered, the root logger as it was,
+    SIGTERM and SIGINT held while it loads. `from tools.utils.paddle_env import paddle` calls it."""
+    if _loaded:
+        return _loaded[0]
+    if "paddle" in sys.modules:
+        warnings.warn("paddle was imported before tools.utils.paddle_env, too late for the CPU settings made before "
+                      "Paddle loads (MKL's AVX2 kernels on AMD CPUs, malloc options: docs/performance.md); "
+                      "import tools.utils.paddle_env before paddle or net", stacklevel=2)
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    if _is_amd_cpu():
+        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    _keep_freed_memory()
+    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+    root = logging.getLogger()
+    root_handlers, root_level = list(root.handlers), root.level
+    # Paddle installs a C++ handler for SIGTERM while it loads (it prints a stack dump and aborts): SIGTERM and
+    # SIGINT wait while it loads, then the Python handlers there before get them back, and one that came meanwhile
+    # arrives (tools/utils/cli.py turns it into one line; a KeyboardInterrupt inside the import would be an
+    # ImportError).
+    stops = (signal.SIGTERM, signal.SIGINT)
+    handlers = {s: signal.getsignal(s) for s in stops} if threading.current_thread() is threading.main_thread() else {}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        import paddle
+    finally:
+        for stop, handler in handlers.items():
+            if handler is not None:
+                signal.signal(stop, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    for handler in [h for h in root.handlers if h not in root_handlers]:
+        root.removeHandler(handler)
+    root.setLevel(root_level)
+    _loaded.append(paddle)
+    return paddle
+
+
+def __getattr__(name):
+    """`paddle`: load()'s module, so that `from tools.utils.paddle_env import paddle` makes the settings first."""
+    if name == "paddle":
+        return load()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def set_threads(n):
     """Use n CPU threads for Paddle's kernels (setting OMP_NUM_THREADS instead makes paddle warn)."""
-    paddle.base.core.set_num_threads(int(n))
+    load().base.core.set_num_threads(int(n))
 
 
 def set_device(use_gpu, quiet=False):
     """Run on a GPU when asked and Paddle has CUDA, otherwise on the CPU; returns "gpu" or "cpu".
 
-    The one place that chooses the device (tools/utils/distributed.py picks the collective backend from its
+    The one place that chooses the device (tools/utils/run/distributed.py picks the collective backend from its
     answer). Under paddle.distributed.launch each rank takes the card the launcher gave it
     (FLAGS_selected_gpus); alone, card 0. quiet: no note (ranks other than 0).
     """
+    paddle = load()
     cuda = paddle.is_compiled_with_cuda()
     if use_gpu and not cuda and not quiet:
         print("note: runner.use_gpu is True but this Paddle build has no CUDA; running on the CPU")
@@ -113,6 +131,6 @@ def derived_seed(*parts):
 
 def seed_all(seed):
     """Seed Paddle, NumPy's global generator and Python's `random`."""
-    paddle.seed(seed)
+    load().seed(seed)
     np.random.seed(seed)
     random.seed(seed)

@@ -1,0 +1,45 @@
+"""A trained model, loaded one way by every tool that reads a checkpoint (tools/infer_meta.py, tools/expand.py,
+tools/gates.py): the checkpoint and the data facts it carries first (checkpoint), so that a tool checks its
+inputs against them before any Paddle work, then the network holding its weights (load_trained).
+"""
+import os
+
+from . import checkpoint as ckpt
+from . import config as cfg
+
+
+def checkpoint(spec, epoch, how_to_make):
+    """(config, path, meta): the folder of runner.infer_load_path's finished checkpoint of `epoch` (an int, or
+    "best"), its meta.json, and the config the model reads, the run spec with the checkpoint's data facts
+    (learn); how_to_make: the command that makes the checkpoint, for the error when it is missing."""
+    path = ckpt.require(spec["runner"]["infer_load_path"], epoch, how_to_make)
+    meta = ckpt.read_meta(path)
+    return learn(spec, meta, path), path, meta
+
+
+def learn(spec, meta, source):
+    """The config the model reads (cfg.with_data): the run spec with what a training learnt from its data, from a
+    checkpoint's meta.json read from source: data_schema (the data's schema.json) and train_campaigns."""
+    return cfg.with_data(spec, source, schema=ckpt.meta_field(meta, "data_schema", source),
+                         train_campaigns=ckpt.meta_field(meta, "train_campaigns", source))
+
+
+def build(model, config):
+    """model.create_model(config), seeded with runner.seed; Paddle's threads and device are set before."""
+    from .. import paddle_env
+    paddle_env.seed_all(config["runner"]["seed"])
+    return model.create_model(config)
+
+
+def restore(net, path, trust_pickle=False):
+    """Put the weights of the checkpoint `path` into net; returns them (arrays by name), to restore between
+    campaigns."""
+    params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
+    ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
+    return params
+
+
+def load_trained(model, config, path, trust_pickle=False):
+    """(net, params): build, then restore the checkpoint `path` into it."""
+    net = build(model, config)
+    return net, restore(net, path, trust_pickle)
