@@ -232,6 +232,20 @@ def optimizer(net, config, learning_rate=None):
     return OPTIMIZERS[chosen["class"]](net, chosen["learning_rate"] if learning_rate is None else learning_rate)
 
 
+
+def infer_train_forward(net, batch):
+    """(loss, metrics) of one fine-tuning batch; the caller runs backward and the optimiser step."""
+    feeds = create_feeds(batch)
+    loss = bce(net(feeds), feeds["label"])
+    return loss, {"loss": float(loss)}
+
+
+def infer_forward(net, batch):
+    """Click probabilities [B] of a batch, a NumPy array."""
+    with paddle.no_grad():
+        return net(create_feeds(batch)).numpy()
+
+
 # ---------------------------------------------------------------- test time: a campaign's wide part
 def multi_hot(layout, batch):
     """The features net.WideLinear weighs, as a SciPy CSR matrix [B, sum of the user tables' rows]: a 1 in the
@@ -355,15 +369,10 @@ class DygraphModel:
         return loss, {"loss": float(loss)}
 
     def infer_train_forward(self, net, batch, config):
-        """Plain loss on one fine-tune batch; the caller runs backward and the optimiser step."""
-        feeds = self.create_feeds(batch)
-        loss = self.create_loss(net(feeds), feeds["label"])
-        return loss, {"loss": float(loss)}
+        return infer_train_forward(net, batch)
 
     def infer_forward(self, net, batch, config):
-        """Click probabilities [B] as a NumPy array."""
-        with paddle.no_grad():
-            return net(self.create_feeds(batch)).numpy()
+        return infer_forward(net, batch)
 
     def campaign_net(self, net, seeds, reference, config):
         """The network that scores a campaign, once `net` is fine-tuned on its seeds (rows with labels).

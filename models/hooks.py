@@ -1,8 +1,6 @@
 """The model hooks every baseline shares: MetaHeac's feeds, loss and optimiser (the functions of the top-level
 dygraph_model.py, not its class), fine-tuning and scoring steps. A baseline subclasses PerCampaignHooks, so
 what MetaHeac adds to its own hooks (its meta-step, its wide part) never reaches the baselines."""
-import paddle
-
 import dygraph_model as metaheac
 
 
@@ -20,12 +18,7 @@ class PerCampaignHooks:
         return metaheac.optimizer(net, config, learning_rate)
 
     def infer_train_forward(self, net, batch, config):
-        """Plain loss on one fine-tune batch; the caller runs backward and the optimiser step."""
-        feeds = self.create_feeds(batch)
-        loss = self.create_loss(net(feeds), feeds["label"])
-        return loss, {"loss": float(loss)}
+        return metaheac.infer_train_forward(net, batch)
 
     def infer_forward(self, net, batch, config):
-        """Click probabilities [B] as a NumPy array."""
-        with paddle.no_grad():
-            return net(self.create_feeds(batch)).numpy()
+        return metaheac.infer_forward(net, batch)

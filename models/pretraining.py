@@ -34,7 +34,10 @@ def hyper_parameters(*keys):
     return {key: metaheac.HYPER_PARAMETERS[key] for key in keys}
 
 
-# The hyper-parameters of the MLP-based baselines (no experts, critics or inner step).
+# The hyper-parameters of the linear per-campaign baselines (one weight per id: no embedding width), and of the
+# MLP-based ones (no experts, critics or inner step).
+LINEAR_HYPER_PARAMETERS = hyper_parameters("max_idxs", "task_count", "sample_method", "local_test_learning_rate",
+                                           "optimizer.class", "optimizer.learning_rate")
 MLP_HYPER_PARAMETERS = hyper_parameters("max_idxs", "embed_dim", "embedding_init", "mlp_dims", "task_count",
                                         "sample_method", "local_test_learning_rate", "optimizer.class",
                                         "optimizer.learning_rate")

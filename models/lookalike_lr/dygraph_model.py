@@ -26,9 +26,7 @@ class LookalikeLR(nn.Layer):
 
 class DygraphModel(hooks.PerCampaignHooks):
     trains_across_campaigns = False
-    HYPER_PARAMETERS = pretraining.hyper_parameters("max_idxs", "task_count", "sample_method",
-                                                    "local_test_learning_rate", "optimizer.class",
-                                                    "optimizer.learning_rate")
+    HYPER_PARAMETERS = pretraining.LINEAR_HYPER_PARAMETERS
 
     def create_model(self, config):
         return LookalikeLR(pretraining.layout(config))
