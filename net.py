@@ -16,6 +16,13 @@ weights as they are (fine-tuning and scoring).
 The field layout (which tables, which columns) comes from the data's
 schema.json as a FieldLayout; this file knows nothing of the Tencent fields.
 
+A layer over the concatenated field embeddings (the experts' first, the
+gates' first) reads a field of few rows as one-hot rows times its table
+premultiplied by the field's block of the weight, instead of gathering its
+embedding into the layer's large product (FieldInput; which fields, by a
+count of the product's columns: one_hot_count). The function and its
+gradients are the same either way, to rounding.
+
 Every op on the forward path has a double-grad kernel in Paddle 3.3 (no
 F.embedding, F.softmax or einsum; softmax is written from exp and sum), so the
 second-order MAML step can differentiate through an inner gradient.
@@ -200,31 +207,158 @@ class MetaHeacNet(nn.Layer):
         def w(name):  # a dense weight with its task axis
             return p(name).unsqueeze(0) if tasks is None else p(name)
 
-        user, user_mean, ad = embed_fields(self.layout, feeds, p)         # [T*B, 14, D], [T*B, D], [T*B, 6, D]
         n_tasks = tasks or 1
-        task = paddle.concat([user_mean, ad.reshape([ad.shape[0], -1])], axis=1)
-        task = task.reshape([n_tasks, -1, task.shape[1]])                 # [T, B, 7D]
-        experts = self._experts(user.reshape([n_tasks, -1, user.shape[1] * user.shape[2]]), w)  # [T, E, H, B]
-        expert_gate = self._gate(task, "expert_gate", w).unsqueeze(2).expand(experts.shape)  # [T, E, H, B]
+        user, task = self._inputs(feeds, p, n_tasks)
+        experts = self._experts(user, w, n_tasks)                                          # [T, E, H, B]
+        expert_gate = self._gate(task, "expert_gate", w, n_tasks).unsqueeze(2).expand(experts.shape)  # [T, E, H, B]
         mixed = (experts * expert_gate).sum(axis=1)                                          # [T, H, B]
         critics = paddle.nn.functional.sigmoid(_dense(mixed, w("critic_w"), w("critic_b")))  # [T, C, B]
-        return (critics * self._gate(task, "critic_gate", w)).sum(axis=1).reshape([-1])
+        return (critics * self._gate(task, "critic_gate", w, n_tasks)).sum(axis=1).reshape([-1])
 
-    def _experts(self, user, w):
-        """All experts at once, [T, E, H, B]: one GEMM per task for the fused layer 1, then one per (task, expert)."""
+    def _inputs(self, feeds, p, tasks):
+        """FieldInputs of the experts (the user fields) and of the gates (the user fields' mean, the ad fields)."""
+        layout, names = self.layout, self.layout.table_names
+        n_static, n_user = len(layout.static), len(layout.user_fields)
+        static = FieldInput.read([p(name) for name in names[:n_static]], feeds["static"], tasks)
+        lists = pool_lists([p(name) for name in names[n_static:n_user]], feeds["dynamic"], feeds["lengths"],
+                           layout.list_offsets)
+        user = static.extended(lists)
+        user_mean = user.field_sum() / n_user                                              # [T*B, D]
+        ad = FieldInput.read([p(name) for name in names[n_user:]], feeds["ad"], tasks)
+        return user, ad.extended_front(user_mean)
+
+    def gates(self, feeds):
+        """Each row's mixing weights, (experts [B, E], critics [B, C]): which experts and critics it uses."""
+        _, task = self._inputs(feeds, lambda name: getattr(self, name), 1)
+        return tuple(self._gate(task, gate, lambda name: getattr(self, name).unsqueeze(0), 1)[0].transpose([1, 0])
+                     for gate in ("expert_gate", "critic_gate"))
+
+    def _experts(self, user, w, tasks):
+        """All experts at once, [T, E, H, B]: the fused layer 1 (user.linear), then one GEMM per (task, expert)."""
         relu = paddle.nn.functional.relu
-        tasks, rows = user.shape[0], user.shape[1]
-        hidden = relu(_dense(user, w("expert_w0"), w("expert_b0"), rows_first=True))     # [T, E*H, B]
+        hidden = relu(user.linear(w("expert_w0"), tasks) + w("expert_b0").unsqueeze(2))   # [T, E*H, B]
+        rows = hidden.shape[2]
         hidden = hidden.reshape([tasks * self.num_expert, self.mlp_dims[0], rows])
         for k in range(1, len(self.mlp_dims)):
             weight = w(f"expert_w{k}").reshape([tasks * self.num_expert] + self.mlp_dims[k - 1:k + 1])
             hidden = relu(_dense(hidden, weight, w(f"expert_b{k}").reshape([tasks * self.num_expert, -1])))
         return hidden.reshape([tasks, self.num_expert, -1, rows])
 
-    def _gate(self, task, gate, w):
-        """Mixing weights [T, width, B] from the task vectors [T, B, 7D]."""
-        hidden = paddle.nn.functional.relu(_dense(task, w(f"{gate}_w0"), w(f"{gate}_b0"), rows_first=True))
+    def _gate(self, task, gate, w, tasks):
+        """Mixing weights [T, width, B] from the task input (user_mean and the ad fields)."""
+        hidden = paddle.nn.functional.relu(task.linear(w(f"{gate}_w0"), tasks) + w(f"{gate}_b0").unsqueeze(2))
         return softmax(_dense(hidden, w(f"{gate}_w1"), w(f"{gate}_b1")), axis=1)
+
+
+def one_hot_count(rows, dim):
+    """How many fields, the smallest tables first, a layer reads by one-hot rows rather than by embeddings.
+
+    A field of `rows` rows enters a layer as [N, rows] one-hot times its table premultiplied by the
+    field's block of the weight ([rows, out], cheap) instead of its [N, dim] embedding; the one-hot fields
+    share one width, the largest of their tables' rows, so k one-hot fields cost k * rows[k - 1] columns
+    of the layer's product against dim for each embedded field. The k of least columns.
+    """
+    rows = sorted(rows)
+    return int(np.argmin([k * (rows[k - 1] if k else 0) + dim * (len(rows) - k) for k in range(len(rows) + 1)]))
+
+
+class FieldInput:
+    """The input of a layer over field blocks, x = [x_0, ..., x_{F-1}] ([N, F*D] if written out), held in two parts:
+
+    embedded [N, k, D], the embeddings of the fields `embedded_fields`, and for the fields `one_hot_fields`
+    (small tables) their one-hot rows [N, n*r] and their tables padded to r rows [n, r, D], so that
+    x_f = one_hot_f @ table_f. linear(weight) is x @ weight computed part by part; the product of a
+    one-hot field's block goes through its table, [r, D] @ [D, out], so the layer's large product only
+    spans the embedded fields (Tencent data: 6 of 7 single-valued user fields have at most 8 values,
+    and in a meta-step every ad field has one row per task). Same function, same gradients, any order.
+    """
+
+    def __init__(self, embedded, embedded_fields, one_hot, padded, one_hot_fields, embedded_sum=None):
+        self.embedded, self.embedded_fields = embedded, list(embedded_fields)
+        self.embedded_sum = embedded_sum  # [N, D] if known: summed from the parts, a middle-axis sum is slow
+        self.one_hot, self.padded, self.one_hot_fields = one_hot, padded, list(one_hot_fields)
+        self.fields = len(self.embedded_fields) + len(self.one_hot_fields)
+
+    @classmethod
+    def read(cls, tables, ids, tasks):
+        """The fields of ids [N, F] (column j an id of tables[j]; a meta-step's tables hold `tasks` tasks' rows).
+
+        Which fields go one-hot is decided on the rows per task, so that a meta-batch computes the same
+        way whatever the number of tasks it is split into (across processes: tools/utils/run/collectives.py).
+        """
+        dim = tables[0].shape[1]
+        order = sorted(range(len(tables)), key=lambda j: tables[j].shape[0])
+        count = one_hot_count([t.shape[0] / tasks for t in tables], dim)
+        one_hot_fields, embedded_fields = sorted(order[:count]), sorted(order[count:])
+        embedded = (lookup([tables[j] for j in embedded_fields], _columns(ids, embedded_fields))
+                    if embedded_fields else None)
+        if not one_hot_fields:
+            return cls(embedded, embedded_fields, None, None, [])
+        small = [tables[j] for j in one_hot_fields]
+        width = max(t.shape[0] for t in small)
+        block_ids = _columns(ids, one_hot_fields) + paddle.arange(len(small), dtype=ids.dtype) * width
+        one_hot = paddle.put_along_axis(paddle.zeros([ids.shape[0], len(small) * width], dtype=tables[0].dtype),
+                                        block_ids, 1.0, axis=1)
+        starts = np.cumsum([0] + [t.shape[0] for t in small[:-1]])
+        pad = np.concatenate([s + np.minimum(np.arange(width), t.shape[0] - 1) for s, t in zip(starts, small)])
+        padded = paddle.gather(paddle.concat(small), paddle.to_tensor(pad)).reshape([len(small), width, dim])
+        return cls(embedded, embedded_fields, one_hot, padded, one_hot_fields)
+
+    def extended(self, more):
+        """This input with the embedded fields `more` ([N, D] each) appended as fields F, F + 1, ..."""
+        parts = ([self.embedded] if self.embedded is not None else []) + [x.unsqueeze(1) for x in more]
+        embedded_sum = paddle.add_n(([self._embedded_total()] if self.embedded is not None else []) + more)
+        return FieldInput(paddle.concat(parts, axis=1),
+                          self.embedded_fields + list(range(self.fields, self.fields + len(more))),
+                          self.one_hot, self.padded, self.one_hot_fields, embedded_sum)
+
+    def extended_front(self, first):
+        """This input with first [N, D] put before its fields, as field 0."""
+        parts = [first.unsqueeze(1)] + ([self.embedded] if self.embedded is not None else [])
+        return FieldInput(paddle.concat(parts, axis=1), [0] + [f + 1 for f in self.embedded_fields],
+                          self.one_hot, self.padded, [f + 1 for f in self.one_hot_fields])
+
+    def field_sum(self):
+        """sum_f x_f, [N, D]."""
+        total = self._embedded_total() if self.embedded is not None else 0
+        if self.one_hot is not None:
+            total = total + paddle.matmul(self.one_hot, self.padded.reshape([-1, self.padded.shape[2]]))
+        return total
+
+    def _embedded_total(self):
+        return self.embedded.sum(axis=1) if self.embedded_sum is None else self.embedded_sum
+
+    def linear(self, weight, tasks):
+        """x @ weight, feature-major [T, out, B], weight [T, F*D, out] (T blocks of B consecutive rows)."""
+        out_dim = weight.shape[2]
+        blocks = weight.reshape([tasks, self.fields, -1, out_dim])
+        out = 0
+        if self.embedded_fields:
+            x = self.embedded.reshape([tasks, -1, self.embedded.shape[1] * self.embedded.shape[2]])
+            out = paddle.matmul(_field_rows(blocks, self.embedded_fields), x, transpose_x=True, transpose_y=True)
+        if self.one_hot_fields:
+            n, width, dim = self.padded.shape
+            premultiplied = paddle.matmul(self.padded.unsqueeze(0), blocks_of(blocks, self.one_hot_fields))
+            one_hot = self.one_hot.reshape([tasks, -1, n * width])
+            out = out + paddle.matmul(premultiplied.reshape([tasks, n * width, out_dim]), one_hot,
+                                      transpose_x=True, transpose_y=True)
+        return out
+
+
+def _columns(ids, columns):
+    return paddle.gather(ids, paddle.to_tensor(columns, dtype="int64"), axis=1)
+
+
+def blocks_of(blocks, fields):
+    """[T, len(fields), D, out]: the weight blocks of `fields`, a slice when they lead."""
+    if fields == list(range(len(fields))):
+        return blocks[:, :len(fields)]
+    return paddle.gather(blocks, paddle.to_tensor(fields, dtype="int64"), axis=1)
+
+
+def _field_rows(blocks, fields):
+    """[T, len(fields)*D, out]: the rows of the weight that multiply `fields`."""
+    return blocks_of(blocks, fields).reshape([blocks.shape[0], -1, blocks.shape[3]])
 
 
 class WideLinear(nn.Layer):
