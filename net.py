@@ -98,8 +98,9 @@ def softmax(x, axis):
     return e / e.sum(axis=axis, keepdim=True)
 
 
-def pool_lists(tables, dynamic, lengths, offsets):
+def pool_lists(tables, dynamic, lengths, offsets, lists=None):
     """Mean of each row's first `length` embeddings, per list: 7 x [B, D]; length 0 gives zeros.
+    tables[i] is list lists[i]'s (default: every list, in order).
 
     Only the ids inside the lengths are gathered, then summed into their row
     with one index_add per list and divided by the length. This reads about
@@ -109,7 +110,8 @@ def pool_lists(tables, dynamic, lengths, offsets):
     rows_n = dynamic.shape[0]
     row_of_id = paddle.arange(rows_n, dtype="int64").unsqueeze(1).expand([rows_n, max(np.diff(offsets))])
     pooled = []
-    for j, (table, lo, hi) in enumerate(zip(tables, offsets[:-1], offsets[1:])):
+    for table, j in zip(tables, range(len(tables)) if lists is None else lists):
+        lo, hi = offsets[j], offsets[j + 1]
         inside = paddle.arange(hi - lo, dtype="int64") < lengths[:, j:j + 1]
         rows = paddle.gather(table, paddle.masked_select(dynamic[:, lo:hi], inside))
         sums = paddle.index_add(paddle.zeros([rows_n, table.shape[1]], dtype=table.dtype),
@@ -218,14 +220,11 @@ class MetaHeacNet(nn.Layer):
     def _inputs(self, feeds, p, tasks):
         """FieldInputs of the experts (the user fields) and of the gates (the user fields' mean, the ad fields)."""
         layout, names = self.layout, self.layout.table_names
-        n_static, n_user = len(layout.static), len(layout.user_fields)
-        static = FieldInput.read([p(name) for name in names[:n_static]], feeds["static"], tasks)
-        lists = pool_lists([p(name) for name in names[n_static:n_user]], feeds["dynamic"], feeds["lengths"],
-                           layout.list_offsets)
-        user = static.extended(lists)
+        n_user = len(layout.user_fields)
+        user = FieldInput.read([p(name) for name in names[:n_user]], feeds["static"], tasks,
+                               (feeds["dynamic"], feeds["lengths"], layout.list_offsets))
         user_mean = user.field_sum() / n_user                                              # [T*B, D]
-        ad = FieldInput.read([p(name) for name in names[n_user:]], feeds["ad"], tasks)
-        return user, ad.extended_front(user_mean)
+        return user, FieldInput.read([p(name) for name in names[n_user:]], feeds["ad"], tasks).after(user_mean)
 
     def gates(self, feeds):
         """Each row's mixing weights, (experts [B, E], critics [B, C]): which experts and critics it uses."""
@@ -263,70 +262,69 @@ def one_hot_count(rows, dim):
 
 
 class FieldInput:
-    """The input of a layer over field blocks, x = [x_0, ..., x_{F-1}] ([N, F*D] if written out), held in two parts:
+    """The input of a layer over field blocks, x = [x_0, ..., x_{F-1}] ([N, F*D] if written out), in two parts.
 
-    embedded [N, k, D], the embeddings of the fields `embedded_fields`, and for the fields `one_hot_fields`
-    (small tables) their one-hot rows [N, n*r] and their tables padded to r rows [n, r, D], so that
-    x_f = one_hot_f @ table_f. linear(weight) is x @ weight computed part by part; the product of a
-    one-hot field's block goes through its table, [r, D] @ [D, out], so the layer's large product only
-    spans the embedded fields (Tencent data: 6 of 7 single-valued user fields have at most 8 values,
-    and in a meta-step every ad field has one row per task). Same function, same gradients, any order.
+    embedded [N, k, D]: the embeddings of the fields `embedded_fields` (a list field's: the mean of its
+    ids' rows). For the fields `one_hot_fields` (small tables), their rows as weights: one_hot [T, B, n*W]
+    and padded [T, n, W, D], so that x_f = one_hot[t, :, f-block] @ padded[t, f] for task t: each task's
+    window of W rows of each table, from the lowest row it reads. linear(weight) is x @ weight part by part;
+    a one-hot field's block goes through its table, [W, D] @ [D, out], so the layer's large product spans
+    only the embedded fields (Tencent data: 6 of 7 single-valued user fields have at most 8 values,
+    interest3 13, and in a meta-step every ad field has one row per task). Same function, same gradients.
     """
 
-    def __init__(self, embedded, embedded_fields, one_hot, padded, one_hot_fields, embedded_sum=None):
-        self.embedded, self.embedded_fields = embedded, list(embedded_fields)
-        self.embedded_sum = embedded_sum  # [N, D] if known: summed from the parts, a middle-axis sum is slow
+    def __init__(self, embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields):
+        self.embedded, self.embedded_fields, self.embedded_sum = embedded, list(embedded_fields), embedded_sum
         self.one_hot, self.padded, self.one_hot_fields = one_hot, padded, list(one_hot_fields)
         self.fields = len(self.embedded_fields) + len(self.one_hot_fields)
 
     @classmethod
-    def read(cls, tables, ids, tasks):
-        """The fields of ids [N, F] (column j an id of tables[j]; a meta-step's tables hold `tasks` tasks' rows).
+    def read(cls, tables, ids, tasks, lists=None):
+        """The fields of `tables`: single-valued ones, column j of ids [N, S] an id of tables[j], then (if
+        lists = (dynamic, lengths, offsets)) list fields, list j the ids dynamic[:, offsets[j]:offsets[j + 1]]
+        of tables[S + j], their first lengths[:, j] counted. A meta-step's tables hold `tasks` tasks' rows.
 
-        Which fields go one-hot is decided on the rows per task, so that a meta-batch computes the same
-        way whatever the number of tasks it is split into (across processes: tools/utils/run/collectives.py).
+        Which fields go one-hot is decided on the tables' rows per task (one_hot_count), so a meta-batch
+        computes the same way whatever the number of tasks it is split into (tools/utils/run/collectives.py).
         """
+        singles = ids.shape[1]
         dim = tables[0].shape[1]
         order = sorted(range(len(tables)), key=lambda j: tables[j].shape[0])
         count = one_hot_count([t.shape[0] / tasks for t in tables], dim)
         one_hot_fields, embedded_fields = sorted(order[:count]), sorted(order[count:])
-        embedded = (lookup([tables[j] for j in embedded_fields], _columns(ids, embedded_fields))
-                    if embedded_fields else None)
-        if not one_hot_fields:
-            return cls(embedded, embedded_fields, None, None, [])
-        small = [tables[j] for j in one_hot_fields]
-        width = max(t.shape[0] for t in small)
-        block_ids = _columns(ids, one_hot_fields) + paddle.arange(len(small), dtype=ids.dtype) * width
-        one_hot = paddle.put_along_axis(paddle.zeros([ids.shape[0], len(small) * width], dtype=tables[0].dtype),
-                                        block_ids, 1.0, axis=1)
-        starts = np.cumsum([0] + [t.shape[0] for t in small[:-1]])
-        pad = np.concatenate([s + np.minimum(np.arange(width), t.shape[0] - 1) for s, t in zip(starts, small)])
-        padded = paddle.gather(paddle.concat(small), paddle.to_tensor(pad)).reshape([len(small), width, dim])
-        return cls(embedded, embedded_fields, one_hot, padded, one_hot_fields)
+        parts, sums = [], []
+        single = [j for j in embedded_fields if j < singles]
+        if single:
+            parts.append(lookup([tables[j] for j in single], _columns(ids, single)))
+            sums.append(parts[-1].sum(axis=1))
+        listed = [j - singles for j in embedded_fields if j >= singles]
+        if listed:
+            dynamic, lengths, offsets = lists
+            pooled = pool_lists([tables[singles + j] for j in listed], dynamic, lengths, offsets, listed)
+            parts.append(paddle.stack(pooled, axis=1))
+            sums.extend(pooled)
+        embedded = paddle.concat(parts, axis=1) if len(parts) > 1 else (parts[0] if parts else None)
+        embedded_sum = paddle.add_n(sums) if sums else None
+        one_hot, padded = (_one_hot_rows([tables[j] for j in one_hot_fields], _field_ids(ids, lists, one_hot_fields),
+                                         tasks) if one_hot_fields else (None, None))
+        return cls(embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields)
 
-    def extended(self, more):
-        """This input with the embedded fields `more` ([N, D] each) appended as fields F, F + 1, ..."""
-        parts = ([self.embedded] if self.embedded is not None else []) + [x.unsqueeze(1) for x in more]
-        embedded_sum = paddle.add_n(([self._embedded_total()] if self.embedded is not None else []) + more)
-        return FieldInput(paddle.concat(parts, axis=1),
-                          self.embedded_fields + list(range(self.fields, self.fields + len(more))),
-                          self.one_hot, self.padded, self.one_hot_fields, embedded_sum)
-
-    def extended_front(self, first):
-        """This input with first [N, D] put before its fields, as field 0."""
+    def after(self, first):
+        """This input with first [N, D] put before its fields, as an embedded field 0."""
         parts = [first.unsqueeze(1)] + ([self.embedded] if self.embedded is not None else [])
-        return FieldInput(paddle.concat(parts, axis=1), [0] + [f + 1 for f in self.embedded_fields],
+        return FieldInput(paddle.concat(parts, axis=1), [0] + [f + 1 for f in self.embedded_fields], None,
                           self.one_hot, self.padded, [f + 1 for f in self.one_hot_fields])
 
     def field_sum(self):
         """sum_f x_f, [N, D]."""
-        total = self._embedded_total() if self.embedded is not None else 0
+        total = 0
+        if self.embedded is not None:
+            total = self.embedded.sum(axis=1) if self.embedded_sum is None else self.embedded_sum
         if self.one_hot is not None:
-            total = total + paddle.matmul(self.one_hot, self.padded.reshape([-1, self.padded.shape[2]]))
+            tasks, n, width, dim = self.padded.shape
+            rows = paddle.matmul(self.one_hot, self.padded.reshape([tasks, n * width, dim]))   # [T, B, D]
+            total = total + rows.reshape([-1, dim])
         return total
-
-    def _embedded_total(self):
-        return self.embedded.sum(axis=1) if self.embedded_sum is None else self.embedded_sum
 
     def linear(self, weight, tasks):
         """x @ weight, feature-major [T, out, B], weight [T, F*D, out] (T blocks of B consecutive rows)."""
@@ -337,12 +335,56 @@ class FieldInput:
             x = self.embedded.reshape([tasks, -1, self.embedded.shape[1] * self.embedded.shape[2]])
             out = paddle.matmul(_field_rows(blocks, self.embedded_fields), x, transpose_x=True, transpose_y=True)
         if self.one_hot_fields:
-            n, width, dim = self.padded.shape
-            premultiplied = paddle.matmul(self.padded.unsqueeze(0), blocks_of(blocks, self.one_hot_fields))
-            one_hot = self.one_hot.reshape([tasks, -1, n * width])
-            out = out + paddle.matmul(premultiplied.reshape([tasks, n * width, out_dim]), one_hot,
+            _, n, width, _ = self.padded.shape
+            premultiplied = paddle.matmul(self.padded, blocks_of(blocks, self.one_hot_fields))   # [T, n, W, out]
+            out = out + paddle.matmul(premultiplied.reshape([tasks, n * width, out_dim]), self.one_hot,
                                       transpose_x=True, transpose_y=True)
         return out
+
+
+def _field_ids(ids, lists, fields):
+    """For each of `fields` (numbered as FieldInput.read's), its ids [N, w] and their weights [N, w] (NumPy):
+    1 for a single-valued field, 1 / length on a list's first `length` ids and 0 past it."""
+    singles, out = ids.shape[1], []
+    ids = ids.numpy()
+    if lists is not None:
+        dynamic, lengths, offsets = (x.numpy() if hasattr(x, "numpy") else x for x in lists)
+    for f in fields:
+        if f < singles:
+            out.append((ids[:, f:f + 1], np.ones((len(ids), 1))))
+        else:
+            j = f - singles
+            inside = np.arange(offsets[j + 1] - offsets[j]) < lengths[:, j:j + 1]
+            out.append((dynamic[:, offsets[j]:offsets[j + 1]], inside / np.maximum(lengths[:, j:j + 1], 1)))
+    return out
+
+
+def _one_hot_rows(tables, field_ids, tasks):
+    """(one_hot [T, B, n*W], padded [T, n, W, D]) of FieldInput for tables with (ids, weights) each."""
+    n, rows = len(tables), field_ids[0][0].shape[0]
+    per_task = rows // tasks
+    lows, widths = np.zeros((tasks, n), np.int64), np.ones((tasks, n), np.int64)
+    for f, (ids, weights) in enumerate(field_ids):
+        for t in range(tasks):
+            read = ids[t * per_task:(t + 1) * per_task][weights[t * per_task:(t + 1) * per_task] > 0]
+            if read.size:
+                lows[t, f], widths[t, f] = read.min(), read.max() - read.min() + 1
+    width = int(widths.max())
+    flat, values = [], []
+    for f, (ids, weights) in enumerate(field_ids):
+        row = np.arange(rows)[:, None]
+        column = f * width + ids - lows[row // per_task, f]
+        keep = weights > 0
+        flat.append((row * n * width + column)[keep])
+        values.append(weights[keep])
+    dtype = tables[0].dtype
+    one_hot = np.bincount(np.concatenate(flat), np.concatenate(values), minlength=rows * n * width)
+    one_hot = paddle.to_tensor(one_hot.reshape([tasks, per_task, n * width]), dtype=dtype)
+    starts = np.cumsum([0] + [t.shape[0] for t in tables[:-1]])
+    sizes = np.asarray([t.shape[0] for t in tables])
+    index = starts[None, :, None] + np.minimum(lows[:, :, None] + np.arange(width), sizes[None, :, None] - 1)
+    padded = paddle.gather(paddle.concat(tables), paddle.to_tensor(index.reshape([-1])))
+    return one_hot, padded.reshape([tasks, n, width, tables[0].shape[1]])
 
 
 def _columns(ids, columns):
