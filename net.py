@@ -301,7 +301,7 @@ class FieldInput:
         if listed:
             dynamic, lengths, offsets = lists
             pooled = pool_lists([tables[singles + j] for j in listed], dynamic, lengths, offsets, listed)
-            parts.append(paddle.stack(pooled, axis=1))
+            parts.append(paddle.concat(pooled, axis=1).reshape([-1, len(pooled), dim]))
             sums.extend(pooled)
         embedded = paddle.concat(parts, axis=1) if len(parts) > 1 else (parts[0] if parts else None)
         embedded_sum = paddle.add_n(sums) if sums else None
