@@ -199,7 +199,9 @@ class MetaHeacNet(nn.Layer):
         first layer by a reshape, so no large tensor is ever transposed
         (Paddle's CPU transpose and middle-axis broadcasts are several times
         slower than a matmul of the same data; the gate is expanded over H
-        before it multiplies the experts for the same reason).
+        before it multiplies the experts for the same reason, by a matmul
+        with a 0/1 repeat matrix, whose backward is a matmul too where an
+        expand's is a middle-axis sum).
         """
         params = params or {}
 
@@ -212,7 +214,9 @@ class MetaHeacNet(nn.Layer):
         n_tasks = tasks or 1
         user, task = self._inputs(feeds, p, n_tasks)
         experts = self._experts(user, w, n_tasks)                                          # [T, E, H, B]
-        expert_gate = self._gate(task, "expert_gate", w, n_tasks).unsqueeze(2).expand(experts.shape)  # [T, E, H, B]
+        gate = self._gate(task, "expert_gate", w, n_tasks)                                # [T, E, B]
+        repeat = paddle.to_tensor(np.repeat(np.eye(self.num_expert), experts.shape[2], axis=0), dtype=gate.dtype)
+        expert_gate = paddle.matmul(repeat.expand([n_tasks] + repeat.shape), gate).reshape(experts.shape)
         mixed = (experts * expert_gate).sum(axis=1)                                          # [T, H, B]
         critics = paddle.nn.functional.sigmoid(_dense(mixed, w("critic_w"), w("critic_b")))  # [T, C, B]
         return (critics * self._gate(task, "critic_gate", w, n_tasks)).sum(axis=1).reshape([-1])
