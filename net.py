@@ -254,12 +254,11 @@ class MetaHeacNet(nn.Layer):
 
 
 def one_hot_count(rows, dim):
-    """How many fields, the smallest tables first, a layer reads by one-hot rows rather than by embeddings.
+    """How many fields, the smallest tables first, a layer reads as one-hot rows rather than as embeddings.
 
-    A field of `rows` rows enters a layer as [N, rows] one-hot times its table premultiplied by the
-    field's block of the weight ([rows, out], cheap) instead of its [N, dim] embedding; the one-hot fields
-    share one width, the largest of their tables' rows, so k one-hot fields cost k * rows[k - 1] columns
-    of the layer's product against dim for each embedded field. The k of least columns.
+    An embedded field adds dim columns to the layer's large product; k one-hot fields add k times the
+    width they share, at most the largest of their tables' rows (rows: each table's rows per task). The k
+    of fewest columns; the premultiplied tables ([rows, D] @ [D, out]) are left out as small.
     """
     rows = sorted(rows)
     return int(np.argmin([k * (rows[k - 1] if k else 0) + dim * (len(rows) - k) for k in range(len(rows) + 1)]))
@@ -274,7 +273,8 @@ class FieldInput:
     window of W rows of each table, from the lowest row it reads. linear(weight) is x @ weight part by part;
     a one-hot field's block goes through its table, [W, D] @ [D, out], so the layer's large product spans
     only the embedded fields (Tencent data: 6 of 7 single-valued user fields have at most 8 values,
-    interest3 13, and in a meta-step every ad field has one row per task). Same function, same gradients.
+    interest3 13, and a meta-step's task, one campaign, reads one row of each ad field). Same function,
+    same gradients, to rounding.
     """
 
     def __init__(self, embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields):
