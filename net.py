@@ -16,6 +16,13 @@ weights as they are (fine-tuning and scoring).
 The field layout (which tables, which columns) comes from the data's
 schema.json as a FieldLayout; this file knows nothing of the Tencent fields.
 
+A layer over the concatenated field embeddings (the experts' first, the
+gates' first) reads a field of few rows as one-hot rows times its table
+premultiplied by the field's block of the weight, instead of gathering its
+embedding into the layer's large product (FieldInput; which fields, by a
+count of the product's columns: one_hot_count). The function and its
+gradients are the same either way, to rounding.
+
 Every op on the forward path has a double-grad kernel in Paddle 3.3 (no
 F.embedding, F.softmax or einsum; softmax is written from exp and sum), so the
 second-order MAML step can differentiate through an inner gradient.
@@ -91,8 +98,9 @@ def softmax(x, axis):
     return e / e.sum(axis=axis, keepdim=True)
 
 
-def pool_lists(tables, dynamic, lengths, offsets):
+def pool_lists(tables, dynamic, lengths, offsets, lists=None):
     """Mean of each row's first `length` embeddings, per list: 7 x [B, D]; length 0 gives zeros.
+    tables[i] is list lists[i]'s (default: every list, in order).
 
     Only the ids inside the lengths are gathered, then summed into their row
     with one index_add per list and divided by the length. This reads about
@@ -102,7 +110,8 @@ def pool_lists(tables, dynamic, lengths, offsets):
     rows_n = dynamic.shape[0]
     row_of_id = paddle.arange(rows_n, dtype="int64").unsqueeze(1).expand([rows_n, max(np.diff(offsets))])
     pooled = []
-    for j, (table, lo, hi) in enumerate(zip(tables, offsets[:-1], offsets[1:])):
+    for table, j in zip(tables, range(len(tables)) if lists is None else lists):
+        lo, hi = offsets[j], offsets[j + 1]
         inside = paddle.arange(hi - lo, dtype="int64") < lengths[:, j:j + 1]
         rows = paddle.gather(table, paddle.masked_select(dynamic[:, lo:hi], inside))
         sums = paddle.index_add(paddle.zeros([rows_n, table.shape[1]], dtype=table.dtype),
@@ -190,7 +199,9 @@ class MetaHeacNet(nn.Layer):
         first layer by a reshape, so no large tensor is ever transposed
         (Paddle's CPU transpose and middle-axis broadcasts are several times
         slower than a matmul of the same data; the gate is expanded over H
-        before it multiplies the experts for the same reason).
+        before it multiplies the experts for the same reason, by a matmul
+        with a 0/1 repeat matrix, whose backward is a matmul too where an
+        expand's is a middle-axis sum).
         """
         params = params or {}
 
@@ -200,31 +211,200 @@ class MetaHeacNet(nn.Layer):
         def w(name):  # a dense weight with its task axis
             return p(name).unsqueeze(0) if tasks is None else p(name)
 
-        user, user_mean, ad = embed_fields(self.layout, feeds, p)         # [T*B, 14, D], [T*B, D], [T*B, 6, D]
         n_tasks = tasks or 1
-        task = paddle.concat([user_mean, ad.reshape([ad.shape[0], -1])], axis=1)
-        task = task.reshape([n_tasks, -1, task.shape[1]])                 # [T, B, 7D]
-        experts = self._experts(user.reshape([n_tasks, -1, user.shape[1] * user.shape[2]]), w)  # [T, E, H, B]
-        expert_gate = self._gate(task, "expert_gate", w).unsqueeze(2).expand(experts.shape)  # [T, E, H, B]
+        user, task = self._inputs(feeds, p, n_tasks)
+        experts = self._experts(user, w, n_tasks)                                          # [T, E, H, B]
+        gate = self._gate(task, "expert_gate", w, n_tasks)                                # [T, E, B]
+        repeat = paddle.to_tensor(np.repeat(np.eye(self.num_expert), experts.shape[2], axis=0), dtype=gate.dtype)
+        expert_gate = paddle.matmul(repeat.expand([n_tasks] + repeat.shape), gate).reshape(experts.shape)
         mixed = (experts * expert_gate).sum(axis=1)                                          # [T, H, B]
         critics = paddle.nn.functional.sigmoid(_dense(mixed, w("critic_w"), w("critic_b")))  # [T, C, B]
-        return (critics * self._gate(task, "critic_gate", w)).sum(axis=1).reshape([-1])
+        return (critics * self._gate(task, "critic_gate", w, n_tasks)).sum(axis=1).reshape([-1])
 
-    def _experts(self, user, w):
-        """All experts at once, [T, E, H, B]: one GEMM per task for the fused layer 1, then one per (task, expert)."""
+    def _inputs(self, feeds, p, tasks):
+        """FieldInputs of the experts (the user fields) and of the gates (the user fields' mean, the ad fields)."""
+        layout, names = self.layout, self.layout.table_names
+        n_user = len(layout.user_fields)
+        user = FieldInput.read([p(name) for name in names[:n_user]], feeds["static"], tasks,
+                               (feeds["dynamic"], feeds["lengths"], layout.list_offsets))
+        user_mean = user.field_sum() / n_user                                              # [T*B, D]
+        return user, FieldInput.read([p(name) for name in names[n_user:]], feeds["ad"], tasks).after(user_mean)
+
+    def gates(self, feeds):
+        """Each row's mixing weights, (experts [B, E], critics [B, C]): which experts and critics it uses."""
+        _, task = self._inputs(feeds, lambda name: getattr(self, name), 1)
+        return tuple(self._gate(task, gate, lambda name: getattr(self, name).unsqueeze(0), 1)[0].transpose([1, 0])
+                     for gate in ("expert_gate", "critic_gate"))
+
+    def _experts(self, user, w, tasks):
+        """All experts at once, [T, E, H, B]: the fused layer 1 (user.linear), then one GEMM per (task, expert)."""
         relu = paddle.nn.functional.relu
-        tasks, rows = user.shape[0], user.shape[1]
-        hidden = relu(_dense(user, w("expert_w0"), w("expert_b0"), rows_first=True))     # [T, E*H, B]
+        hidden = relu(user.linear(w("expert_w0"), tasks) + w("expert_b0").unsqueeze(2))   # [T, E*H, B]
+        rows = hidden.shape[2]
         hidden = hidden.reshape([tasks * self.num_expert, self.mlp_dims[0], rows])
         for k in range(1, len(self.mlp_dims)):
             weight = w(f"expert_w{k}").reshape([tasks * self.num_expert] + self.mlp_dims[k - 1:k + 1])
             hidden = relu(_dense(hidden, weight, w(f"expert_b{k}").reshape([tasks * self.num_expert, -1])))
         return hidden.reshape([tasks, self.num_expert, -1, rows])
 
-    def _gate(self, task, gate, w):
-        """Mixing weights [T, width, B] from the task vectors [T, B, 7D]."""
-        hidden = paddle.nn.functional.relu(_dense(task, w(f"{gate}_w0"), w(f"{gate}_b0"), rows_first=True))
+    def _gate(self, task, gate, w, tasks):
+        """Mixing weights [T, width, B] from the task input (user_mean and the ad fields)."""
+        hidden = paddle.nn.functional.relu(task.linear(w(f"{gate}_w0"), tasks) + w(f"{gate}_b0").unsqueeze(2))
         return softmax(_dense(hidden, w(f"{gate}_w1"), w(f"{gate}_b1")), axis=1)
+
+
+def one_hot_count(rows, dim):
+    """How many fields, the smallest tables first, a layer reads as one-hot rows rather than as embeddings.
+
+    An embedded field adds dim columns to the layer's large product; k one-hot fields add k times the
+    width they share, at most the largest of their tables' rows (rows: each table's rows per task). The k
+    of fewest columns; the premultiplied tables ([rows, D] @ [D, out]) are left out as small.
+    """
+    rows = sorted(rows)
+    return int(np.argmin([k * (rows[k - 1] if k else 0) + dim * (len(rows) - k) for k in range(len(rows) + 1)]))
+
+
+class FieldInput:
+    """The input of a layer over field blocks, x = [x_0, ..., x_{F-1}] ([N, F*D] if written out), in two parts.
+
+    embedded [N, k, D]: the embeddings of the fields `embedded_fields` (a list field's: the mean of its
+    ids' rows). For the fields `one_hot_fields` (small tables), their rows as weights: one_hot [T, B, n*W]
+    and padded [T, n, W, D], so that x_f = one_hot[t, :, f-block] @ padded[t, f] for task t: each task's
+    window of W rows of each table, from the lowest row it reads. linear(weight) is x @ weight part by part;
+    a one-hot field's block goes through its table, [W, D] @ [D, out], so the layer's large product spans
+    only the embedded fields (Tencent data: 6 of 7 single-valued user fields have at most 8 values,
+    interest3 13, and a meta-step's task, one campaign, reads one row of each ad field). Same function,
+    same gradients, to rounding.
+    """
+
+    def __init__(self, embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields):
+        self.embedded, self.embedded_fields, self.embedded_sum = embedded, list(embedded_fields), embedded_sum
+        self.one_hot, self.padded, self.one_hot_fields = one_hot, padded, list(one_hot_fields)
+        self.fields = len(self.embedded_fields) + len(self.one_hot_fields)
+
+    @classmethod
+    def read(cls, tables, ids, tasks, lists=None):
+        """The fields of `tables`: single-valued ones, column j of ids [N, S] an id of tables[j], then (if
+        lists = (dynamic, lengths, offsets)) list fields, list j the ids dynamic[:, offsets[j]:offsets[j + 1]]
+        of tables[S + j], their first lengths[:, j] counted. A meta-step's tables hold `tasks` tasks' rows.
+
+        Which fields go one-hot is decided on the tables' rows per task (one_hot_count), so a meta-batch
+        computes the same way whatever the number of tasks it is split into (tools/utils/run/collectives.py).
+        """
+        singles = ids.shape[1]
+        dim = tables[0].shape[1]
+        order = sorted(range(len(tables)), key=lambda j: tables[j].shape[0])
+        count = one_hot_count([t.shape[0] / tasks for t in tables], dim)
+        one_hot_fields, embedded_fields = sorted(order[:count]), sorted(order[count:])
+        parts, sums = [], []
+        single = [j for j in embedded_fields if j < singles]
+        if single:
+            parts.append(lookup([tables[j] for j in single], _columns(ids, single)))
+            sums.append(parts[-1].sum(axis=1))
+        listed = [j - singles for j in embedded_fields if j >= singles]
+        if listed:
+            dynamic, lengths, offsets = lists
+            pooled = pool_lists([tables[singles + j] for j in listed], dynamic, lengths, offsets, listed)
+            parts.append(paddle.concat(pooled, axis=1).reshape([-1, len(pooled), dim]))
+            sums.extend(pooled)
+        embedded = paddle.concat(parts, axis=1) if len(parts) > 1 else (parts[0] if parts else None)
+        embedded_sum = paddle.add_n(sums) if sums else None
+        one_hot, padded = (_one_hot_rows([tables[j] for j in one_hot_fields], _field_ids(ids, lists, one_hot_fields),
+                                         tasks) if one_hot_fields else (None, None))
+        return cls(embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields)
+
+    def after(self, first):
+        """This input with first [N, D] put before its fields, as an embedded field 0."""
+        parts = [first.unsqueeze(1)] + ([self.embedded] if self.embedded is not None else [])
+        return FieldInput(paddle.concat(parts, axis=1), [0] + [f + 1 for f in self.embedded_fields], None,
+                          self.one_hot, self.padded, [f + 1 for f in self.one_hot_fields])
+
+    def field_sum(self):
+        """sum_f x_f, [N, D]."""
+        total = 0
+        if self.embedded is not None:
+            total = self.embedded.sum(axis=1) if self.embedded_sum is None else self.embedded_sum
+        if self.one_hot is not None:
+            tasks, n, width, dim = self.padded.shape
+            rows = paddle.matmul(self.one_hot, self.padded.reshape([tasks, n * width, dim]))   # [T, B, D]
+            total = total + rows.reshape([-1, dim])
+        return total
+
+    def linear(self, weight, tasks):
+        """x @ weight, feature-major [T, out, B], weight [T, F*D, out] (T blocks of B consecutive rows)."""
+        out_dim = weight.shape[2]
+        blocks = weight.reshape([tasks, self.fields, -1, out_dim])
+        out = 0
+        if self.embedded_fields:
+            x = self.embedded.reshape([tasks, -1, self.embedded.shape[1] * self.embedded.shape[2]])
+            out = paddle.matmul(_field_rows(blocks, self.embedded_fields), x, transpose_x=True, transpose_y=True)
+        if self.one_hot_fields:
+            _, n, width, _ = self.padded.shape
+            premultiplied = paddle.matmul(self.padded, blocks_of(blocks, self.one_hot_fields))   # [T, n, W, out]
+            out = out + paddle.matmul(premultiplied.reshape([tasks, n * width, out_dim]), self.one_hot,
+                                      transpose_x=True, transpose_y=True)
+        return out
+
+
+def _field_ids(ids, lists, fields):
+    """For each of `fields` (numbered as FieldInput.read's), its ids [N, w] and their weights [N, w] (NumPy):
+    1 for a single-valued field, 1 / length on a list's first `length` ids and 0 past it."""
+    singles, out = ids.shape[1], []
+    ids = ids.numpy()
+    if lists is not None:
+        dynamic, lengths, offsets = (x.numpy() if hasattr(x, "numpy") else x for x in lists)
+    for f in fields:
+        if f < singles:
+            out.append((ids[:, f:f + 1], np.ones((len(ids), 1))))
+        else:
+            j = f - singles
+            inside = np.arange(offsets[j + 1] - offsets[j]) < lengths[:, j:j + 1]
+            out.append((dynamic[:, offsets[j]:offsets[j + 1]], inside / np.maximum(lengths[:, j:j + 1], 1)))
+    return out
+
+
+def _one_hot_rows(tables, field_ids, tasks):
+    """(one_hot [T, B, n*W], padded [T, n, W, D]) of FieldInput for tables with (ids, weights) each."""
+    n, rows = len(tables), field_ids[0][0].shape[0]
+    per_task = rows // tasks
+    lows, widths = np.zeros((tasks, n), np.int64), np.ones((tasks, n), np.int64)
+    for f, (ids, weights) in enumerate(field_ids):
+        for t in range(tasks):
+            read = ids[t * per_task:(t + 1) * per_task][weights[t * per_task:(t + 1) * per_task] > 0]
+            if read.size:
+                lows[t, f], widths[t, f] = read.min(), read.max() - read.min() + 1
+    width = int(widths.max())
+    flat, values = [], []
+    for f, (ids, weights) in enumerate(field_ids):
+        row = np.arange(rows)[:, None]
+        column = f * width + ids - lows[row // per_task, f]
+        keep = weights > 0
+        flat.append((row * n * width + column)[keep])
+        values.append(weights[keep])
+    dtype = tables[0].dtype
+    one_hot = np.bincount(np.concatenate(flat), np.concatenate(values), minlength=rows * n * width)
+    one_hot = paddle.to_tensor(one_hot.reshape([tasks, per_task, n * width]), dtype=dtype)
+    starts = np.cumsum([0] + [t.shape[0] for t in tables[:-1]])
+    sizes = np.asarray([t.shape[0] for t in tables])
+    index = starts[None, :, None] + np.minimum(lows[:, :, None] + np.arange(width), sizes[None, :, None] - 1)
+    padded = paddle.gather(paddle.concat(tables), paddle.to_tensor(index.reshape([-1])))
+    return one_hot, padded.reshape([tasks, n, width, tables[0].shape[1]])
+
+
+def _columns(ids, columns):
+    return paddle.gather(ids, paddle.to_tensor(columns, dtype="int64"), axis=1)
+
+
+def blocks_of(blocks, fields):
+    """[T, len(fields), D, out]: the weight blocks of `fields`, a slice when they lead."""
+    if fields == list(range(len(fields))):
+        return blocks[:, :len(fields)]
+    return paddle.gather(blocks, paddle.to_tensor(fields, dtype="int64"), axis=1)
+
+
+def _field_rows(blocks, fields):
+    """[T, len(fields)*D, out]: the rows of the weight that multiply `fields`."""
+    return blocks_of(blocks, fields).reshape([blocks.shape[0], -1, blocks.shape[3]])
 
 
 class WideLinear(nn.Layer):

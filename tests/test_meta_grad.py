@@ -144,6 +144,21 @@ def test_first_order_is_query_gradient_at_fast_weights(setup):
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-10, atol=1e-14, err_msg=name)
 
 
+def test_the_meta_gradient_is_the_same_whichever_way_fields_are_read(setup, monkeypatch):
+    """Embeddings or one-hot rows times premultiplied tables (net.FieldInput): the same second-order
+    meta-gradient to float64 rounding."""
+    import net as net_module
+    model, net, meta_batch = setup
+    results = []
+    for count in (lambda rows, dim: 0, lambda rows, dim: len(rows)):
+        monkeypatch.setattr(net_module, "one_hot_count", count)
+        results.append(train_forward_grads(model, net, meta_batch, meta_order=2))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert abs(loss_a - loss_b) < 1e-12
+    for name in grads_a:
+        np.testing.assert_allclose(grads_a[name], grads_b[name], rtol=1e-10, atol=1e-14, err_msg=name)
+
+
 def test_each_task_adapts_only_the_table_rows_its_batches_touch(setup):
     """No table-sized fast weight: a task's copy of a table is the rows of its own unique ids, task after task."""
     _, net, meta_batch = setup

@@ -62,6 +62,31 @@ def test_forward_matches_numpy_equations(net):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("read", ["embedded", "one-hot", "chosen"])
+def test_forward_matches_numpy_equations_whichever_way_fields_are_read(net, monkeypatch, read):
+    """A field enters a layer as its embedding or as one-hot rows times its premultiplied table
+    (net.FieldInput); every choice of fields computes the NumPy equations, which know neither."""
+    counts = {"embedded": lambda rows, dim: 0, "one-hot": lambda rows, dim: len(rows)}
+    if read in counts:
+        monkeypatch.setattr(net_module, "one_hot_count", counts[read])
+    batch = random_batch(np.random.default_rng(4), 11)
+    weights = {k: v.numpy().astype(np.float64) for k, v in net.state_dict().items()}
+    expected = numpy_forward(weights, batch, TINY_HP["num_expert"], TINY_HP["mlp_dims"])
+    np.testing.assert_allclose(net(to_feeds(batch)).numpy(), expected, rtol=1e-5, atol=1e-6)
+    experts, critics = net.gates(to_feeds(batch))
+    assert experts.shape == [11, TINY_HP["num_expert"]] and critics.shape == [11, TINY_HP["num_output"]]
+    np.testing.assert_allclose(experts.numpy().sum(axis=1), 1, rtol=1e-6)
+
+
+def test_small_tables_are_read_one_hot_up_to_the_width_of_an_embedding():
+    """k one-hot fields cost k times the largest of their tables' rows in columns, an embedded one dim."""
+    assert net_module.one_hot_count([856, 3, 2, 6, 8, 3, 4], 64) == 6      # the Tencent single-valued fields
+    assert net_module.one_hot_count([1, 1, 1, 1, 1, 1], 64) == 6           # ad fields, one campaign per task
+    assert net_module.one_hot_count([300, 200, 100], 64) == 0
+    assert net_module.one_hot_count([30, 40, 50], 64) == 2                 # 2 * 40 + 64 < 3 * 50, 30 + 2 * 64
+    assert net_module.one_hot_count([10, 60, 70], 64) == 1                 # 10 + 2 * 64 < 2 * 60 + 64
+
+
 def test_rows_without_any_list_id(net):
     """A batch where every list is empty (nothing to pool), also as a single row."""
     batch = random_batch(np.random.default_rng(7), 4)

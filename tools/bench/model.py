@@ -151,7 +151,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per order (default 5)")
     parser.add_argument("--batch", type=int, default=1024, help="support = query = fine-tune batch size")
     parser.add_argument("--threads", type=int, default=2, help="Paddle CPU threads (default 2)")
-    parser.add_argument("--model-dir", default=model_folder.ROOT, help="folder with dygraph_model.py and net.py")
+    parser.add_argument("--model-dir", default=model_folder.ROOT,
+                        help="folder with dygraph_model.py (its `import net` is the project root's net.py: to compare "
+                             "two versions of net.py, run each checkout's own tools/bench/model.py)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.threads < 1:
         parser.error("--steps, --batch and --threads must be at least 1")

@@ -24,14 +24,10 @@ ROWS = 4096  # rows per forward call; the result does not depend on it
 def row_gates(net, batch):
     """(expert weights [B, E], critic weights [B, C]) of each row of a batch (static, dynamic, lengths, ad)."""
     from ..paddle_env import paddle
-    import net as net_module
 
     feeds = {k: paddle.to_tensor(np.asarray(batch[k], np.int64)) for k in ("static", "dynamic", "lengths", "ad")}
     with paddle.no_grad():
-        _, user_mean, ad = net_module.embed_fields(net.layout, feeds, lambda name: getattr(net, name))
-        task = paddle.concat([user_mean, ad.reshape([ad.shape[0], -1])], axis=1).unsqueeze(0)   # [1, B, 7D]
-        return tuple(net._gate(task, gate, lambda name: getattr(net, name).unsqueeze(0))[0].numpy().T
-                     for gate in GATES)
+        return tuple(weights.numpy() for weights in net.gates(feeds))
 
 
 def campaign_gates(net, chunks):
