@@ -340,7 +340,7 @@ class FieldInput:
             out = paddle.matmul(_field_rows(blocks, self.embedded_fields), x, transpose_x=True, transpose_y=True)
         if self.one_hot_fields:
             _, n, width, _ = self.padded.shape
-            premultiplied = paddle.matmul(self.padded, blocks_of(blocks, self.one_hot_fields))   # [T, n, W, out]
+            premultiplied = paddle.matmul(self.padded, _blocks_of(blocks, self.one_hot_fields))   # [T, n, W, out]
             out = out + paddle.matmul(premultiplied.reshape([tasks, n * width, out_dim]), self.one_hot,
                                       transpose_x=True, transpose_y=True)
         return out
@@ -352,7 +352,7 @@ def _field_ids(ids, lists, fields):
     singles, out = ids.shape[1], []
     ids = ids.numpy()
     if lists is not None:
-        dynamic, lengths, offsets = (x.numpy() if hasattr(x, "numpy") else x for x in lists)
+        dynamic, lengths, offsets = lists[0].numpy(), lists[1].numpy(), lists[2]
     for f in fields:
         if f < singles:
             out.append((ids[:, f:f + 1], np.ones((len(ids), 1))))
@@ -395,7 +395,7 @@ def _columns(ids, columns):
     return paddle.gather(ids, paddle.to_tensor(columns, dtype="int64"), axis=1)
 
 
-def blocks_of(blocks, fields):
+def _blocks_of(blocks, fields):
     """[T, len(fields), D, out]: the weight blocks of `fields`, a slice when they lead."""
     if fields == list(range(len(fields))):
         return blocks[:, :len(fields)]
@@ -404,7 +404,7 @@ def blocks_of(blocks, fields):
 
 def _field_rows(blocks, fields):
     """[T, len(fields)*D, out]: the rows of the weight that multiply `fields`."""
-    return blocks_of(blocks, fields).reshape([blocks.shape[0], -1, blocks.shape[3]])
+    return _blocks_of(blocks, fields).reshape([blocks.shape[0], -1, blocks.shape[3]])
 
 
 class WideLinear(nn.Layer):
