@@ -102,21 +102,24 @@ def pool_lists(tables, dynamic, lengths, offsets, lists=None):
     """Mean of each row's first `length` embeddings, per list: 7 x [B, D]; length 0 gives zeros.
     tables[i] is list lists[i]'s (default: every list, in order).
 
-    Only the ids inside the lengths are gathered, then summed into their row
-    with one index_add per list and divided by the length. This reads about
-    half the ids a masked sum over all 50 columns would, and its
-    second-order graph is several times cheaper.
+    Each list is gathered whole, [B, width, D], its ids past the length read
+    as row 0, summed by a batched matmul with the 0/1 mask [B, 1, width] and
+    divided by the length. Gathering only the ids inside the lengths and
+    summing them with an index_add reads fewer rows, but its backward and
+    second derivatives cost more (docs/performance.md, 2026-12-05). The mask's
+    sum then the division round as that index_add did; weights of 1 / length
+    in the matmul round differently, and made 2 ranks drift from one process
+    over 9 Adam steps of tests/test_distributed.py (1e-5 relative in expert_w0).
     """
-    rows_n = dynamic.shape[0]
-    row_of_id = paddle.arange(rows_n, dtype="int64").unsqueeze(1).expand([rows_n, max(np.diff(offsets))])
     pooled = []
     for table, j in zip(tables, range(len(tables)) if lists is None else lists):
         lo, hi = offsets[j], offsets[j + 1]
-        inside = paddle.arange(hi - lo, dtype="int64") < lengths[:, j:j + 1]
-        rows = paddle.gather(table, paddle.masked_select(dynamic[:, lo:hi], inside))
-        sums = paddle.index_add(paddle.zeros([rows_n, table.shape[1]], dtype=table.dtype),
-                                paddle.masked_select(row_of_id[:, :hi - lo], inside), 0, rows)
-        pooled.append(sums / paddle.clip(lengths[:, j:j + 1], min=1).astype(table.dtype))
+        length = lengths[:, j:j + 1]
+        inside = paddle.arange(hi - lo, dtype=length.dtype) < length
+        ids = dynamic[:, lo:hi] * inside.astype(dynamic.dtype)
+        rows = paddle.gather(table, ids.reshape([-1])).reshape([-1, hi - lo, table.shape[1]])
+        sums = paddle.matmul(inside.astype(table.dtype).unsqueeze(1), rows).reshape([-1, table.shape[1]])
+        pooled.append(sums / paddle.clip(length, min=1).astype(table.dtype))
     return pooled
 
 
