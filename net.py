@@ -109,7 +109,7 @@ def pool_lists(tables, dynamic, lengths, offsets, lists=None):
     second derivatives cost more (docs/performance.md, 2026-12-05). The mask's
     sum then the division round as that index_add did; weights of 1 / length
     in the matmul round differently, and made 2 ranks drift from one process
-    over 9 Adam steps of tests/test_distributed.py (1e-5 relative in expert_w0).
+    over 9 Adam steps of tests/test_distributed.py (4e-5 relative in expert_w0).
     """
     pooled = []
     for table, j in zip(tables, range(len(tables)) if lists is None else lists):
@@ -271,13 +271,13 @@ class FieldInput:
     """The input of a layer over field blocks, x = [x_0, ..., x_{F-1}] ([N, F*D] if written out), in two parts.
 
     embedded [N, k, D]: the embeddings of the fields `embedded_fields` (a list field's: the mean of its
-    ids' rows). For the fields `one_hot_fields` (small tables), their rows as weights: one_hot [T, B, n*W + 1]
-    (a last column of ones) and padded [T, n, W, D], so that x_f = one_hot[t, :, f-block] @ padded[t, f] for task t: each task's
-    window of W rows of each table, from the lowest row it reads. linear is x @ weight + bias part by part;
-    a one-hot field's block goes through its table, [W, D] @ [D, out], so the layer's large product spans
-    only the embedded fields (Tencent data: 6 of 7 single-valued user fields have at most 8 values,
-    interest3 13, and a meta-step's task, one campaign, reads one row of each ad field). Same function,
-    same gradients, to rounding.
+    ids' rows). For the fields `one_hot_fields` (small tables), their rows as weights: one_hot
+    [T, B, n*W + 1] (a last column of ones) and padded [T, n, W, D], so that x_f = one_hot[t, :, f-block] @
+    padded[t, f] for task t: each task's window of W rows of each table, from the lowest row it reads.
+    linear is x @ weight + bias part by part; a one-hot field's block goes through its table, [W, D] @
+    [D, out], so the layer's large product spans only the embedded fields (Tencent data: 6 of 7
+    single-valued user fields have at most 8 values, interest3 13, and a meta-step's task, one campaign,
+    reads one row of each ad field). Same function, same gradients, to rounding.
     """
 
     def __init__(self, embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields):
