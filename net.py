@@ -102,21 +102,24 @@ def pool_lists(tables, dynamic, lengths, offsets, lists=None):
     """Mean of each row's first `length` embeddings, per list: 7 x [B, D]; length 0 gives zeros.
     tables[i] is list lists[i]'s (default: every list, in order).
 
-    Only the ids inside the lengths are gathered, then summed into their row
-    with one index_add per list and divided by the length. This reads about
-    half the ids a masked sum over all 50 columns would, and its
-    second-order graph is several times cheaper.
+    Each list is gathered whole, [B, width, D], its ids past the length read
+    as row 0, summed by a batched matmul with the 0/1 mask [B, 1, width] and
+    divided by the length. Gathering only the ids inside the lengths and
+    summing them with an index_add reads fewer rows, but its backward and
+    second derivatives cost more (docs/performance.md, 2026-12-05). The mask's
+    sum then the division round as that index_add did; weights of 1 / length
+    in the matmul round differently, and made 2 ranks drift from one process
+    over 9 Adam steps of tests/test_distributed.py (4e-5 relative in expert_w0).
     """
-    rows_n = dynamic.shape[0]
-    row_of_id = paddle.arange(rows_n, dtype="int64").unsqueeze(1).expand([rows_n, max(np.diff(offsets))])
     pooled = []
     for table, j in zip(tables, range(len(tables)) if lists is None else lists):
         lo, hi = offsets[j], offsets[j + 1]
-        inside = paddle.arange(hi - lo, dtype="int64") < lengths[:, j:j + 1]
-        rows = paddle.gather(table, paddle.masked_select(dynamic[:, lo:hi], inside))
-        sums = paddle.index_add(paddle.zeros([rows_n, table.shape[1]], dtype=table.dtype),
-                                paddle.masked_select(row_of_id[:, :hi - lo], inside), 0, rows)
-        pooled.append(sums / paddle.clip(lengths[:, j:j + 1], min=1).astype(table.dtype))
+        length = lengths[:, j:j + 1]
+        inside = paddle.arange(hi - lo, dtype=length.dtype) < length
+        ids = dynamic[:, lo:hi] * inside.astype(dynamic.dtype)
+        rows = paddle.gather(table, ids.reshape([-1])).reshape([-1, hi - lo, table.shape[1]])
+        sums = paddle.matmul(inside.astype(table.dtype).unsqueeze(1), rows).reshape([-1, table.shape[1]])
+        pooled.append(sums / paddle.clip(length, min=1).astype(table.dtype))
     return pooled
 
 
@@ -239,7 +242,7 @@ class MetaHeacNet(nn.Layer):
     def _experts(self, user, w, tasks):
         """All experts at once, [T, E, H, B]: the fused layer 1 (user.linear), then one GEMM per (task, expert)."""
         relu = paddle.nn.functional.relu
-        hidden = relu(user.linear(w("expert_w0"), tasks) + w("expert_b0").unsqueeze(2))   # [T, E*H, B]
+        hidden = relu(user.linear(w("expert_w0"), w("expert_b0"), tasks))                 # [T, E*H, B]
         rows = hidden.shape[2]
         hidden = hidden.reshape([tasks * self.num_expert, self.mlp_dims[0], rows])
         for k in range(1, len(self.mlp_dims)):
@@ -249,7 +252,7 @@ class MetaHeacNet(nn.Layer):
 
     def _gate(self, task, gate, w, tasks):
         """Mixing weights [T, width, B] from the task input (user_mean and the ad fields)."""
-        hidden = paddle.nn.functional.relu(task.linear(w(f"{gate}_w0"), tasks) + w(f"{gate}_b0").unsqueeze(2))
+        hidden = paddle.nn.functional.relu(task.linear(w(f"{gate}_w0"), w(f"{gate}_b0"), tasks))
         return softmax(_dense(hidden, w(f"{gate}_w1"), w(f"{gate}_b1")), axis=1)
 
 
@@ -268,13 +271,13 @@ class FieldInput:
     """The input of a layer over field blocks, x = [x_0, ..., x_{F-1}] ([N, F*D] if written out), in two parts.
 
     embedded [N, k, D]: the embeddings of the fields `embedded_fields` (a list field's: the mean of its
-    ids' rows). For the fields `one_hot_fields` (small tables), their rows as weights: one_hot [T, B, n*W]
-    and padded [T, n, W, D], so that x_f = one_hot[t, :, f-block] @ padded[t, f] for task t: each task's
-    window of W rows of each table, from the lowest row it reads. linear(weight) is x @ weight part by part;
-    a one-hot field's block goes through its table, [W, D] @ [D, out], so the layer's large product spans
-    only the embedded fields (Tencent data: 6 of 7 single-valued user fields have at most 8 values,
-    interest3 13, and a meta-step's task, one campaign, reads one row of each ad field). Same function,
-    same gradients, to rounding.
+    ids' rows). For the fields `one_hot_fields` (small tables), their rows as weights: one_hot
+    [T, B, n*W + 1] (a last column of ones) and padded [T, n, W, D], so that x_f = one_hot[t, :, f-block] @
+    padded[t, f] for task t: each task's window of W rows of each table, from the lowest row it reads.
+    linear is x @ weight + bias part by part; a one-hot field's block goes through its table, [W, D] @
+    [D, out], so the layer's large product spans only the embedded fields (Tencent data: 6 of 7
+    single-valued user fields have at most 8 values, interest3 13, and a meta-step's task, one campaign,
+    reads one row of each ad field). Same function, same gradients, to rounding.
     """
 
     def __init__(self, embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields):
@@ -326,24 +329,26 @@ class FieldInput:
             total = self.embedded.sum(axis=1) if self.embedded_sum is None else self.embedded_sum
         if self.one_hot is not None:
             tasks, n, width, dim = self.padded.shape
-            rows = paddle.matmul(self.one_hot, self.padded.reshape([tasks, n * width, dim]))   # [T, B, D]
+            rows = paddle.matmul(self.one_hot[:, :, :-1], self.padded.reshape([tasks, n * width, dim]))   # [T, B, D]
             total = total + rows.reshape([-1, dim])
         return total
 
-    def linear(self, weight, tasks):
-        """x @ weight, feature-major [T, out, B], weight [T, F*D, out] (T blocks of B consecutive rows)."""
+    def linear(self, weight, bias, tasks):
+        """x @ weight + bias, feature-major [T, out, B], weight [T, F*D, out] and bias [T, out] (T blocks of B
+        consecutive rows). With one-hot fields the bias is one more row of their product, the ones column's
+        (no broadcast add, and its gradient comes out of that matmul)."""
         out_dim = weight.shape[2]
         blocks = weight.reshape([tasks, self.fields, -1, out_dim])
         out = 0
         if self.embedded_fields:
             x = self.embedded.reshape([tasks, -1, self.embedded.shape[1] * self.embedded.shape[2]])
             out = paddle.matmul(_field_rows(blocks, self.embedded_fields), x, transpose_x=True, transpose_y=True)
-        if self.one_hot_fields:
-            _, n, width, _ = self.padded.shape
-            premultiplied = paddle.matmul(self.padded, _blocks_of(blocks, self.one_hot_fields))   # [T, n, W, out]
-            out = out + paddle.matmul(premultiplied.reshape([tasks, n * width, out_dim]), self.one_hot,
-                                      transpose_x=True, transpose_y=True)
-        return out
+        if not self.one_hot_fields:
+            return out + bias.unsqueeze(2)
+        _, n, width, _ = self.padded.shape
+        premultiplied = paddle.matmul(self.padded, _blocks_of(blocks, self.one_hot_fields))   # [T, n, W, out]
+        premultiplied = paddle.concat([premultiplied.reshape([tasks, n * width, out_dim]), bias.unsqueeze(1)], axis=1)
+        return out + paddle.matmul(premultiplied, self.one_hot, transpose_x=True, transpose_y=True)
 
 
 def _field_ids(ids, lists, fields):
@@ -364,7 +369,8 @@ def _field_ids(ids, lists, fields):
 
 
 def _one_hot_rows(tables, field_ids, tasks):
-    """(one_hot [T, B, n*W], padded [T, n, W, D]) of FieldInput for tables with (ids, weights) each."""
+    """(one_hot [T, B, n*W + 1], padded [T, n, W, D]) of FieldInput for tables with (ids, weights) each; the last
+    column of one_hot is ones (the bias's, FieldInput.linear)."""
     n, rows = len(tables), field_ids[0][0].shape[0]
     per_task = rows // tasks
     lows, widths = np.zeros((tasks, n), np.int64), np.ones((tasks, n), np.int64)
@@ -383,7 +389,8 @@ def _one_hot_rows(tables, field_ids, tasks):
         values.append(weights[keep])
     dtype = tables[0].dtype
     one_hot = np.bincount(np.concatenate(flat), np.concatenate(values), minlength=rows * n * width)
-    one_hot = paddle.to_tensor(one_hot.reshape([tasks, per_task, n * width]), dtype=dtype)
+    one_hot = np.concatenate([one_hot.reshape([rows, n * width]), np.ones((rows, 1))], axis=1)
+    one_hot = paddle.to_tensor(one_hot.reshape([tasks, per_task, n * width + 1]), dtype=dtype)
     starts = np.cumsum([0] + [t.shape[0] for t in tables[:-1]])
     sizes = np.asarray([t.shape[0] for t in tables])
     index = starts[None, :, None] + np.minimum(lows[:, :, None] + np.arange(width), sizes[None, :, None] - 1)
