@@ -299,18 +299,21 @@ class FieldInput:
         order = sorted(range(len(tables)), key=lambda j: tables[j].shape[0])
         count = one_hot_count([t.shape[0] / tasks for t in tables], dim)
         one_hot_fields, embedded_fields = sorted(order[:count]), sorted(order[count:])
-        parts, sums = [], []
+        parts, sums = [], []  # [N, k*D] each, joined by one concat
         single = [j for j in embedded_fields if j < singles]
         if single:
-            parts.append(lookup([tables[j] for j in single], _columns(ids, single)))
-            sums.append(parts[-1].sum(axis=1))
+            looked_up = lookup([tables[j] for j in single], _columns(ids, single))
+            parts.append(looked_up.reshape([-1, len(single) * dim]))
+            sums.append(looked_up.sum(axis=1))
         listed = [j - singles for j in embedded_fields if j >= singles]
         if listed:
             dynamic, lengths, offsets = lists
-            pooled = pool_lists([tables[singles + j] for j in listed], dynamic, lengths, offsets, listed)
-            parts.append(paddle.concat(pooled, axis=1).reshape([-1, len(pooled), dim]))
-            sums.extend(pooled)
-        embedded = paddle.concat(parts, axis=1) if len(parts) > 1 else (parts[0] if parts else None)
+            parts.extend(pool_lists([tables[singles + j] for j in listed], dynamic, lengths, offsets, listed))
+            sums.extend(parts[-len(listed):])
+        embedded = None
+        if parts:
+            joined = paddle.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+            embedded = joined.reshape([-1, len(embedded_fields), dim])
         embedded_sum = paddle.add_n(sums) if sums else None
         one_hot, padded = (_one_hot_rows([tables[j] for j in one_hot_fields], _field_ids(ids, lists, one_hot_fields),
                                          tasks) if one_hot_fields else (None, None))
@@ -318,8 +321,10 @@ class FieldInput:
 
     def after(self, first):
         """This input with first [N, D] put before its fields, as an embedded field 0."""
-        parts = [first.unsqueeze(1)] + ([self.embedded] if self.embedded is not None else [])
-        return FieldInput(paddle.concat(parts, axis=1), [0] + [f + 1 for f in self.embedded_fields], None,
+        embedded = first.unsqueeze(1)
+        if self.embedded is not None:
+            embedded = paddle.concat([embedded, self.embedded], axis=1)
+        return FieldInput(embedded, [0] + [f + 1 for f in self.embedded_fields], None,
                           self.one_hot, self.padded, [f + 1 for f in self.one_hot_fields])
 
     def field_sum(self):
