@@ -201,10 +201,12 @@ class MetaHeacNet(nn.Layer):
         broadcasts along the last axis, and the experts split off the fused
         first layer by a reshape, so no large tensor is ever transposed
         (Paddle's CPU transpose and middle-axis broadcasts are several times
-        slower than a matmul of the same data; the gate is expanded over H
-        before it multiplies the experts for the same reason, by a matmul
-        with a 0/1 repeat matrix, whose backward is a matmul too where an
-        expand's is a middle-axis sum).
+        slower than a matmul of the same data).
+
+        The critics' linear layer is applied to each expert, then the gate
+        mixes those C values: sum_e g_e W^T x_e = W^T sum_e g_e x_e, as the gate
+        scales each row, so the mixture is taken over [T, E, C, B] instead of
+        the experts' [T, E, H, B] (C = 5, H = 64), and so are its derivatives.
         """
         params = params or {}
 
@@ -218,10 +220,14 @@ class MetaHeacNet(nn.Layer):
         user, task = self._inputs(feeds, p, n_tasks)
         experts = self._experts(user, w, n_tasks)                                          # [T, E, H, B]
         gate = self._gate(task, "expert_gate", w, n_tasks)                                # [T, E, B]
-        repeat = paddle.to_tensor(np.repeat(np.eye(self.num_expert), experts.shape[2], axis=0), dtype=gate.dtype)
-        expert_gate = paddle.matmul(repeat.expand([n_tasks] + repeat.shape), gate).reshape(experts.shape)
-        mixed = (experts * expert_gate).sum(axis=1)                                          # [T, H, B]
-        critics = paddle.nn.functional.sigmoid(_dense(mixed, w("critic_w"), w("critic_b")))  # [T, C, B]
+        _, n_expert, hidden, rows = experts.shape
+        critic_w = w("critic_w")
+        critic_w = critic_w.unsqueeze(1).expand([n_tasks, n_expert] + critic_w.shape[1:])
+        heads = paddle.matmul(critic_w.reshape([n_tasks * n_expert, hidden, -1]),
+                              experts.reshape([n_tasks * n_expert, hidden, rows]), transpose_x=True)
+        heads = heads.reshape([n_tasks, n_expert, -1, rows])                                # [T, E, C, B]
+        mixed = (heads * gate.unsqueeze(2)).sum(axis=1) + w("critic_b").unsqueeze(2)      # [T, C, B]
+        critics = paddle.nn.functional.sigmoid(mixed)
         return (critics * self._gate(task, "critic_gate", w, n_tasks)).sum(axis=1).reshape([-1])
 
     def _inputs(self, feeds, p, tasks):
