@@ -84,8 +84,9 @@ def test_two_ranks_meta_train_to_the_weights_of_one_process(sample_runs):
     # Equal up to the order of float32 sums. One meta-step's gradient of 3 + 2 tasks is that of 5 to about 1e-7
     # (and to 1e-10 in float64: test_meta_grad's per-task loop), but over 9 Adam steps such differences can grow
     # on a few elements: Adam divides each element's gradient by its own size, so it moves a weight in units of
-    # the learning rate whatever the weight's scale (seed 2021, 2026-12-05: 17 elements of expert_w0 off by up
-    # to 4.7e-6, its norm by 1e-6 relative; seed 7: 6e-8). Hence a floor of 1% of the most Adam can move one.
+    # the learning rate whatever the weight's scale. On 2026-12-05 one rounding change to net.py put 17 elements
+    # of expert_w0 4.7e-6 apart (norm 1e-6 relative; seed 7: 6e-8), the next one 5e-8 apart. Hence a floor of
+    # 1% of the most Adam can move a weight.
     with open(CONFIG) as f:
         learning_rate = yaml.safe_load(f)["hyper_parameters"]["optimizer"]["learning_rate"]
     adam_floor = 1e-2 * learning_rate * 9  # 9 meta-steps, checked below
