@@ -265,12 +265,11 @@ class MetaHeacNet(nn.Layer):
 def one_hot_count(rows, dim):
     """How many fields, the smallest tables first, a layer reads as one-hot rows rather than as embeddings.
 
-    An embedded field adds dim columns to the layer's large product; k one-hot fields add k times the
-    width they share, at most the largest of their tables' rows (rows: each table's rows per task). The k
-    of fewest columns; the premultiplied tables ([rows, D] @ [D, out]) are left out as small.
+    An embedded field adds dim columns to the layer's large product, a one-hot field at most its table's rows
+    (rows: each table's rows per task; FieldInput gives a one-hot field the columns of its widest window): the
+    fields of fewer rows than dim. The premultiplied tables ([rows, D] @ [D, out]) are left out as small.
     """
-    rows = sorted(rows)
-    return int(np.argmin([k * (rows[k - 1] if k else 0) + dim * (len(rows) - k) for k in range(len(rows) + 1)]))
+    return int(sum(r < dim for r in rows))
 
 
 class FieldInput:
