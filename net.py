@@ -201,10 +201,12 @@ class MetaHeacNet(nn.Layer):
         broadcasts along the last axis, and the experts split off the fused
         first layer by a reshape, so no large tensor is ever transposed
         (Paddle's CPU transpose and middle-axis broadcasts are several times
-        slower than a matmul of the same data; the gate is expanded over H
-        before it multiplies the experts for the same reason, by a matmul
-        with a 0/1 repeat matrix, whose backward is a matmul too where an
-        expand's is a middle-axis sum).
+        slower than a matmul of the same data).
+
+        The critics' linear layer is applied to each expert, then the gate
+        mixes those C values: sum_e g_e W^T x_e = W^T sum_e g_e x_e, as the gate
+        scales each row, so the mixture is taken over [T, E, C, B] instead of
+        the experts' [T, E, H, B] (C = 5, H = 64), and so are its derivatives.
         """
         params = params or {}
 
@@ -218,10 +220,14 @@ class MetaHeacNet(nn.Layer):
         user, task = self._inputs(feeds, p, n_tasks)
         experts = self._experts(user, w, n_tasks)                                          # [T, E, H, B]
         gate = self._gate(task, "expert_gate", w, n_tasks)                                # [T, E, B]
-        repeat = paddle.to_tensor(np.repeat(np.eye(self.num_expert), experts.shape[2], axis=0), dtype=gate.dtype)
-        expert_gate = paddle.matmul(repeat.expand([n_tasks] + repeat.shape), gate).reshape(experts.shape)
-        mixed = (experts * expert_gate).sum(axis=1)                                          # [T, H, B]
-        critics = paddle.nn.functional.sigmoid(_dense(mixed, w("critic_w"), w("critic_b")))  # [T, C, B]
+        _, n_expert, hidden, rows = experts.shape
+        critic_w = w("critic_w")
+        critic_w = critic_w.unsqueeze(1).expand([n_tasks, n_expert] + critic_w.shape[1:])
+        heads = paddle.matmul(critic_w.reshape([n_tasks * n_expert, hidden, -1]),
+                              experts.reshape([n_tasks * n_expert, hidden, rows]), transpose_x=True)
+        heads = heads.reshape([n_tasks, n_expert, -1, rows])                                # [T, E, C, B]
+        mixed = (heads * gate.unsqueeze(2)).sum(axis=1) + w("critic_b").unsqueeze(2)      # [T, C, B]
+        critics = paddle.nn.functional.sigmoid(mixed)
         return (critics * self._gate(task, "critic_gate", w, n_tasks)).sum(axis=1).reshape([-1])
 
     def _inputs(self, feeds, p, tasks):
@@ -259,12 +265,11 @@ class MetaHeacNet(nn.Layer):
 def one_hot_count(rows, dim):
     """How many fields, the smallest tables first, a layer reads as one-hot rows rather than as embeddings.
 
-    An embedded field adds dim columns to the layer's large product; k one-hot fields add k times the
-    width they share, at most the largest of their tables' rows (rows: each table's rows per task). The k
-    of fewest columns; the premultiplied tables ([rows, D] @ [D, out]) are left out as small.
+    An embedded field adds dim columns to the layer's large product, a one-hot field at most its table's rows
+    (rows: each table's rows per task; FieldInput gives a one-hot field the columns of its widest window): the
+    fields of fewer rows than dim. The premultiplied tables ([rows, D] @ [D, out]) are left out as small.
     """
-    rows = sorted(rows)
-    return int(np.argmin([k * (rows[k - 1] if k else 0) + dim * (len(rows) - k) for k in range(len(rows) + 1)]))
+    return int(sum(r < dim for r in rows))
 
 
 class FieldInput:
@@ -272,17 +277,18 @@ class FieldInput:
 
     embedded [N, k, D]: the embeddings of the fields `embedded_fields` (a list field's: the mean of its
     ids' rows). For the fields `one_hot_fields` (small tables), their rows as weights: one_hot
-    [T, B, n*W + 1] (a last column of ones) and padded [T, n, W, D], so that x_f = one_hot[t, :, f-block] @
-    padded[t, f] for task t: each task's window of W rows of each table, from the lowest row it reads.
+    [T, B, K + 1] (a last column of ones) and padded [T, n, W, D], each task's window of W rows of each
+    table from the lowest row it reads, so that x_f = one_hot[t, :, f's W_f columns] @ padded[t, f, :W_f]
+    for task t (W_f: field f's widest window; `read_rows` picks those K rows out of the n * W).
     linear is x @ weight + bias part by part; a one-hot field's block goes through its table, [W, D] @
     [D, out], so the layer's large product spans only the embedded fields (Tencent data: 6 of 7
     single-valued user fields have at most 8 values, interest3 13, and a meta-step's task, one campaign,
     reads one row of each ad field). Same function, same gradients, to rounding.
     """
 
-    def __init__(self, embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields):
+    def __init__(self, embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields, read=None):
         self.embedded, self.embedded_fields, self.embedded_sum = embedded, list(embedded_fields), embedded_sum
-        self.one_hot, self.padded, self.one_hot_fields = one_hot, padded, list(one_hot_fields)
+        self.one_hot, self.padded, self.one_hot_fields, self.read_rows = one_hot, padded, list(one_hot_fields), read
         self.fields = len(self.embedded_fields) + len(self.one_hot_fields)
 
     @classmethod
@@ -315,9 +321,10 @@ class FieldInput:
             joined = paddle.concat(parts, axis=1) if len(parts) > 1 else parts[0]
             embedded = joined.reshape([-1, len(embedded_fields), dim])
         embedded_sum = paddle.add_n(sums) if sums else None
-        one_hot, padded = (_one_hot_rows([tables[j] for j in one_hot_fields], _field_ids(ids, lists, one_hot_fields),
-                                         tasks) if one_hot_fields else (None, None))
-        return cls(embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields)
+        one_hot, padded, read = (_one_hot_rows([tables[j] for j in one_hot_fields],
+                                               _field_ids(ids, lists, one_hot_fields), tasks)
+                                 if one_hot_fields else (None, None, None))
+        return cls(embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields, read)
 
     def after(self, first):
         """This input with first [N, D] put before its fields, as an embedded field 0."""
@@ -325,7 +332,7 @@ class FieldInput:
         if self.embedded is not None:
             embedded = paddle.concat([embedded, self.embedded], axis=1)
         return FieldInput(embedded, [0] + [f + 1 for f in self.embedded_fields], None,
-                          self.one_hot, self.padded, [f + 1 for f in self.one_hot_fields])
+                          self.one_hot, self.padded, [f + 1 for f in self.one_hot_fields], self.read_rows)
 
     def field_sum(self):
         """sum_f x_f, [N, D]."""
@@ -333,8 +340,8 @@ class FieldInput:
         if self.embedded is not None:
             total = self.embedded.sum(axis=1) if self.embedded_sum is None else self.embedded_sum
         if self.one_hot is not None:
-            tasks, n, width, dim = self.padded.shape
-            rows = paddle.matmul(self.one_hot[:, :, :-1], self.padded.reshape([tasks, n * width, dim]))   # [T, B, D]
+            dim = self.padded.shape[3]
+            rows = paddle.matmul(self.one_hot[:, :, :-1], self._read(self.padded))                     # [T, B, D]
             total = total + rows.reshape([-1, dim])
         return total
 
@@ -350,10 +357,15 @@ class FieldInput:
             out = paddle.matmul(_field_rows(blocks, self.embedded_fields), x, transpose_x=True, transpose_y=True)
         if not self.one_hot_fields:
             return out + bias.unsqueeze(2)
-        _, n, width, _ = self.padded.shape
         premultiplied = paddle.matmul(self.padded, _blocks_of(blocks, self.one_hot_fields))   # [T, n, W, out]
-        premultiplied = paddle.concat([premultiplied.reshape([tasks, n * width, out_dim]), bias.unsqueeze(1)], axis=1)
+        premultiplied = paddle.concat([self._read(premultiplied), bias.unsqueeze(1)], axis=1)
         return out + paddle.matmul(premultiplied, self.one_hot, transpose_x=True, transpose_y=True)
+
+    def _read(self, windows):
+        """[T, K, last] of windows [T, n, W, last]: the window rows one_hot has a column for."""
+        tasks, n, width, last = windows.shape
+        windows = windows.reshape([tasks, n * width, last])
+        return windows if self.read_rows is None else paddle.gather(windows, self.read_rows, axis=1)
 
 
 def _field_ids(ids, lists, fields):
@@ -374,8 +386,11 @@ def _field_ids(ids, lists, fields):
 
 
 def _one_hot_rows(tables, field_ids, tasks):
-    """(one_hot [T, B, n*W + 1], padded [T, n, W, D]) of FieldInput for tables with (ids, weights) each; the last
-    column of one_hot is ones (the bias's, FieldInput.linear)."""
+    """(one_hot [T, B, K + 1], padded [T, n, W, D], read [K] or None) of FieldInput for tables with (ids, weights)
+    each. padded holds each task's window of W rows of each table, from the lowest row it reads; field f's
+    columns of one_hot are the first W_f rows of its windows, W_f its widest window over the tasks (W the widest
+    of all), and `read` their positions in the n * W window rows (None when that is every row). The last column
+    of one_hot is ones (the bias's, FieldInput.linear)."""
     n, rows = len(tables), field_ids[0][0].shape[0]
     per_task = rows // tasks
     lows, widths = np.zeros((tasks, n), np.int64), np.ones((tasks, n), np.int64)
@@ -384,23 +399,27 @@ def _one_hot_rows(tables, field_ids, tasks):
             read = ids[t * per_task:(t + 1) * per_task][weights[t * per_task:(t + 1) * per_task] > 0]
             if read.size:
                 lows[t, f], widths[t, f] = read.min(), read.max() - read.min() + 1
-    width = int(widths.max())
+    field_widths = widths.max(axis=0)
+    width, columns = int(field_widths.max()), int(field_widths.sum())
+    first_column = np.cumsum(field_widths) - field_widths
     flat, values = [], []
     for f, (ids, weights) in enumerate(field_ids):
         row = np.arange(rows)[:, None]
-        column = f * width + ids - lows[row // per_task, f]
+        column = first_column[f] + ids - lows[row // per_task, f]
         keep = weights > 0
-        flat.append((row * n * width + column)[keep])
+        flat.append((row * columns + column)[keep])
         values.append(weights[keep])
     dtype = tables[0].dtype
-    one_hot = np.bincount(np.concatenate(flat), np.concatenate(values), minlength=rows * n * width)
-    one_hot = np.concatenate([one_hot.reshape([rows, n * width]), np.ones((rows, 1))], axis=1)
-    one_hot = paddle.to_tensor(one_hot.reshape([tasks, per_task, n * width + 1]), dtype=dtype)
+    one_hot = np.bincount(np.concatenate(flat), np.concatenate(values), minlength=rows * columns)
+    one_hot = np.concatenate([one_hot.reshape([rows, columns]), np.ones((rows, 1))], axis=1)
+    one_hot = paddle.to_tensor(one_hot.reshape([tasks, per_task, columns + 1]), dtype=dtype)
     starts = np.cumsum([0] + [t.shape[0] for t in tables[:-1]])
     sizes = np.asarray([t.shape[0] for t in tables])
     index = starts[None, :, None] + np.minimum(lows[:, :, None] + np.arange(width), sizes[None, :, None] - 1)
     padded = paddle.gather(paddle.concat(tables), paddle.to_tensor(index.reshape([-1])))
-    return one_hot, padded.reshape([tasks, n, width, tables[0].shape[1]])
+    read = None if columns == n * width else paddle.to_tensor(
+        np.concatenate([f * width + np.arange(w) for f, w in enumerate(field_widths)]))
+    return one_hot, padded.reshape([tasks, n, width, tables[0].shape[1]]), read
 
 
 def _columns(ids, columns):

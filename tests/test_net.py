@@ -79,12 +79,31 @@ def test_forward_matches_numpy_equations_whichever_way_fields_are_read(net, monk
 
 
 def test_small_tables_are_read_one_hot_up_to_the_width_of_an_embedding():
-    """k one-hot fields cost k times the largest of their tables' rows in columns, an embedded one dim."""
+    """A one-hot field costs at most its table's rows in columns, an embedded one dim."""
     assert net_module.one_hot_count([856, 3, 2, 6, 8, 3, 4], 64) == 6      # the Tencent single-valued fields
     assert net_module.one_hot_count([1, 1, 1, 1, 1, 1], 64) == 6           # ad fields, one campaign per task
     assert net_module.one_hot_count([300, 200, 100], 64) == 0
-    assert net_module.one_hot_count([30, 40, 50], 64) == 2                 # 2 * 40 + 64 < 3 * 50, 30 + 2 * 64
-    assert net_module.one_hot_count([10, 60, 70], 64) == 1                 # 10 + 2 * 64 < 2 * 60 + 64
+    assert net_module.one_hot_count([30, 40, 50], 64) == 3                 # 30 + 40 + 50 < 3 * 64
+    assert net_module.one_hot_count([10, 64, 70], 64) == 1                 # 64 rows cost as much as an embedding
+
+
+def test_one_hot_fields_get_the_columns_of_their_widest_window():
+    """Each task reads a window of each one-hot table, from its lowest row to its highest; a field's columns
+    are its widest window over the tasks, the rows no task reads get none (net._one_hot_rows)."""
+    table_a, table_b = paddle.rand([2 * 10, 3]), paddle.rand([2 * 4, 3])          # 2 tasks, 10 and 4 rows each
+    ids_a = np.array([[2], [5], [11], [12]])                                        # windows 2..5 and 11..12
+    ids_b = np.array([[0], [3], [4], [4]])                                          # windows 0..3 and 4..4
+    ones = np.ones((4, 1))
+    one_hot, padded, read = net_module._one_hot_rows([table_a, table_b], [(ids_a, ones), (ids_b, ones)], 2)
+    assert one_hot.shape == [2, 2, 4 + 4 + 1] and padded.shape == [2, 2, 4, 3] and read is None
+    x = paddle.matmul(one_hot[:, :, :-1], padded.reshape([2, 8, 3])).reshape([4, 3]).numpy()
+    np.testing.assert_allclose(x, table_a.numpy()[ids_a[:, 0]] + table_b.numpy()[ids_b[:, 0]], rtol=1e-6)
+    ids_b = np.array([[0], [1], [4], [4]])                                          # windows 0..1 and 4..4
+    one_hot, padded, read = net_module._one_hot_rows([table_a, table_b], [(ids_a, ones), (ids_b, ones)], 2)
+    assert one_hot.shape == [2, 2, 4 + 2 + 1] and padded.shape == [2, 2, 4, 3]
+    np.testing.assert_array_equal(read.numpy(), [0, 1, 2, 3, 4, 5])                # b's rows 2, 3 of its windows go
+    x = paddle.matmul(one_hot[:, :, :-1], paddle.gather(padded.reshape([2, 8, 3]), read, axis=1)).reshape([4, 3])
+    np.testing.assert_allclose(x.numpy(), table_a.numpy()[ids_a[:, 0]] + table_b.numpy()[ids_b[:, 0]], rtol=1e-6)
 
 
 def test_rows_without_any_list_id(net):
