@@ -279,16 +279,17 @@ class FieldInput:
     ids' rows). For the fields `one_hot_fields` (small tables), their rows as weights: one_hot
     [T, B, K + 1] (a last column of ones) and padded [T, n, W, D], each task's window of W rows of each
     table from the lowest row it reads, so that x_f = one_hot[t, :, f's W_f columns] @ padded[t, f, :W_f]
-    for task t (W_f: field f's widest window; `read_rows` picks those K rows out of the n * W).
+    for task t (W_f: field f's widest window; `kept_rows` picks those K rows out of the n * W).
     linear is x @ weight + bias part by part; a one-hot field's block goes through its table, [W, D] @
     [D, out], so the layer's large product spans only the embedded fields (Tencent data: 6 of 7
     single-valued user fields have at most 8 values, interest3 13, and a meta-step's task, one campaign,
     reads one row of each ad field). Same function, same gradients, to rounding.
     """
 
-    def __init__(self, embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields, read=None):
+    def __init__(self, embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields, kept_rows=None):
         self.embedded, self.embedded_fields, self.embedded_sum = embedded, list(embedded_fields), embedded_sum
-        self.one_hot, self.padded, self.one_hot_fields, self.read_rows = one_hot, padded, list(one_hot_fields), read
+        self.one_hot, self.padded, self.one_hot_fields = one_hot, padded, list(one_hot_fields)
+        self.kept_rows = kept_rows
         self.fields = len(self.embedded_fields) + len(self.one_hot_fields)
 
     @classmethod
@@ -321,10 +322,10 @@ class FieldInput:
             joined = paddle.concat(parts, axis=1) if len(parts) > 1 else parts[0]
             embedded = joined.reshape([-1, len(embedded_fields), dim])
         embedded_sum = paddle.add_n(sums) if sums else None
-        one_hot, padded, read = (_one_hot_rows([tables[j] for j in one_hot_fields],
+        one_hot, padded, kept = (_one_hot_rows([tables[j] for j in one_hot_fields],
                                                _field_ids(ids, lists, one_hot_fields), tasks)
                                  if one_hot_fields else (None, None, None))
-        return cls(embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields, read)
+        return cls(embedded, embedded_fields, embedded_sum, one_hot, padded, one_hot_fields, kept)
 
     def after(self, first):
         """This input with first [N, D] put before its fields, as an embedded field 0."""
@@ -332,7 +333,7 @@ class FieldInput:
         if self.embedded is not None:
             embedded = paddle.concat([embedded, self.embedded], axis=1)
         return FieldInput(embedded, [0] + [f + 1 for f in self.embedded_fields], None,
-                          self.one_hot, self.padded, [f + 1 for f in self.one_hot_fields], self.read_rows)
+                          self.one_hot, self.padded, [f + 1 for f in self.one_hot_fields], self.kept_rows)
 
     def field_sum(self):
         """sum_f x_f, [N, D]."""
@@ -365,7 +366,7 @@ class FieldInput:
         """[T, K, last] of windows [T, n, W, last]: the window rows one_hot has a column for."""
         tasks, n, width, last = windows.shape
         windows = windows.reshape([tasks, n * width, last])
-        return windows if self.read_rows is None else paddle.gather(windows, self.read_rows, axis=1)
+        return windows if self.kept_rows is None else paddle.gather(windows, self.kept_rows, axis=1)
 
 
 def _field_ids(ids, lists, fields):
@@ -386,10 +387,10 @@ def _field_ids(ids, lists, fields):
 
 
 def _one_hot_rows(tables, field_ids, tasks):
-    """(one_hot [T, B, K + 1], padded [T, n, W, D], read [K] or None) of FieldInput for tables with (ids, weights)
+    """(one_hot [T, B, K + 1], padded [T, n, W, D], kept [K] or None) of FieldInput for tables with (ids, weights)
     each. padded holds each task's window of W rows of each table, from the lowest row it reads; field f's
     columns of one_hot are the first W_f rows of its windows, W_f its widest window over the tasks (W the widest
-    of all), and `read` their positions in the n * W window rows (None when that is every row). The last column
+    of all), and `kept` their positions in the n * W window rows (None when that is every row). The last column
     of one_hot is ones (the bias's, FieldInput.linear)."""
     n, rows = len(tables), field_ids[0][0].shape[0]
     per_task = rows // tasks
@@ -417,9 +418,9 @@ def _one_hot_rows(tables, field_ids, tasks):
     sizes = np.asarray([t.shape[0] for t in tables])
     index = starts[None, :, None] + np.minimum(lows[:, :, None] + np.arange(width), sizes[None, :, None] - 1)
     padded = paddle.gather(paddle.concat(tables), paddle.to_tensor(index.reshape([-1])))
-    read = None if columns == n * width else paddle.to_tensor(
+    kept = None if columns == n * width else paddle.to_tensor(
         np.concatenate([f * width + np.arange(w) for f, w in enumerate(field_widths)]))
-    return one_hot, padded.reshape([tasks, n, width, tables[0].shape[1]]), read
+    return one_hot, padded.reshape([tasks, n, width, tables[0].shape[1]]), kept
 
 
 def _columns(ids, columns):
