@@ -394,21 +394,20 @@ def _one_hot_rows(tables, field_ids, tasks):
     of one_hot is ones (the bias's, FieldInput.linear)."""
     n, rows = len(tables), field_ids[0][0].shape[0]
     per_task = rows // tasks
-    lows, widths = np.zeros((tasks, n), np.int64), np.ones((tasks, n), np.int64)
+    lows, highs = np.zeros((tasks, n), np.int64), np.zeros((tasks, n), np.int64)  # a task reading none: [0, 0]
     for f, (ids, weights) in enumerate(field_ids):
-        for t in range(tasks):
-            read = ids[t * per_task:(t + 1) * per_task][weights[t * per_task:(t + 1) * per_task] > 0]
-            if read.size:
-                lows[t, f], widths[t, f] = read.min(), read.max() - read.min() + 1
-    field_widths = widths.max(axis=0)
+        read = (weights > 0).reshape([tasks, -1])
+        by_task = ids.reshape([tasks, -1])
+        low, high = np.where(read, by_task, np.iinfo(np.int64).max).min(1), np.where(read, by_task, -1).max(1)
+        lows[:, f], highs[:, f] = np.where(high >= 0, low, 0), np.maximum(high, 0)
+    field_widths = (highs - lows + 1).max(axis=0)
     width, columns = int(field_widths.max()), int(field_widths.sum())
     first_column = np.cumsum(field_widths) - field_widths
+    row = np.arange(rows)[:, None]
     flat, values = [], []
     for f, (ids, weights) in enumerate(field_ids):
-        row = np.arange(rows)[:, None]
-        column = first_column[f] + ids - lows[row // per_task, f]
         keep = weights > 0
-        flat.append((row * columns + column)[keep])
+        flat.append((row * columns + first_column[f] - lows[row // per_task, f] + ids)[keep])
         values.append(weights[keep])
     dtype = tables[0].dtype
     one_hot = np.bincount(np.concatenate(flat), np.concatenate(values), minlength=rows * columns)
