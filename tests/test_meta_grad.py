@@ -298,7 +298,7 @@ def test_the_optimizer_is_the_one_the_config_names():
     net = param_holder(paddle.create_parameter([3], "float32"))
     assert isinstance(dm.DygraphModel().create_optimizer(net, config(2)), paddle.optimizer.Adam)
     wrong = cfg.load_config(os.path.join(ROOT, "config.yaml"), ["hyper_parameters.optimizer.class=sgd"])
-    with pytest.raises(cfg.ConfigError, match=r"^-o hyper_parameters.optimizer.class must be one of adam, got 'sgd'"):
+    with pytest.raises(cfg.ConfigError, match=r"^-o hyper_parameters.optimizer.class must be one of adam \| lazy_adam, got 'sgd'"):
         cfg.validate(wrong, "train", model_folder.load_model(wrong))
 
 

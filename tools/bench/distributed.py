@@ -1,7 +1,7 @@
 """Scaling of data-parallel meta-training on this machine, at the full data's shapes, on synthetic ids.
 
     python tools/bench/distributed.py [--runs 1x1,2x1,1x2] [--steps 5] [--batch 1024] [--tasks 4] [--json FILE]
-                                      [--dense-all-reduce]
+                                      [--optimizer adam] [--dense-all-reduce]
 
 Each run RxT (R ranks of T threads) starts this script under PaddlePaddle's
 launcher (python -m paddle.distributed.launch --nproc_per_node R) in worker
@@ -11,9 +11,9 @@ of --tasks tasks (Zipf user ids) and meta-trains on its block of them exactly
 as the trainer does (tools/utils/run/training.py: its tasks' meta-loss, backward,
 the gradient sum over the ranks, Adam). Printed per run, medians over --steps
 meta-steps after warm-up: the meta-step and its parts (forward with the inner
-step, backward, the gradient sum with the metrics' agreement, Adam), samples/s
-(support + query rows of the whole meta-batch per second), and the numbers the
-gradient sum moved per rank. --dense-all-reduce adds, on several ranks, the
+step, backward, the gradient sum with the metrics' agreement, the step of
+--optimizer: adam or lazy_adam), samples/s (support + query rows of the whole
+meta-batch per second), and the numbers the gradient sum moved per rank. --dense-all-reduce adds, on several ranks, the
 all-reduce of every parameter's whole gradient alone (what the trainer summed
 before it summed only the touched table rows), in seconds and GB/s of gradient.
 Figures and their reading: docs/performance.md and docs/distributed.md.
@@ -43,7 +43,7 @@ def worker(args):
     set_threads(args.threads)
     group = distributed.join(set_device(False))
     dm = model_folder.load_module(os.path.join(model_folder.ROOT, "dygraph_model.py"), "bench")
-    model, config = dm.DygraphModel(), big_config(args.batch)
+    model, config = dm.DygraphModel(), big_config(args.batch, args.optimizer)
     config["hyper_parameters"]["task_count"] = args.tasks
     paddle.seed(0)
     net = model.create_model(config)
@@ -108,7 +108,7 @@ def launch(ranks, threads, args, log_dir):
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(ranks),
                "--log_dir", os.path.join(log_dir, f"{ranks}x{threads}"), os.path.abspath(__file__), "--worker",
                "--threads", str(threads), "--steps", str(args.steps), "--batch", str(args.batch),
-               "--tasks", str(args.tasks), "--json", out, *(["--dense-all-reduce"] if args.dense_all_reduce else [])]
+               "--tasks", str(args.tasks), "--optimizer", args.optimizer, "--json", out, *(["--dense-all-reduce"] if args.dense_all_reduce else [])]
     done = subprocess.run(command, capture_output=True, text=True)
     try:
         if done.returncode != 0:
@@ -127,6 +127,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1024, help="rows of each support and query batch (default 1024)")
     parser.add_argument("--tasks", type=int, default=4, help="tasks per meta-batch, at least every run's ranks "
                                                              "(default 4)")
+    parser.add_argument("--optimizer", default="adam", choices=("adam", "lazy_adam"),
+                        help="hyper_parameters.optimizer.class (default adam, the official code's)")
     parser.add_argument("--dense-all-reduce", action="store_true",
                         help="also time the all-reduce of every parameter's whole gradient (several ranks)")
     parser.add_argument("--json", help="write the figures here (in worker mode: rank 0's figures)")
@@ -140,7 +142,7 @@ def main(argv=None):
         parser.error("--tasks must be at least every run's ranks; --steps and --batch at least 1")
     log_dir = tempfile.mkdtemp(prefix="bench_distributed_")
     print(f"MetaHeac data-parallel benchmark: {args.tasks} tasks x ({args.batch} support + {args.batch} query) per "
-          f"meta-step, second order; median of {args.steps} steps after {WARMUP_STEPS}; "
+          f"meta-step, second order, {args.optimizer}; median of {args.steps} steps after {WARMUP_STEPS}; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d')}")
     results = {}
     for ranks, threads in runs:

@@ -1,6 +1,6 @@
 """Speed of the MetaHeac model hooks at the full-data shapes, on synthetic long-tailed ids.
 
-    python tools/bench/model.py [--steps 5] [--batch 1024] [--threads 2] [--model-dir .]
+    python tools/bench/model.py [--steps 5] [--batch 1024] [--threads 2] [--optimizer adam] [--model-dir .]
 
 Times one meta-step (train_forward + backward + Adam step; second and first
 order), a fine-tune step (infer_train_forward + backward + Adam) and scoring
@@ -38,12 +38,12 @@ ZIPF_EXPONENT = 1.2
 WARMUP_STEPS = 3  # the first steps page-fault the working set in (tens of thousands of faults each)
 
 
-def big_config(batch):
+def big_config(batch, optimizer="adam"):
     max_idxs = [schema.TENCENT_MAX_IDXS[k] for k in schema.GROUPS]
     return {"hyper_parameters": {
         "max_idxs": max_idxs, "embed_dim": 64, "embedding_init": "normal", "mlp_dims": [64, 64], "num_expert": 8,
         "num_output": 5, "task_count": 5, "local_lr": 0.0002, "meta_order": 2, "local_test_learning_rate": 0.001,
-        "optimizer": {"class": "adam", "learning_rate": 0.001}},
+        "optimizer": {"class": optimizer, "learning_rate": 0.001}},
         "runner": {"train_batch_size": batch, "infer_batch_size": batch},
         "data_schema": make_schema(schema.TENCENT_MAX_IDXS)}
 
@@ -102,11 +102,11 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def run(model_dir, steps, batch, threads, seed=0):
+def run(model_dir, steps, batch, threads, seed=0, optimizer="adam"):
     """Benchmark the model folder's DygraphModel; returns {measure: value}."""
     set_threads(threads)
     dm = model_folder.load_module(os.path.join(os.path.abspath(model_dir), "dygraph_model.py"), "bench_model")
-    model, config = dm.DygraphModel(), big_config(batch)
+    model, config = dm.DygraphModel(), big_config(batch, optimizer)
     rng = np.random.default_rng(seed)
     paddle.seed(seed)
     net = model.create_model(config)
@@ -151,6 +151,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed meta-steps per order (default 5)")
     parser.add_argument("--batch", type=int, default=1024, help="support = query = fine-tune batch size")
     parser.add_argument("--threads", type=int, default=2, help="Paddle CPU threads (default 2)")
+    parser.add_argument("--optimizer", default="adam", choices=("adam", "lazy_adam"),
+                        help="hyper_parameters.optimizer.class (default adam, the official code's)")
     parser.add_argument("--model-dir", default=model_folder.ROOT,
                         help="folder with dygraph_model.py (its `import net` is the project root's net.py: to compare "
                              "two versions of net.py, run each checkout's own tools/bench/model.py)")
@@ -158,10 +160,11 @@ def main(argv=None):
     if args.steps < 1 or args.batch < 1 or args.threads < 1:
         parser.error("--steps, --batch and --threads must be at least 1")
     machine = f"load {os.getloadavg()[0]:.2f}, NumPy sgemm {numpy_sgemm_gflops():.0f} GFLOP/s"
-    result = run(args.model_dir, args.steps, args.batch, args.threads)
+    result = run(args.model_dir, args.steps, args.batch, args.threads, optimizer=args.optimizer)
     allocator = os.path.basename(os.environ.get("LD_PRELOAD", "")) or "glibc malloc"
     print(f"MetaHeac model benchmark: 5 tasks x ({args.batch} support + {args.batch} query), "
-          f"median of {args.steps} steps after {WARMUP_STEPS} warm-up steps; {args.threads} threads, {allocator}, "
+          f"median of {args.steps} steps after {WARMUP_STEPS} warm-up steps; {args.optimizer}; {args.threads} threads, "
+          f"{allocator}, "
           f"MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset')}; {machine}")
     for name, value in result.items():
         print(f"  {name:34s} {value:10.3f}" if value < 100 else f"  {name:34s} {value:10.0f}")

@@ -51,11 +51,15 @@ class Collectives:
         """Every parameter's .grad becomes the sum over the ranks of share x its gradient on that rank.
 
         A parameter no rank's gradient reached keeps no gradient (as in one process). net.grad_rows
-        (contract.Network) is consumed: the next meta-step names its own rows.
+        (contract.Network) becomes every rank's rows: those the sum may be non-zero on, of each parameter some
+        rank named (what the optimiser reads: dygraph_model.LazyAdam).
         """
         paddle = self.paddle
         named = list(net.named_parameters())
-        rows = self._rows_to_sum(named, take_grad_rows(net), what)
+        named_rows = take_grad_rows(net)
+        rows = self._rows_to_sum(named, named_rows, what)
+        net.grad_rows = {name: ids for (name, _), ids in zip(named, rows)
+                         if name in named_rows and isinstance(ids, np.ndarray)}
         summed = [(p, ids) for (_, p), ids in zip(named, rows) if ids is not None]
         with paddle.no_grad():
             for p, _ in summed:  # a gradient on every rank where any rank has one

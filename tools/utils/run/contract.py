@@ -73,8 +73,8 @@ class Network(Protocol):
 
     grad_rows: Mapping[str, Any]
     """Left by train_forward: {parameter name: sorted row ids} outside which that parameter's gradient is zero
-    (MetaHeac's embedding tables); a run across processes sums only those rows (collectives.py). Without it,
-    every row is summed."""
+    (MetaHeac's embedding tables); a run across processes sums only those rows (collectives.py), then names
+    every rank's rows there. Without it, every row is summed."""
 
 
 @runtime_checkable
