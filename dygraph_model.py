@@ -17,7 +17,6 @@ same meta-loss written task by task as the paper writes it, to read first.
 """
 import contextlib
 import functools
-import math
 
 import numpy as np
 import paddle
@@ -252,8 +251,8 @@ class LazyAdam(paddle.optimizer.Adam):
     other rows and their moments stay as they are. The dense weights, and every
     parameter in a step that names no rows (fine-tuning, which reads the
     tables directly), move as in Adam. The work, and the gradients zeroed
-    after the step, fall from the tables' 22 M values to the rows read
-    (config_big: about 11% of them). The state is Adam's, so a checkpoint
+    after the step, fall from all the tables' rows to the rows read (at the
+    Tencent shapes, on synthetic Zipf ids: 11% of them, tools/bench/model.py). The state is Adam's, so a checkpoint
     resumes under either. Its cost in quality: docs/performance.md.
     """
 
@@ -299,16 +298,19 @@ class LazyAdam(paddle.optimizer.Adam):
         """Adam's update of table's rows `index` and their moments: Adam's own kernel on the gathered rows."""
         moment1, moment2, beta1_pow, beta2_pow = (self._get_accumulator_master(name, table) for name in (
             self._moment1_acc_str, self._moment2_acc_str, self._beta1_pow_acc_str, self._beta2_pow_acc_str))
-        rows, m, v = (paddle.gather(x, index) for x in (table, moment1, moment2))
-        _C_ops.adam_(rows, paddle.gather(table.grad, index), paddle.to_tensor([self.get_lr()], table.dtype), m, v, None,
-                     beta1_pow, beta2_pow, None, None, self._beta1, self._beta2, self._epsilon, False, 1000, False,
-                     False, False)
+        rows, m, v, grad = (paddle.gather(x, index) for x in (table, moment1, moment2, table.grad))
+        rate = paddle.to_tensor([self.get_lr()], table.dtype)
+        # the call paddle.optimizer.Adam._append_optimize_op makes (Paddle 3.3): no master weight, no found_inf,
+        # not lazy_mode (that needs a sparse gradient), min_row_size_to_use_multithread, no multi-precision,
+        # no global beta pows, no AMSGrad; it also advances the beta pows
+        _C_ops.adam_(rows, grad, rate, m, v, None, beta1_pow, beta2_pow, None, None, self._beta1, self._beta2,
+                     self._epsilon, False, 1000, False, False, False)
         for target, value in ((table, rows), (moment1, m), (moment2, v)):
             paddle.scatter_(target, index, value)
 
 
-OPTIMIZERS = {"adam": adam, "lazy_adam": LazyAdam}  # hyper_parameters.optimizer.class: the optimiser over a
-# net's parameters at a rate
+# hyper_parameters.optimizer.class: the optimiser over a net's parameters at a rate
+OPTIMIZERS = {"adam": adam, "lazy_adam": LazyAdam}
 
 
 def optimizer(net, config, learning_rate=None):

@@ -363,6 +363,52 @@ def test_the_gradient_sum_takes_every_rank_s_touched_table_rows_and_every_dense_
     assert len(rows_0) == 20
 
 
+class SumOfOneRank:
+    """paddle, with an all-reduce that leaves the buffer as it is (the other rank sends zeros)."""
+
+    def __init__(self):
+        from tools.utils.paddle_env import paddle
+        self._paddle = paddle
+        self.distributed = SimpleNamespace(all_reduce=lambda tensor: None)
+
+    def __getattr__(self, name):
+        return getattr(self._paddle, name)
+
+
+def test_after_the_gradient_sum_the_net_names_every_rank_s_rows_for_the_optimiser():
+    """What dygraph_model.LazyAdam reads: net.grad_rows becomes the union of the ranks' rows of every table (the
+    rows the summed gradient may be non-zero on), and its step moves those rows."""
+    import dygraph_model as dm
+    model = dm.DygraphModel()
+    max_idxs = {"static": [40] * 7, "dynamic": [300] * 7, "ad": [60] * 6}
+    config = {"data_schema": schema(max_idxs), "hyper_parameters": {**TINY_HP, "embedding_init": "normal",
+                                                                    "local_lr": 0.1, "meta_order": 2}}
+    rng = np.random.default_rng(4)
+    meta_batch = [tuple(random_batch(rng, n, max_idxs) for n in (6, 5)) for _ in range(3)]
+    rank_1 = TwoRanksInNumpy()
+    rank_0 = TwoRanksInNumpy(rank_1)
+    rank_0.paddle = SumOfOneRank()
+    for collectives, tasks in ((rank_1, meta_batch[2:]), (rank_0, meta_batch[:2])):
+        net = model.create_model(config)
+        loss, _ = model.train_forward(net, tasks, config)
+        loss.backward()
+        own = dict(net.grad_rows)
+        if collectives is rank_1:
+            other = own
+            collectives._rows_to_sum(list(net.named_parameters()), own, "test")
+    start = {name: p.numpy().copy() for name, p in net.named_parameters()}
+    rank_0.sum_gradients(net, 2 / 3, "test")
+    union = dict(net.grad_rows)
+    assert sorted(union) == sorted(own) and len(own) == 20
+    for name in own:
+        np.testing.assert_array_equal(union[name], np.union1d(own[name], other[name]), err_msg=name)
+        assert len(np.setdiff1d(other[name], own[name])), name  # rows only the other rank read
+    dm.LazyAdam(net, 0.01).step()
+    for name in own:  # a table moves at the union's rows only
+        moved = np.flatnonzero((getattr(net, name).numpy() != start[name]).any(axis=1))
+        assert np.isin(moved, union[name]).all() and np.isin(moved, own[name]).any(), name
+
+
 def test_scores_travel_to_rank_0_unchanged():
     from tools import infer_meta
     rng = np.random.default_rng(0)

@@ -108,7 +108,8 @@ def launch(ranks, threads, args, log_dir):
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(ranks),
                "--log_dir", os.path.join(log_dir, f"{ranks}x{threads}"), os.path.abspath(__file__), "--worker",
                "--threads", str(threads), "--steps", str(args.steps), "--batch", str(args.batch),
-               "--tasks", str(args.tasks), "--optimizer", args.optimizer, "--json", out, *(["--dense-all-reduce"] if args.dense_all_reduce else [])]
+               "--tasks", str(args.tasks), "--optimizer", args.optimizer, "--json", out,
+               *(["--dense-all-reduce"] if args.dense_all_reduce else [])]
     done = subprocess.run(command, capture_output=True, text=True)
     try:
         if done.returncode != 0:
