@@ -31,6 +31,16 @@ def sample_model(tmp_path_factory):
 
 
 @pytest.fixture
+def float64():
+    """Paddle's default dtype float64 for the test (the reference tests' precision), restored afterwards."""
+    from tools.utils.paddle_env import paddle
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype("float64")
+    yield
+    paddle.set_default_dtype(previous)
+
+
+@pytest.fixture
 def unwritable():
     """make(folder): the folder cannot be written any more, by root too (chattr +i; chmod for other users);
     the test is skipped where neither works. Undone afterwards."""

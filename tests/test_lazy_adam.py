@@ -1,7 +1,6 @@
 """dygraph_model.LazyAdam (hyper_parameters.optimizer.class: lazy_adam) against a NumPy lazy Adam, against Paddle's
 Adam where the two must agree, across a checkpoint, and after real meta-steps."""
 import numpy as np
-import pytest
 
 import dygraph_model as dm
 from helpers import TINY_HP, random_batch, schema
@@ -9,14 +8,6 @@ from tools.utils.paddle_env import paddle
 from tools.utils.run import checkpoint as ckpt
 
 RATE = 0.1
-
-
-@pytest.fixture
-def float64():
-    previous = paddle.get_default_dtype()
-    paddle.set_default_dtype("float64")
-    yield
-    paddle.set_default_dtype(previous)
 
 
 class TableAndWeight(paddle.nn.Layer):

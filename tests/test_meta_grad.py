@@ -22,14 +22,6 @@ def config(meta_order):
 
 
 @pytest.fixture
-def float64():
-    previous = paddle.get_default_dtype()
-    paddle.set_default_dtype("float64")
-    yield
-    paddle.set_default_dtype(previous)
-
-
-@pytest.fixture
 def setup(float64):
     """A float64 net and a meta-batch of 3 tasks whose support and query share ids.
 
