@@ -252,8 +252,9 @@ class LazyAdam(paddle.optimizer.Adam):
     parameter in a step that names no rows (fine-tuning, which reads the
     tables directly), move as in Adam. The work, and the gradients zeroed
     after the step, fall from all the tables' rows to the rows read (at the
-    Tencent shapes, on synthetic Zipf ids: 11% of them, tools/bench/model.py). The state is Adam's, so a checkpoint
-    resumes under either. Its cost in quality: docs/performance.md.
+    Tencent shapes, on synthetic Zipf ids: 11% of them, tools/bench/model.py).
+    The state is Adam's, so a checkpoint resumes under either. Its cost in
+    quality: docs/performance.md.
     """
 
     def __init__(self, net, learning_rate):

@@ -13,8 +13,9 @@ the gradient sum over the ranks, Adam). Printed per run, medians over --steps
 meta-steps after warm-up: the meta-step and its parts (forward with the inner
 step, backward, the gradient sum with the metrics' agreement, the step of
 --optimizer: adam or lazy_adam), samples/s (support + query rows of the whole
-meta-batch per second), and the numbers the gradient sum moved per rank. --dense-all-reduce adds, on several ranks, the
-all-reduce of every parameter's whole gradient alone (what the trainer summed
+meta-batch per second), and the numbers the gradient sum moved per rank.
+--dense-all-reduce adds, on several ranks, the all-reduce of every
+parameter's whole gradient alone (what the trainer summed
 before it summed only the touched table rows), in seconds and GB/s of gradient.
 Figures and their reading: docs/performance.md and docs/distributed.md.
 """
