@@ -288,14 +288,14 @@ def test_interrupted_save_leaves_no_finished_checkpoint_and_no_temp_files(paddle
     net, opt = trained_net(paddle, 1)
     path = str(tmp_path / "0")
     ckpt.save(path, net, opt, {})
-    real = ckpt._npz_bytes
+    real = ckpt.npz_bytes
 
     def crash_on_optimizer(arrays):
         if "weight" not in arrays:  # the optimizer's state, written after the parameters
             raise KeyboardInterrupt("killed while saving")
         return real(arrays)
 
-    monkeypatch.setattr(ckpt, "_npz_bytes", crash_on_optimizer)
+    monkeypatch.setattr(ckpt, "npz_bytes", crash_on_optimizer)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save(path, net, opt, {})
     assert not ckpt.is_finished(path)

@@ -52,7 +52,7 @@ from tools.utils.run import campaign, distributed, model_folder, resources, trai
 from tools.utils.measure import metrics
 from tools.utils.data import background
 from tools.utils.errors import CheckpointError, TrainingError
-from tools.utils.files import atomic_write, plain, require_writable, write_json, write_text
+from tools.utils.files import atomic_write, npz_bytes, plain, require_writable, write_json, write_text
 from tools.utils.progress import progress
 
 EXAMPLES = (
@@ -139,9 +139,7 @@ def pack_scored(scored):
     arrays["rows"] = np.asarray([len(labels) for labels in columns[3]], np.int64)
     arrays["label"] = np.concatenate(columns[3]) if scored else np.empty(0, np.int8)
     arrays["score"] = np.concatenate(columns[4]) if scored else np.empty(0, np.float32)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+    return npz_bytes(arrays)
 
 
 def unpack_scored(data):

@@ -17,6 +17,7 @@ import io
 import numpy as np
 
 from ..errors import DataError
+from ..files import npz_bytes
 
 BACKGROUND_FILE = "background.npz"
 BACKGROUND_USERS = 100_000
@@ -40,9 +41,7 @@ def sample(rows, seed, n=BACKGROUND_USERS):
 
 
 def to_bytes(users):
-    buf = io.BytesIO()
-    np.savez(buf, **{name: users[name] for name in USER_ARRAYS})
-    return buf.getvalue()
+    return npz_bytes({name: users[name] for name in USER_ARRAYS})
 
 
 def from_bytes(data, source):

@@ -27,7 +27,7 @@ import numpy as np
 from .schema import (AD_FIELDS, ARRAYS, DYNAMIC_FIELDS, DYNAMIC_OFFSETS, DYNAMIC_WIDTHS, GROUP_FIELDS, GROUPS,
                      STATIC_FIELDS, TENCENT_MAX_IDXS)
 from ..errors import ConfigError, DataError, quoted
-from ..files import atomic_write, write_json
+from ..files import atomic_write, stop_signals_held, write_json
 
 SCHEMA_FILE = "schema.json"
 FORMAT_VERSION = 1
@@ -43,15 +43,29 @@ def save_stage(path, arrays, compress=True):
             raise ValueError(f"{path}: unknown array {name!r}; known: {sorted(ARRAYS)}")
 
     def write(f):
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED,
-                             allowZip64=True) as zf:
+        # A stop may end the run while an array is written, and atomic_write then drops the file; but inside
+        # zipfile's own opening and closing steps it would leave the archive unclosable (a ValueError buries the
+        # stop's line under a traceback), so there it waits, and comes where the finally clause still closes all.
+        archive = member = None
+        try:
+            with stop_signals_held():
+                archive = zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED,
+                                          allowZip64=True)
             for name in sorted(arrays):
-                dtype = ARRAYS[name][0]
                 info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zf.compression
-                with zf.open(info, "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.ascontiguousarray(arrays[name], dtype=dtype),
-                                              allow_pickle=False)
+                info.compress_type = archive.compression
+                with stop_signals_held():
+                    member = archive.open(info, "w", force_zip64=True)
+                np.lib.format.write_array(member, np.ascontiguousarray(arrays[name], dtype=ARRAYS[name][0]),
+                                          allow_pickle=False)
+                with stop_signals_held():
+                    member.close()
+                    member = None
+        finally:
+            with stop_signals_held():
+                for opened in (member, archive):
+                    if opened is not None:
+                        opened.close()
 
     atomic_write(path, write)
 

@@ -22,7 +22,7 @@ import numpy as np
 from . import schema
 from .dataset import ArchiveError, read_npz
 from ..errors import DataError
-from ..files import atomic_write
+from ..files import atomic_write, npz_bytes
 
 VOCAB_FILE = "vocabulary.npz"
 FIELDS = schema.STATIC_FIELDS + schema.DYNAMIC_FIELDS + schema.AD_FIELDS
@@ -30,9 +30,7 @@ FIELDS = schema.STATIC_FIELDS + schema.DYNAMIC_FIELDS + schema.AD_FIELDS
 
 def to_bytes(vocab):
     """The .npz bytes of {field: sorted raw values}, the same bytes for the same vocabulary."""
-    buf = io.BytesIO()
-    np.savez(buf, **{field: np.asarray(vocab[field], dtype=np.int64) for field in FIELDS})
-    return buf.getvalue()
+    return npz_bytes({field: np.asarray(vocab[field], dtype=np.int64) for field in FIELDS})
 
 
 def digest(vocab):

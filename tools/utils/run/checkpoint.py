@@ -23,7 +23,7 @@ import re
 import numpy as np
 
 from ..errors import CheckpointError, DiskFull, quoted
-from ..files import atomic_write, write_json
+from ..files import atomic_write, npz_bytes, write_json
 
 PARAMS_FILE = "params.npz"
 OPT_FILE = "optimizer.npz"
@@ -194,16 +194,10 @@ def _structured_optimizer_state(optimizer, net):
     return state
 
 
-def _npz_bytes(arrays):
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
 def state_bytes(net, optimizer):
     """(params.npz, optimizer.npz) as bytes: the network's and the optimizer's state as a checkpoint holds them."""
     params = {key: value.numpy() for key, value in net.state_dict().items()}
-    return _npz_bytes(params), _npz_bytes(_structured_optimizer_state(optimizer, net))
+    return npz_bytes(params), npz_bytes(_structured_optimizer_state(optimizer, net))
 
 
 def _write(path, data):
