@@ -50,10 +50,12 @@ class DiskFull(UserError, OSError):
         self.path, self.needed = path, needed
 
 
-class Stopped(Exception):
+class Stopped(BaseException):
     """The run was stopped by a signal (SIGTERM from a scheduler, Ctrl-C) after keeping what it had.
 
-    The command lines print the message as one line and exit with exit_code (128 + the signal's number).
+    The command lines print the message as one line and exit with exit_code (128 + the signal's number). A
+    BaseException, as KeyboardInterrupt is, so that no `except Exception` meant for a library's failures turns a
+    stop into an error (import_pickle's did: "its objects do not rebuild a pandas DataFrame (Stopped: ...)").
     """
 
     def __init__(self, message, exit_code):

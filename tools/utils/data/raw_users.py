@@ -31,6 +31,7 @@ import numpy as np
 
 from . import schema
 from .dataset import DataError
+from ..files import stop_signals_held
 from ..progress import progress as progress_bar
 from .raw_csv import excerpt
 
@@ -197,24 +198,38 @@ def quiet_worker_signals():
 
 
 @contextmanager
+def forked_pool(processes, initializer, initargs=()):
+    """A pool of forked workers, terminated and joined however the block ends. Made and ended with the stop
+    signals held: a stop inside Pool() once its threads ran left a pool that no one ended, and its worker
+    handler forked new workers that outlived the run, waiting forever."""
+    pool = None
+    try:
+        with stop_signals_held():
+            pool = multiprocessing.get_context("fork").Pool(processes, initializer, initargs)
+        yield pool
+    finally:
+        with stop_signals_held():
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+
+
+@contextmanager
 def fork_map(func, items, workers, state):
     """Iterator over func(state, item) for the items, in order: in this process when
     workers <= 1, else in a pool of forked processes, at most workers + 1 items
     ahead of the consumer (so results wait in memory a few at a time). The
     workers inherit `state` through the fork (_FORKED), big arrays included (and
     write into shared ones), instead of receiving pickled copies."""
-    pool, key = None, id(state)
+    key = id(state)
     _FORKED[key] = (func, state)
     try:
         if workers <= 1 or len(items) < 2:
             yield (func(state, item) for item in items)
         else:
-            pool = multiprocessing.get_context("fork").Pool(min(workers, len(items)), quiet_worker_signals)
-            yield _ahead(pool, key, items, workers + 1)
+            with forked_pool(min(workers, len(items)), quiet_worker_signals) as pool:
+                yield _ahead(pool, key, items, workers + 1)
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
         del _FORKED[key]
 
 

@@ -25,7 +25,6 @@ Extra groups the model does not use (marriageStatus, interest4/5, kw3, topic3,
 appIdInstall, appIdAction, ct, os) are noise independent of the taste.
 Same arguments give byte-identical files on the same NumPy.
 """
-import multiprocessing
 import os
 import shutil
 from collections import namedtuple
@@ -36,7 +35,7 @@ import numpy as np
 from tools.utils.data.raw_text import PROB_DIGITS, user_lines, write_csv
 from tools.utils.progress import progress as progress_bar
 from tools.utils.files import make_staging
-from tools.utils.data.raw_users import quiet_worker_signals
+from tools.utils.data.raw_users import forked_pool, quiet_worker_signals
 
 LATENT_DIM = 8
 USER_CHUNK = 100_000         # users per chunk of userFeature.data; each chunk has its own seed
@@ -461,7 +460,7 @@ def write_users(path, context, chunk_seeds, jobs, progress):
     tasks = list(enumerate(chunk_seeds))
     with open(path, "wb") as f:
         if jobs > 1 and len(tasks) > 1:
-            with multiprocessing.get_context("fork").Pool(jobs, _init_worker, (context, True)) as pool:
+            with forked_pool(jobs, _init_worker, (context, True)) as pool:
                 results = pool.imap(_chunk_text, tasks)
                 write_chunks(f, results, progress)
         else:

@@ -1,0 +1,120 @@
+"""A stop signal inside a library's own steps, where an exception raised halfway leaves an object broken
+(tools/utils/files.py: stop_signals_held holds the signal there).
+
+- zipfile: CI found `preprocess` stopped by SIGTERM ending in exit 1 and zipfile's ValueError traceback, "Can't
+  close the ZIP file while there is an open writing handle on it". The signal is sent inside each step of
+  writing a stage (tools/utils/data/dataset.py: save_stage) or an in-memory .npz (files.npz_bytes).
+- multiprocessing.Pool: a stop inside Pool() once its threads ran left a pool no one ended; a stress run of
+  preprocess found one of its workers alive, orphaned and waiting forever, 25 minutes after the run had ended.
+
+Each run must end in the one line and exit code that cli.run gives a stop, and leave no file or process. And
+a stop is never caught as a library's failure (tools/utils/errors.py: Stopped is a BaseException)."""
+import multiprocessing
+import multiprocessing.util
+import os
+import signal
+import zipfile
+
+import numpy as np
+import pytest
+
+from tools.utils import cli
+from tools.utils.data.dataset import save_stage
+from tools.utils.data.raw_users import fork_map
+from tools.utils.data.safe_pickle import read_dataframe
+from tools.utils.files import npz_bytes
+
+STEPS = {  # where the signal is sent: the step that a stop raised inside of left broken
+    "archive opening": (zipfile.ZipFile, "__init__"),
+    "member opening": (zipfile.ZipFile, "_open_to_write"),
+    "member closing": (zipfile._ZipWriteFile, "close"),
+    "archive closing": (zipfile.ZipFile, "close"),
+    "pool's finaliser": (multiprocessing.util, "Finalize"),  # the last step of Pool(), after its threads start
+}
+ZIP_STEPS = [step for step, (owner, _) in STEPS.items() if owner is not multiprocessing.util]
+
+
+def signal_inside(monkeypatch, step, signum, when=lambda *args, **kwargs: True):
+    """Send signum to this process at the first call of `step` (where when(its arguments) holds), then run the
+    step itself. The handler then runs at the next instruction: inside the step, unless the signal is held."""
+    owner, name = STEPS[step]
+    original, sent = getattr(owner, name), []
+
+    def step_with_signal(*args, **kwargs):
+        if not sent and when(*args, **kwargs):
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, step_with_signal)
+    return sent
+
+
+def arrays():
+    rng = np.random.default_rng(0)
+    return {"label": rng.integers(0, 2, 500).astype(np.int8), "uid": rng.integers(0, 10**6, 500)}
+
+
+@pytest.mark.parametrize("step", ZIP_STEPS)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_inside_a_zip_step_is_one_line_and_leaves_no_file(step, signum, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "train_stage1.npz"
+    sent = signal_inside(monkeypatch, step, signum)
+
+    def main(argv):
+        save_stage(str(path), arrays())
+        raise AssertionError("the stop did not end the run")
+
+    assert cli.run(main, []) == 128 + signum
+    assert sent == [signum]
+    assert capsys.readouterr().err.splitlines() == \
+        ["stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("step", ["member opening", "member closing", "archive closing"])
+def test_a_stop_while_making_npz_bytes_is_one_line(step, monkeypatch, capsys):
+    sent = signal_inside(monkeypatch, step, signal.SIGTERM)
+    assert cli.run(lambda argv: npz_bytes(arrays()), []) == 143
+    assert sent == [signal.SIGTERM]
+    assert capsys.readouterr().err.splitlines() == ["stopped by SIGTERM"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_a_pool_is_made_ends_the_pool(signum, monkeypatch, capsys):
+    sent = signal_inside(monkeypatch, "pool's finaliser", signum,
+                         when=lambda obj, callback, *args, **kwargs: getattr(callback, "__name__", "") == "_terminate_pool")
+
+    def main(argv):
+        with fork_map(lambda state, item: item * 2, list(range(6)), 2, {}) as doubled:
+            assert list(doubled) == [0, 2, 4, 6, 8, 10]
+        raise AssertionError("the stop did not end the run")
+
+    assert cli.run(main, []) == 128 + signum
+    assert sent == [signum]
+    assert capsys.readouterr().err.splitlines() == \
+        ["stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"]
+    assert multiprocessing.active_children() == []
+
+
+def test_a_stop_while_a_pickle_is_read_is_a_stop_not_a_data_error(tmp_path, capsys):
+    """Stress-found: import_pickle stopped while unpickling said the pickle did not rebuild a DataFrame, exit 2."""
+    pd = pytest.importorskip("pandas")
+    pd.DataFrame({"uid": [1, 2, 3]}).to_pickle(tmp_path / "frame.pkl")
+    assert cli.run(lambda argv: read_dataframe(str(tmp_path / "frame.pkl"),
+                                               progress=lambda n: os.kill(os.getpid(), signal.SIGTERM)), []) == 143
+    assert capsys.readouterr().err.splitlines() == ["stopped by SIGTERM"]
+
+
+def test_without_a_stop_the_files_read_back_and_the_handlers_are_restored(tmp_path):
+    """The held steps change nothing else: the stage and the .npz bytes read back equal, and the handlers held
+    are the ones there before."""
+    handlers = [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)]
+    path = tmp_path / "stage.npz"
+    save_stage(str(path), arrays())
+    (tmp_path / "bytes.npz").write_bytes(npz_bytes(arrays()))
+    for written in (path, tmp_path / "bytes.npz"):
+        with np.load(written, allow_pickle=False) as archive:
+            assert {name: archive[name].tolist() for name in archive.files} == \
+                {name: a.tolist() for name, a in arrays().items()}
+    assert [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)] == handlers
