@@ -13,11 +13,14 @@ import multiprocessing
 import multiprocessing.util
 import os
 import signal
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pytest
 
+from helpers import ROOT
 from tools.utils import cli
 from tools.utils.data.dataset import save_stage
 from tools.utils.data.raw_users import fork_map
@@ -118,3 +121,32 @@ def test_without_a_stop_the_files_read_back_and_the_handlers_are_restored(tmp_pa
             assert {name: archive[name].tolist() for name in archive.files} == \
                 {name: a.tolist() for name, a in arrays().items()}
     assert [signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)] == handlers
+
+
+SHUTDOWN = """
+import atexit, os, signal, sys, time
+sys.path.insert(0, {root!r})
+from tools.utils import cli
+
+def main(argv):
+    def stopped_while_shutting_down():  # Python's shutdown, after the tool's work
+        os.kill(os.getpid(), signal.{signal})
+        time.sleep(0.2)
+        open({marker!r}, "w").close()
+    atexit.register(stopped_while_shutting_down)
+    return 0
+
+cli.run_and_exit(main)
+"""
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_stop_while_python_shuts_down_after_the_work_leaves_a_finished_run(signum, tmp_path):
+    """Stress-found: make_synthetic and preprocess, stopped after their outputs were in place, died by the
+    signal's default (exit -15 / -2, no line): the run is reported as finished instead."""
+    marker = tmp_path / "shut down"
+    script = SHUTDOWN.format(root=ROOT, signal=signum, marker=str(marker))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert marker.exists()

@@ -35,7 +35,6 @@ import csv
 import io
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -255,4 +254,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -23,7 +23,6 @@ if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
 
 import os
-import sys
 
 import numpy as np
 
@@ -107,4 +106,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

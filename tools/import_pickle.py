@@ -27,7 +27,6 @@ if not __package__:
 
 import argparse
 import os
-import sys
 
 from tools.utils import cli
 from tools.utils.data import safe_pickle
@@ -73,4 +72,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -39,7 +39,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 import time
 import warnings
 
@@ -291,4 +290,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

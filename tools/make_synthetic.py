@@ -19,7 +19,6 @@ if not __package__:
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
@@ -96,4 +95,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

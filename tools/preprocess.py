@@ -23,7 +23,6 @@ if not __package__:
 
 import argparse
 import os
-import sys
 
 from tools.utils import cli
 from tools.utils.data import schema
@@ -93,4 +92,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -25,7 +25,6 @@ import argparse
 import csv
 import io
 import os
-import sys
 import time
 
 import numpy as np
@@ -88,4 +87,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

@@ -23,7 +23,6 @@ if not __package__:
     import _bootstrap  # noqa: F401  (run as a script: the project root on sys.path)
 
 import os
-import sys
 
 from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
@@ -202,4 +201,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run_and_exit(main)

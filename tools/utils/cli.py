@@ -10,7 +10,8 @@ Paddle's C++ handler, whose stack dump it would print) and at any point of the
 work. Whatever a tool writes goes to a temporary name or a staging folder
 first, so a stop leaves nothing half-written. A tool that can keep its work
 (the trainer saves a step checkpoint) handles the signals itself while it
-runs and raises Stopped with its own message.
+runs and raises Stopped with its own message. A tool ends with
+run_and_exit(main), which ignores a stop that comes once the work is over.
 """
 import argparse
 import os
@@ -74,6 +75,15 @@ def _ending():
     every rank when one fails, and one raised inside the print would bury the message under a traceback."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def run_and_exit(main):
+    """A command line's end: exit with run(main)'s code. The run is over, its outputs in place, so a stop signal
+    that comes while Python shuts down is ignored: left to its default it killed a finished run, no line said
+    so, and the exit status said killed (found by stopping the data tools at random moments)."""
+    code = run(main)
+    _ending()
+    sys.exit(code)
 
 
 def run(main, argv=None):

@@ -14,7 +14,6 @@ index 0, the missing id, and is counted (a new advertiser or campaign is the
 normal case, not an error).
 """
 import hashlib
-import io
 import os
 
 import numpy as np
