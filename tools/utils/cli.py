@@ -19,9 +19,7 @@ import signal
 import sys
 import threading
 
-from .errors import Stopped, UserError
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from .errors import STOP_SIGNALS, Stopped, UserError
 
 
 def argument_parser(description, examples=(), override_example="runner.epochs=2 hyper_parameters.local_lr=1e-4"):

@@ -5,6 +5,7 @@ key or field, and the fix); tools/utils/cli.py does the printing. A user's value
 with quoted(), which never builds more than a short prefix of its repr.
 """
 import reprlib
+import signal
 
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
@@ -48,6 +49,9 @@ class DiskFull(UserError, OSError):
                  fix="Free space and rerun"):
         super().__init__(f"{path}: no space left on its device (writing it needs {needed}); {left}. {fix}")
         self.path, self.needed = path, needed
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what Stopped reports: a scheduler's stop and Ctrl-C
 
 
 class Stopped(BaseException):

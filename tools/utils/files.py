@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from .errors import DiskFull, UserError
+from .errors import STOP_SIGNALS, DiskFull, UserError
 
 
 def atomic_write(path, write, size=None):
@@ -36,9 +36,6 @@ def atomic_write(path, write, size=None):
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextlib.contextmanager
