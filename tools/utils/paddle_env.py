@@ -31,6 +31,8 @@ import warnings
 
 import numpy as np
 
+from .errors import STOP_SIGNALS
+
 
 def _is_amd_cpu():
     try:
@@ -76,9 +78,8 @@ def load():
     # SIGINT wait while it loads, then the Python handlers there before get them back, and one that came meanwhile
     # arrives (tools/utils/cli.py turns it into one line; a KeyboardInterrupt inside the import would be an
     # ImportError).
-    stops = (signal.SIGTERM, signal.SIGINT)
-    handlers = {s: signal.getsignal(s) for s in stops} if threading.current_thread() is threading.main_thread() else {}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS} if threading.current_thread() is threading.main_thread() else {}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         import paddle
     finally:

@@ -26,7 +26,7 @@ import time
 
 from ..measure.curves import NO_CURVES
 from .distributed import SINGLE
-from ..errors import Stopped, TrainingError
+from ..errors import STOP_SIGNALS, Stopped, TrainingError
 from ..progress import progress
 
 COUNTS = ("meta_batches", "samples", "seconds", "stopped_early")  # what an epoch's statistics hold besides metrics
@@ -40,11 +40,9 @@ class StopRequests:
     distributed run would otherwise lose the step checkpoint it is saving.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
     def __enter__(self):
-        self.signal, self._previous, self._ending = None, {s: signal.getsignal(s) for s in self.SIGNALS}, False
-        for s in self.SIGNALS:
+        self.signal, self._previous, self._ending = None, {s: signal.getsignal(s) for s in STOP_SIGNALS}, False
+        for s in STOP_SIGNALS:
             signal.signal(s, self._record)
             signal.siginterrupt(s, False)
         return self
