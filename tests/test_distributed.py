@@ -8,12 +8,15 @@ is what a user runs. The exactness runs use MetaHeac on the shipped sample
 failure runs use the fake model folder (tests/fake_model), whose meta-steps take milliseconds, with a
 hook that kills one rank at a chosen meta-step.
 """
+import ctypes
+import errno
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +29,7 @@ from helpers import ROOT, TINY_HP, fake_model_folder, random_batch, schema
 from tools.utils.run import checkpoint as ckpt
 from tools.utils.run import distributed
 from tools.utils.run.collectives import Collectives
+from tools.utils.run.store_channel import StoreChannel
 from tools.utils.errors import ConfigError
 
 CONFIG = os.path.join(ROOT, "config.yaml")
@@ -420,3 +424,40 @@ def test_scores_travel_to_rank_0_unchanged():
         assert labels2.dtype == labels.dtype and np.array_equal(labels, labels2)
         assert scores2.dtype == scores.dtype and np.array_equal(scores, scores2)
     assert infer_meta.unpack_scored(infer_meta.pack_scored([])) == []
+
+
+# ---------------------------------------------------------------- a stop signal inside a call to the other ranks
+def read_a_byte_while_stopped(call):
+    """(bytes read, errno) of a C read() run by call(op), while SIGTERM comes 0.2 s in and the byte 0.5 s in; a
+    handler installed by signal.signal() records the SIGTERM (which clears SA_RESTART, as files.stop_signals_held
+    does around a checkpoint's write). What Paddle's store client does with a recv: it does not retry EINTR."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    read_end, write_end = os.pipe()
+    came, got = [], []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: came.append(signum))
+    timers = [threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)),
+              threading.Timer(0.5, os.write, (write_end, b"x"))]
+    try:
+        for timer in timers:
+            timer.start()
+        ctypes.set_errno(0)
+        call(lambda: got.append((libc.read(read_end, ctypes.create_string_buffer(1), 1), ctypes.get_errno())))
+        for timer in timers:
+            timer.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        os.close(read_end), os.close(write_end)
+    assert came == [signal.SIGTERM]
+    return got[0]
+
+
+def test_a_stop_signal_restarts_the_call_to_the_other_ranks_it_lands_in():
+    """Found by stopping 2-rank runs at random moments: the launcher's repeated SIGTERM landed in the store call
+    that tells the other ranks a checkpoint is written (after the write's signal hold had cleared SA_RESTART),
+    and 9 of 12 stopped runs ended "another rank died or stopped answering (TCP receive error ... Interrupted
+    system call)" with no step checkpoint, instead of "stopped by SIGTERM ... saved"."""
+    assert read_a_byte_while_stopped(lambda op: op()) == (-1, errno.EINTR)  # the failure, called directly
+    channel = StoreChannel.__new__(StoreChannel)
+    assert read_a_byte_while_stopped(lambda op: channel._call(op, what="test")) == (1, 0)
+    collectives = Collectives(None, 2, lost=None)
+    assert read_a_byte_while_stopped(lambda op: collectives._call(op, what="test")) == (1, 0)

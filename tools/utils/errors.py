@@ -54,6 +54,20 @@ class DiskFull(UserError, OSError):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what Stopped reports: a scheduler's stop and Ctrl-C
 
 
+def restart_calls_on_stop():
+    """Let a stop signal restart the system call it lands in (SA_RESTART), for the handlers installed now; its
+    Python handler runs when the call returns.
+
+    For the calls between the ranks of a run: Paddle's TCP store fails a recv the signal interrupts ("TCP receive
+    error. Details: Interrupted system call"), which ended a stopping run as "another rank died" without its step
+    checkpoint, and paddle.distributed.launch sends its SIGTERM up to three times, 0.2 s apart. signal.signal()
+    clears the flag (files.stop_signals_held swaps handlers around every checkpoint write), so the callers set it
+    again before each call: 4 sigaction calls, about a microsecond.
+    """
+    for signum in STOP_SIGNALS:
+        signal.siginterrupt(signum, False)
+
+
 class Stopped(BaseException):
     """The run was stopped by a signal (SIGTERM from a scheduler, Ctrl-C) after keeping what it had.
 

@@ -17,6 +17,7 @@ are taken and scaled.
 """
 import numpy as np
 
+from ..errors import restart_calls_on_stop
 from .contract import take_grad_rows
 
 
@@ -107,6 +108,7 @@ class Collectives:
         return rows
 
     def _call(self, collective, *args, what, **kwargs):
+        restart_calls_on_stop()
         try:
             collective(*args, **kwargs)
         except (RuntimeError, ValueError, OSError) as e:  # gloo: "[.../pair.cc:584] TIMEOUT ..." and the like

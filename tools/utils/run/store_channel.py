@@ -19,7 +19,7 @@ import os
 import time
 
 from .. import errors
-from ..errors import DistributedError, Stopped, UserError
+from ..errors import DistributedError, Stopped, UserError, restart_calls_on_stop
 
 DEFAULT_WAIT_SECONDS = 6 * 3600
 # How long rank 0 waits at its end for the others to finish reading from the store: {after success, after a failure}
@@ -108,6 +108,7 @@ class StoreChannel:
             pause = min(pause * 2, 0.25)
 
     def _call(self, op, *args, what):
+        restart_calls_on_stop()
         try:
             return op(*args)
         except (RuntimeError, ValueError, OSError) as e:  # "TCP send error ... Broken pipe": rank 0 is gone
@@ -143,6 +144,7 @@ class StoreChannel:
     def _farewell(self, seconds):
         """The other ranks say they are done; rank 0 waits (at most `seconds`) for all of them, so that none loses
         the store (served by rank 0's process) while it still reads a result or an error from it."""
+        restart_calls_on_stop()
         try:
             if not self.main:
                 self.store.add(f"{_PREFIX}/done", 1)

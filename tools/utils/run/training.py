@@ -33,18 +33,13 @@ COUNTS = ("meta_batches", "samples", "seconds", "stopped_early")  # what an epoc
 
 
 class StopRequests:
-    """While active, SIGTERM and SIGINT are recorded (self.signal) instead of ending the process.
-
-    System calls the signal arrives in are restarted, not failed with EINTR: Paddle's TCP store does not
-    retry them, and paddle.distributed.launch sends its SIGTERM up to three times, 0.2 s apart, so a
-    distributed run would otherwise lose the step checkpoint it is saving.
-    """
+    """While active, SIGTERM and SIGINT are recorded (self.signal) instead of ending the process; the ranks'
+    calls to one another restart after them (errors.restart_calls_on_stop)."""
 
     def __enter__(self):
         self.signal, self._previous, self._ending = None, {s: signal.getsignal(s) for s in STOP_SIGNALS}, False
         for s in STOP_SIGNALS:
             signal.signal(s, self._record)
-            signal.siginterrupt(s, False)
         return self
 
     def _record(self, signum, frame):
