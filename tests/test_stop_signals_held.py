@@ -8,13 +8,15 @@
   preprocess found one of its workers alive, orphaned and waiting forever, 25 minutes after the run had ended.
 
 Each run must end in the one line and exit code that cli.run gives a stop, and leave no file or process. And
-a stop is never caught as a library's failure (tools/utils/errors.py: Stopped is a BaseException)."""
+a stop is never caught as a library's failure (tools/utils/errors.py: Stopped is a BaseException), nor broken
+by the stops that follow it (tools/utils/cli.py: _stop acts once)."""
 import multiprocessing
 import multiprocessing.util
 import os
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -106,6 +108,30 @@ def test_a_stop_while_a_pickle_is_read_is_a_stop_not_a_data_error(tmp_path, caps
     pd.DataFrame({"uid": [1, 2, 3]}).to_pickle(tmp_path / "frame.pkl")
     assert cli.run(lambda argv: read_dataframe(str(tmp_path / "frame.pkl"),
                                                progress=lambda n: os.kill(os.getpid(), signal.SIGTERM)), []) == 143
+    assert capsys.readouterr().err.splitlines() == ["stopped by SIGTERM"]
+
+
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT])
+def test_more_stops_while_the_first_makes_its_way_out_change_nothing(first, capsys):
+    """Stress-found on 2 ranks: the launcher's repeated SIGTERM (after the SIGINT of a Ctrl-C, or its own first
+    one) raised again inside run()'s handling of the first stop, and a rank printed a Stopped traceback. Here
+    the repeats come inside the cleanup the first stop runs through, which must finish, and the run ends in the
+    first stop's one line."""
+    cleaned = []
+
+    def main(argv):
+        try:
+            os.kill(os.getpid(), first)
+            time.sleep(5)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+                os.kill(os.getpid(), signum)
+            cleaned.append("done")
+
+    assert cli.run(main, []) == 128 + first
+    assert cleaned == ["done"]
+    assert capsys.readouterr().err.splitlines() == ["stopped by SIGTERM" if first == signal.SIGTERM else "interrupted"]
+    assert cli.run(lambda argv: os.kill(os.getpid(), signal.SIGTERM), []) == 143  # the next run stops again
     assert capsys.readouterr().err.splitlines() == ["stopped by SIGTERM"]
 
 

@@ -34,6 +34,7 @@ def argument_parser(description, examples=(), override_example="runner.epochs=2 
 
 
 _resends = []  # timers sending a stop signal again (cancelled when run() ends)
+_stopping = []  # the signal whose Stopped or KeyboardInterrupt is on its way out of run()
 
 
 def _send_later(signum):
@@ -47,9 +48,16 @@ def _send_later(signum):
 def _stop(signum, frame):
     """SIGTERM and SIGINT while run() runs: Stopped or KeyboardInterrupt where the signal found the program;
     but not inside threading.Thread.start, where an exception breaks the thread being started (it prints a
-    KeyError traceback of its own: seen as a multiprocessing pool started): there the signal comes again later."""
+    KeyError traceback of its own: seen as a multiprocessing pool started): there the signal comes again later.
+
+    Once, then nothing while that exception makes its way out: another stop would break the cleanup it runs
+    through, or raise inside run()'s own handling (a traceback after the one line). paddle.distributed.launch
+    sends its SIGTERM up to three times, and Ctrl-C reaches its ranks as SIGINT and then that SIGTERM."""
     if frame is not None and frame.f_code is threading.Thread.start.__code__:
         return _send_later(signum)
+    if _stopping:
+        return
+    _stopping.append(signum)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Stopped(f"stopped by {signal.Signals(signum).name}", 128 + signum)
@@ -64,6 +72,7 @@ def _redeliver(hook):
             error.exit_code - 128 if isinstance(error, Stopped) else None
         if signum not in STOP_SIGNALS:
             return hook(unraisable)
+        _stopping.clear()
         _send_later(signum)
     return handle
 
@@ -107,6 +116,7 @@ def run(main, argv=None):
         return 128 + signal.SIGINT
     finally:
         sys.unraisablehook = previous_hook
+        _stopping.clear()
         while _resends:
             _resends.pop().cancel()
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
