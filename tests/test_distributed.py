@@ -257,6 +257,35 @@ def test_sigterm_stops_every_rank_after_the_same_step_and_saves_it(fake, tmp_pat
     assert_resumes_to_the_reference(fake, out, tmp_path / "log_resume", ckpt.step_name(*steps[0]))
 
 
+@pytest.mark.parametrize("tool", ["trainer.py", "infer_meta.py"])
+def test_a_stop_before_the_ranks_meet_stops_every_rank_with_its_line(tool, fake, tmp_path):
+    """Stress-found: SIGTERM in the first seconds of a launched run found one rank still loading and the other
+    waiting for it inside init_parallel_env (C++, deaf to signals); the first stopped, and the launcher killed
+    the second 30 s later, with no line from it. Here rank 1 is paused while loading the model folder."""
+    mark = tmp_path / "paused"
+    args = (["-o", *FAKE, f"runner.model_save_path={tmp_path / 'out'}"] if tool == "trainer.py" else
+            ["-o", *FAKE, f"runner.infer_load_path={fake / 'reference'}", f"runner.infer_output_path={tmp_path}"])
+    run = launch(tool, fake / "config.yaml", tmp_path / "log", *args, cwd=fake, wait=False,
+                 env={"FAKE_PAUSE": "import", "FAKE_PAUSE_RANK": "1", "FAKE_PAUSE_FILE": str(mark),
+                      "FAKE_PAUSE_SECONDS": "4"})
+    try:
+        deadline = time.monotonic() + 120
+        while not mark.exists() and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.1)
+        time.sleep(1.5)  # rank 0 waits for rank 1 inside init_parallel_env
+        began = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        run.communicate(timeout=90)
+        took = time.monotonic() - began
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert [last_line(run.logs(rank)) for rank in (0, 1)] == ["stopped by SIGTERM"] * 2
+    assert "Traceback" not in run.logs(0) + run.logs(1)
+    assert took < 20, took  # not the launcher's kill, 30 s after its SIGTERM
+
+
 def test_the_launchers_multi_machine_form_trains_like_one_process(fake, tmp_path):
     """Two launchers joined by --master / --nnodes 2, one process each: what two machines run."""
     with socket.socket() as s:

@@ -201,4 +201,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_and_exit(main)
+    cli.run_and_exit(main, hold_stops=distributed.world()[1] > 1)

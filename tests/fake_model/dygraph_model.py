@@ -5,7 +5,9 @@ FAKE_STEP_SECONDS (environment) makes every meta-step sleep that long, so that a
 test can signal or kill a trainer in the middle of an epoch. FAKE_PAUSE=<hook>
 (create_model, infer_train_forward or infer_forward) makes the first call of
 that hook create the file FAKE_PAUSE_FILE and sleep FAKE_PAUSE_SECONDS (60), so
-that a test can signal a tool at that moment (start-up, fine-tuning, scoring).
+that a test can signal a tool at that moment (start-up, fine-tuning, scoring);
+FAKE_PAUSE=import pauses as the module loads, before the ranks of a launched run
+meet, and only on rank FAKE_PAUSE_RANK when that is set.
 """
 import os
 import time
@@ -37,6 +39,10 @@ def pause(hook):
         _paused.add(hook)
         open(os.environ["FAKE_PAUSE_FILE"], "w").close()
         time.sleep(float(os.environ.get("FAKE_PAUSE_SECONDS", 60)))
+
+
+if os.environ.get("FAKE_PAUSE_RANK", os.environ.get("PADDLE_TRAINER_ID")) == os.environ.get("PADDLE_TRAINER_ID"):
+    pause("import")
 
 
 class DygraphModel:

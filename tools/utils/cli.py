@@ -84,23 +84,29 @@ def _ending():
         signal.signal(signum, signal.SIG_IGN)
 
 
-def run_and_exit(main):
+def run_and_exit(main, hold_stops=False):
     """A command line's end: exit with run(main)'s code. The run is over, its outputs in place, so a stop signal
     that comes while Python shuts down is ignored: left to its default it killed a finished run, no line said
     so, and the exit status said killed (found by stopping the data tools at random moments)."""
-    code = run(main)
+    code = run(main, hold_stops=hold_stops)
     _ending()
     sys.exit(code)
 
 
-def run(main, argv=None):
-    """main(argv)'s exit code (None counts as 0), with user errors and stop signals as one line each."""
+def run(main, argv=None, hold_stops=False):
+    """main(argv)'s exit code (None counts as 0), with user errors and stop signals as one line each.
+
+    hold_stops: SIGTERM and SIGINT stay blocked (they wait) until main unblocks them. A rank under
+    paddle.distributed.launch holds them until the ranks have met (tools/utils/run/distributed.join): the
+    launcher stops every rank at once, and a rank stopped before the meeting left the others waiting in Paddle's
+    C++ for it, deaf to the signal, until the launcher killed them 30 s later with no line said."""
     previous, previous_int = signal.signal(signal.SIGTERM, _stop), signal.getsignal(signal.SIGINT)
     if previous_int is signal.default_int_handler:  # not where Ctrl-C is ignored (a background job, a worker)
         signal.signal(signal.SIGINT, _stop)
     previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver(sys.unraisablehook)
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one held since start-up arrives here
+        if not hold_stops:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one held since start-up arrives here
         return main(argv) or 0
     except UserError as e:
         _ending()
