@@ -4,7 +4,8 @@ run(main) calls main(argv) and ends in one line on stderr whatever happens
 that the user can act on: a UserError becomes `error: <message>` and exit
 code 2; SIGTERM (what schedulers send) and Ctrl-C become a line saying so
 and 128 + the signal (143, 130), at any moment: while the tool's modules load
-(tools/_bootstrap.py holds the signals until run() has its handlers), while
+(tools/_bootstrap.py holds the signals until run() has its handlers; a rank of a
+launched run holds them until the ranks have met), while
 Paddle loads (tools/utils/paddle_env.py holds them and takes back SIGTERM from
 Paddle's C++ handler, whose stack dump it would print) and at any point of the
 work. Whatever a tool writes goes to a temporary name or a staging folder
