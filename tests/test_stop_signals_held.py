@@ -176,3 +176,29 @@ def test_a_stop_while_python_shuts_down_after_the_work_leaves_a_finished_run(sig
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert (done.returncode, done.stderr) == (0, "")
     assert marker.exists()
+
+
+BETWEEN = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from tools.utils import cli
+
+done, real_signal = [], signal.signal
+
+def signal_then_stop(signum, handler):  # a stop right after run() sets a SIGTERM handler once the work is done
+    previous = real_signal(signum, handler)
+    if done and signum == signal.SIGTERM:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return previous
+
+signal.signal = signal_then_stop
+cli.run_and_exit(lambda argv: done.append(True))
+"""
+
+
+def test_a_stop_as_run_ends_its_handlers_leaves_a_finished_run():
+    """The launcher's repeated SIGTERM can land between run() handing back its handlers and run_and_exit
+    ignoring the stops; there the default handler killed a rank that had finished (exit -15)."""
+    done = subprocess.run([sys.executable, "-c", BETWEEN.format(root=ROOT)], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")

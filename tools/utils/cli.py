@@ -89,13 +89,14 @@ def run_and_exit(main, hold_stops=False):
     """A command line's end: exit with run(main)'s code. The run is over, its outputs in place, so a stop signal
     that comes while Python shuts down is ignored: left to its default it killed a finished run, no line said
     so, and the exit status said killed (found by stopping the data tools at random moments)."""
-    code = run(main, hold_stops=hold_stops)
-    _ending()
-    sys.exit(code)
+    sys.exit(run(main, hold_stops=hold_stops, restore=False))
 
 
-def run(main, argv=None, hold_stops=False):
+def run(main, argv=None, hold_stops=False, restore=True):
     """main(argv)'s exit code (None counts as 0), with user errors and stop signals as one line each.
+
+    restore: put back the signal handlers there before; run_and_exit ignores the stop signals instead (had it
+    restored them first, a stop in between still killed the finished run by the default handler).
 
     hold_stops: SIGTERM and SIGINT stay blocked (they wait) until main unblocks them. A rank under
     paddle.distributed.launch holds them until the ranks have met (tools/utils/run/distributed.join): the
@@ -126,5 +127,8 @@ def run(main, argv=None, hold_stops=False):
         _stopping.clear()
         while _resends:
             _resends.pop().cancel()
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-        signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)
+        if not restore:
+            _ending()
+        else:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+            signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)
