@@ -243,3 +243,26 @@ def test_every_tool_stops_with_one_line_at_every_moment(inputs, tmp_path):
     failed = {case.name: found for case in cases for found in [case.problems()] if found}
     assert not failed, f"{len(failed)} of {len(cases)} runs:\n" + "\n".join(f"{name}: {'; '.join(found)}"
                                                                          for name, found in failed.items())
+
+
+@pytest.mark.parametrize("bench", [["distributed.py"], ["expand.py", "speed"], ["model.py"], ["preprocess.py"],
+                                   ["stops.py"]])
+def test_a_benchmark_takes_the_stop_signals_once_it_runs(bench, tmp_path):
+    """The benchmarks imported tools/_bootstrap.py (the stop signals held) but never reached cli.run to take
+    them: Ctrl-C and SIGTERM did nothing for a whole benchmark, and the processes it started (the launcher
+    of tools/bench/stops.py's 2-rank runs) inherited the block and could not be stopped either."""
+    script = os.path.join(ROOT, "tools", "bench", bench[0])
+    proc = subprocess.Popen([sys.executable, script, *bench[1:]], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        for moment in (steadily(held), steadily(lambda pid: not held(pid), 0.2)):  # _bootstrap's hold, then run's
+            while not moment(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, err.strip().splitlines()[-1:]) == (143, ["stopped by SIGTERM"]), err[-2000:]

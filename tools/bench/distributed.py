@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 
+from tools.utils import cli
+
 WARMUP_STEPS = 2
 
 
@@ -159,4 +161,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_and_exit(main)

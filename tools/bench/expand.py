@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 
+from tools.utils import cli
 from tools.bench import model as bench_model
 from tools.utils.data import dataset
 from tools.utils.data import schema
@@ -199,4 +200,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_and_exit(main)

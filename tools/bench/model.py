@@ -23,10 +23,10 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import time
 
 import numpy as np
+from tools.utils import cli
 from tools.utils.progress import progress
 
 from tools.utils.paddle_env import paddle, set_threads
@@ -171,4 +171,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_and_exit(main)

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 
+from tools.utils import cli
 from tools.utils.data.raw import preprocess
 from tools.utils.run.model_folder import ROOT
 
@@ -135,4 +136,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_and_exit(main)

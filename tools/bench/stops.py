@@ -10,10 +10,16 @@ its process group, as Ctrl-C does) after a delay drawn uniformly from [0, T].
 A run passes when it finished (exit 0) or said so in one line after progress
 lines (exit 143 / 130), left no temporary file or staging folder in its
 output, and left no process of its session alive (an orphaned pool worker).
+The `-2ranks` runs are the trainer and meta-inference under
+`paddle.distributed.launch --nproc_per_node 2`, the signal sent to the
+launcher (which passes SIGTERM on to the ranks): there each rank's log must end
+in the one line (the same on both) with no traceback, whatever the launcher's
+own exit code says.
 Finds timing faults that fixed moments miss: a stop inside zipfile's closing
 steps, inside multiprocessing's Pool(), caught by an `except Exception`, or
 killing a finished run during Python's shutdown (all fixed; stop 29 in the
-issue log). The trainer, meta-inference and expand run MetaHeac on data/ for
+issue log); on 2 ranks, a stop landing in the ranks' store calls, repeated
+inside the first one's handling, or before the ranks had met (fixed; stop 30). The trainer, meta-inference and expand run MetaHeac on data/ for
 one epoch; preprocess and make_synthetic on small synthetic raw files.
 """
 if not __package__:
@@ -32,16 +38,19 @@ import time
 
 import numpy as np
 
+from tools.utils import cli
 from tools.utils.data import dataset, synthetic
 from tools.utils.run.model_folder import ROOT
 
 SMALL = {"users": 20_000, "campaigns": 20, "train_rows": 20_000, "test_rows": 5_000}
 PROGRESS = r"^[^:]+: \d+(/\d+)? \S+"  # a plain progress line (tools/utils/progress.py off a terminal)
-TOOLS = ("trainer", "infer_meta", "expand", "preprocess", "make_synthetic", "benchmark")
+TOOLS = ("trainer", "infer_meta", "expand", "preprocess", "make_synthetic", "benchmark", "trainer-2ranks",
+         "infer_meta-2ranks")
+LAUNCHED = "-2ranks"
 
 
 def commands(work, out):
-    """Each tool's arguments, writing under `out`."""
+    """Each tool's arguments (its script under tools/ first), writing under `out`."""
     config, model = os.path.join(ROOT, "config.yaml"), os.path.join(work, "model")
     cold = os.path.join(ROOT, "data", "test_cold")
     aid = int(dataset.load_split(cold)["stage1"]["aid"][0])
@@ -61,6 +70,16 @@ def commands(work, out):
     }
 
 
+def command(name, work, out):
+    """The command line of one run of `name`: the tool's script, or the launcher's 2 ranks of it."""
+    script, *args = commands(work, out)[name.removesuffix(LAUNCHED)]
+    script = os.path.join(ROOT, "tools", script)
+    if name.endswith(LAUNCHED):
+        return [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+                out + ".log", script, *args]
+    return [sys.executable, script, *args]
+
+
 def write_pool(folder):
     """expand's pool: a data folder of the cold test candidates, each user once."""
     cold = os.path.join(ROOT, "data", "test_cold")
@@ -71,10 +90,9 @@ def write_pool(folder):
     dataset.save_stage(os.path.join(folder, "test_stage2.npz"), {name: a[first] for name, a in candidates.items()})
 
 
-def start(args):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", args[0]), *args[1:]],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+def start(argv):
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def session_alive(sid):
@@ -91,17 +109,48 @@ def session_alive(sid):
     return alive
 
 
-def faults(proc, err, signum, out):
+def said_faults(lines, said):
+    """What is wrong with a stopped run's stderr lines: they must be progress lines and then one line that
+    starts with one of `said`."""
+    if lines and lines[-1].startswith(said) and not any(not re.match(PROGRESS, line) or "rror" in line
+                                                         for line in lines[:-1]):
+        return []
+    return ["stderr: " + " | ".join(lines[-4:])]
+
+
+def rank_faults(launcher, out):
+    """What is wrong with the ranks' logs of a launched run: a traceback, or not the same line of a finished
+    run (launcher exit 0) or of a stop on every rank. The launcher passes SIGTERM on, also after a Ctrl-C."""
+    logs = []
+    for rank in (0, 1):
+        path = os.path.join(out + ".log", f"workerlog.{rank}")
+        logs.append(open(path, errors="replace").read() if os.path.exists(path) else "")
+    if not any(logs):
+        return []  # stopped before the launcher started the ranks
+    found = [f"rank {rank}: traceback" for rank, log in enumerate(logs) if "Traceback" in log]
+    last = [log.strip().splitlines()[-1] if log.strip() else "(nothing)" for log in logs]
+    if launcher.returncode != 0 and not all(line.startswith(("stopped by", "interrupted")) for line in last):
+        found.append("rank lines: " + " | ".join(last))
+    elif launcher.returncode != 0 and len({line.replace(str(out), "OUT") for line in last}) > 1:
+        found.append("ranks disagree: " + " | ".join(last))
+    return found
+
+
+def faults(proc, err, signum, out, launched):
     """What went wrong with one stopped run, as text ([] when it held)."""
     found, lines = [], err.strip().splitlines()
     if proc.returncode == -signum and not err and not os.path.exists(out):
         return found  # killed by the signal's default before Python ran the tool's first line: nothing written
-    if proc.returncode not in (0, 128 + signum):
-        found.append(f"exit {proc.returncode}")
-    said = "stopped by SIGTERM" if signum == signal.SIGTERM else ("interrupted", "stopped by SIGINT")
-    if proc.returncode and (not lines or not lines[-1].startswith(said)
-                            or any(not re.match(PROGRESS, line) or "rror" in line for line in lines[:-1])):
-        found.append("stderr: " + " | ".join(lines[-4:]))
+    if launched:
+        if proc.returncode not in (0, signum, 128 + signum):
+            found.append(f"launcher exit {proc.returncode}")
+        found += rank_faults(proc, out)
+    else:
+        if proc.returncode not in (0, 128 + signum):
+            found.append(f"exit {proc.returncode}")
+        said = "stopped by SIGTERM" if signum == signal.SIGTERM else ("interrupted", "stopped by SIGINT")
+        if proc.returncode:
+            found += said_faults(lines, said)
     found += [f"left {path}" for path in (os.path.join(d, n) for d, dirs, files in os.walk(out)
                                           for n in dirs + files) if ".tmp" in path]
     orphans = session_alive(proc.pid)
@@ -114,7 +163,8 @@ def faults(proc, err, signum, out):
 def stress(name, work, runs, rng):
     """(T, stopped, finished, [(delay, signal, faults)]) for `runs` stops of one tool."""
     began = time.monotonic()
-    base = start(commands(work, os.path.join(work, f"{name}-base"))[name])
+    launched = name.endswith(LAUNCHED)
+    base = start(command(name, work, os.path.join(work, f"{name}-base")))
     _, err = base.communicate()
     if base.returncode:
         sys.exit(f"{name} failed before any stop (exit {base.returncode}): {err.strip().splitlines()[-1:]}")
@@ -122,7 +172,7 @@ def stress(name, work, runs, rng):
     for run in range(runs):
         signum, delay = rng.choice([signal.SIGTERM, signal.SIGINT]), rng.uniform(0, took)
         out = os.path.join(work, f"{name}-{run}")
-        proc = start(commands(work, out)[name])
+        proc = start(command(name, work, out))
         time.sleep(delay)
         try:
             os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
@@ -134,19 +184,20 @@ def stress(name, work, runs, rng):
             proc.kill()
             err = "(did not end: killed)"
         stopped += proc.returncode != 0
-        found = faults(proc, err, signum, out)
+        found = faults(proc, err, signum, out, launched)
         if found:
             bad.append((delay, signal.Signals(signum).name, found))
         shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out + ".log", ignore_errors=True)
     return took, stopped, runs - stopped, bad
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, of: %(default)s")
     ap.add_argument("--runs", type=int, default=20, help="stops per tool (default 20)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the delays and signals")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     names = args.tools.split(",")
     unknown = sorted(set(names) - set(TOOLS))
     if unknown:
@@ -156,8 +207,8 @@ def main():
         print(f"inputs in {work}: small synthetic raw files, the model trained on data/ for one epoch", flush=True)
         synthetic.generate(os.path.join(work, "raw"), **SMALL, hot_cut=60, cold_min=12, seed=1)
         write_pool(os.path.join(work, "pool"))
-        if {"infer_meta", "expand"} & set(names):
-            trained = start(commands(work, os.path.join(work, "model"))["trainer"])
+        if {"infer_meta", "expand", "infer_meta" + LAUNCHED} & set(names):
+            trained = start(command("trainer", work, os.path.join(work, "model")))
             _, err = trained.communicate()
             if trained.returncode:
                 sys.exit(f"training the model failed: {err.strip().splitlines()[-1:]}")
@@ -165,9 +216,9 @@ def main():
         for name in names:
             print(f"{name}: {args.runs} stops ...", flush=True)
             rows.append((name, *stress(name, work, args.runs, rng)))
-    print(f"\n{'tool':<15}{'T (s)':>7}{'stopped':>9}{'finished':>10}{'faults':>8}")
+    print(f"\n{'tool':<19}{'T (s)':>7}{'stopped':>9}{'finished':>10}{'faults':>8}")
     for name, took, stopped, finished, bad in rows:
-        print(f"{name:<15}{took:>7.1f}{stopped:>9}{finished:>10}{len(bad):>8}")
+        print(f"{name:<19}{took:>7.1f}{stopped:>9}{finished:>10}{len(bad):>8}")
     for name, _, _, _, bad in rows:
         for delay, signame, found in bad:
             print(f"  {name} {signame} after {delay:.2f} s: {'; '.join(found)}")
@@ -175,4 +226,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_and_exit(main)
