@@ -266,3 +266,48 @@ def test_a_benchmark_takes_the_stop_signals_once_it_runs(bench, tmp_path):
             proc.kill()
             proc.wait()
     assert (proc.returncode, err.strip().splitlines()[-1:]) == (143, ["stopped by SIGTERM"]), err[-2000:]
+
+
+def stat(pid):
+    """The fields of /proc/<pid>/stat after the command name (state, parent, ...), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def alive(pid):
+    fields = stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def children(pid):
+    """The live processes whose parent is pid."""
+    return [int(entry) for entry in filter(str.isdigit, os.listdir("/proc"))
+            if alive(entry) and int(stat(entry)[1]) == pid]
+
+
+def test_a_stopped_distributed_benchmark_leaves_no_rank_running():
+    """tools/bench/distributed.py ran the launcher with subprocess.run, which SIGKILLs it when stopped: its two
+    ranks (in sessions of their own) ran on, orphaned. Now the launcher gets SIGTERM and stops them first."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "bench", "distributed.py"), "--runs", "2x1",
+                             "--steps", "500", "--tasks", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    ranks, deadline = [], time.monotonic() + 120
+    try:
+        while len(ranks) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            ranks = [rank for launcher in children(proc.pid) for rank in children(launcher)]
+            time.sleep(0.05)
+        assert len(ranks) == 2, "the launcher did not start its 2 ranks"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = [rank for rank in ranks if alive(rank)]
+    for rank in left:
+        os.kill(rank, signal.SIGKILL)
+    assert (proc.returncode, err.strip().splitlines()[-1:], left) == (143, ["stopped by SIGTERM"], [])

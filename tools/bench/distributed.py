@@ -113,11 +113,16 @@ def launch(ranks, threads, args, log_dir):
                "--threads", str(threads), "--steps", str(args.steps), "--batch", str(args.batch),
                "--tasks", str(args.tasks), "--optimizer", args.optimizer, "--json", out,
                *(["--dense-all-reduce"] if args.dense_all_reduce else [])]
-    done = subprocess.run(command, capture_output=True, text=True)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as done:
+        try:
+            output, _ = done.communicate()
+        except BaseException:  # stopped: the launcher passes SIGTERM to its ranks (subprocess.run's SIGKILL left them)
+            done.terminate()
+            raise
     try:
         if done.returncode != 0:
             raise SystemExit(f"error: the {ranks}x{threads} run failed (exit {done.returncode}); its logs are in "
-                             f"{log_dir}\n{done.stdout[-2000:]}")
+                             f"{log_dir}\n{output[-2000:]}")
         with open(out) as f:
             return json.load(f)
     finally:
