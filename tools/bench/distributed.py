@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from tools.utils import cli
+from tools.utils.run import distributed
 
 WARMUP_STEPS = 2
 
@@ -41,7 +42,7 @@ WARMUP_STEPS = 2
 def worker(args):
     """One rank of a run; rank 0 writes the run's figures to args.json."""
     from tools.bench.model import big_config, meta_batch, popularity_orders
-    from tools.utils.run import distributed, model_folder
+    from tools.utils.run import model_folder
     from tools.utils.paddle_env import paddle, set_device, set_threads
     set_threads(args.threads)
     group = distributed.join(set_device(False))
@@ -166,4 +167,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_and_exit(main)
+    cli.run_and_exit(main, hold_stops=distributed.world()[1] > 1)  # a worker: until the ranks have met
