@@ -95,13 +95,13 @@ def run_and_exit(main, hold_stops=False):
 def run(main, argv=None, hold_stops=False, restore=True):
     """main(argv)'s exit code (None counts as 0), with user errors and stop signals as one line each.
 
-    restore: put back the signal handlers there before; run_and_exit ignores the stop signals instead (had it
-    restored them first, a stop in between still killed the finished run by the default handler).
-
     hold_stops: SIGTERM and SIGINT stay blocked (they wait) until main unblocks them. A rank under
     paddle.distributed.launch holds them until the ranks have met (tools/utils/run/distributed.join): the
     launcher stops every rank at once, and a rank stopped before the meeting left the others waiting in Paddle's
-    C++ for it, deaf to the signal, until the launcher killed them 30 s later with no line said."""
+    C++ for it, deaf to the signal, until the launcher killed them 30 s later with no line said.
+
+    restore: put back the signal handlers there before; run_and_exit ignores the stop signals instead (had it
+    restored them first, a stop in between still killed the finished run by the default handler)."""
     previous, previous_int = signal.signal(signal.SIGTERM, _stop), signal.getsignal(signal.SIGINT)
     if previous_int is signal.default_int_handler:  # not where Ctrl-C is ignored (a background job, a worker)
         signal.signal(signal.SIGINT, _stop)

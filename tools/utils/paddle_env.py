@@ -78,7 +78,8 @@ def load():
     # SIGINT wait while it loads, then the Python handlers there before get them back, and one that came meanwhile
     # arrives (tools/utils/cli.py turns it into one line; a KeyboardInterrupt inside the import would be an
     # ImportError).
-    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS} if threading.current_thread() is threading.main_thread() else {}
+    main_thread = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS} if main_thread else {}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         import paddle
