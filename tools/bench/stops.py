@@ -19,8 +19,9 @@ Finds timing faults that fixed moments miss: a stop inside zipfile's closing
 steps, inside multiprocessing's Pool(), caught by an `except Exception`, or
 killing a finished run during Python's shutdown (all fixed; stop 29 in the
 issue log); on 2 ranks, a stop landing in the ranks' store calls, repeated
-inside the first one's handling, or before the ranks had met (fixed; stop 30). The trainer, meta-inference and expand run MetaHeac on data/ for
-one epoch; preprocess and make_synthetic on small synthetic raw files.
+inside the first one's handling, or before the ranks had met (fixed; stop
+30). The trainer, meta-inference and expand run MetaHeac on data/ for one
+epoch; preprocess and make_synthetic on small synthetic raw files.
 """
 if not __package__:
     import _root  # noqa: F401  (run as a script: tools/_bootstrap.py's set-up, the project root on sys.path)
