@@ -286,6 +286,45 @@ def test_a_stop_before_the_ranks_meet_stops_every_rank_with_its_line(tool, fake,
     assert took < 20, took  # not the launcher's kill, 30 s after its SIGTERM
 
 
+def rank_pid(launcher, rank):
+    """The pid of a launched run's rank (a child of the launcher with PADDLE_TRAINER_ID=rank), or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if parent == launcher and f"PADDLE_TRAINER_ID={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+def test_a_stop_of_rank_0_alone_stops_the_rank_waiting_for_it_with_the_same_line(fake, tmp_path):
+    """Stress-found: a stop reached rank 0 as the ranks met, before rank 1 got the launcher's; rank 0 left
+    with the store its process serves, and rank 1, waiting for rank 0 to lock the output folder, said "another
+    rank died". Here only rank 0 is stopped (while it waits for rank 1 to meet): rank 1 stops with its line."""
+    mark = tmp_path / "paused"
+    run = launch("trainer.py", fake / "config.yaml", tmp_path / "log", "-o", *FAKE,
+                 f"runner.model_save_path={tmp_path / 'out'}", cwd=fake, wait=False,
+                 env={"FAKE_PAUSE": "import", "FAKE_PAUSE_RANK": "1", "FAKE_PAUSE_FILE": str(mark),
+                      "FAKE_PAUSE_SECONDS": "3"})
+    try:
+        deadline = time.monotonic() + 120
+        while not mark.exists() and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.1)
+        time.sleep(1.0)  # rank 0 waits for rank 1 inside init_parallel_env
+        os.kill(rank_pid(run.pid, 0), signal.SIGTERM)
+        run.communicate(timeout=90)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert [last_line(run.logs(rank)) for rank in (0, 1)] == ["stopped by SIGTERM"] * 2
+    assert "Traceback" not in run.logs(0) + run.logs(1)
+
+
 def test_the_launchers_multi_machine_form_trains_like_one_process(fake, tmp_path):
     """Two launchers joined by --master / --nnodes 2, one process each: what two machines run."""
     with socket.socket() as s:

@@ -41,11 +41,21 @@ WARMUP_STEPS = 2
 
 def worker(args):
     """One rank of a run; rank 0 writes the run's figures to args.json."""
-    from tools.bench.model import big_config, meta_batch, popularity_orders
-    from tools.utils.run import model_folder
-    from tools.utils.paddle_env import paddle, set_device, set_threads
+    from tools.utils.paddle_env import set_device, set_threads
     set_threads(args.threads)
     group = distributed.join(set_device(False))
+    with group.session():  # where the stops held until the ranks met arrive
+        result = measure(group, args)
+    if group.main:
+        with open(args.json, "w") as f:
+            json.dump(result, f)
+
+
+def measure(group, args):
+    """This rank's figures: the median time of each part of a meta-step."""
+    from tools.bench.model import big_config, meta_batch, popularity_orders
+    from tools.utils.run import model_folder
+    from tools.utils.paddle_env import paddle
     dm = model_folder.load_module(os.path.join(model_folder.ROOT, "dygraph_model.py"), "bench")
     model, config = dm.DygraphModel(), big_config(args.batch, args.optimizer)
     config["hyper_parameters"]["task_count"] = args.tasks
@@ -83,9 +93,7 @@ def worker(args):
     result["table rows read, this rank"] = rows
     if group.size > 1 and args.dense_all_reduce:
         result.update(dense_all_reduce(paddle, net, args.steps))
-    if group.main:
-        with open(args.json, "w") as f:
-            json.dump(result, f)
+    return result
 
 
 def dense_all_reduce(paddle, net, repeats):

@@ -96,9 +96,10 @@ def run(main, argv=None, hold_stops=False, restore=True):
     """main(argv)'s exit code (None counts as 0), with user errors and stop signals as one line each.
 
     hold_stops: SIGTERM and SIGINT stay blocked (they wait) until main unblocks them. A rank under
-    paddle.distributed.launch holds them until the ranks have met (tools/utils/run/distributed.join): the
-    launcher stops every rank at once, and a rank stopped before the meeting left the others waiting in Paddle's
-    C++ for it, deaf to the signal, until the launcher killed them 30 s later with no line said.
+    paddle.distributed.launch holds them until the ranks have met and it is inside its session
+    (tools/utils/run/store_channel.StoreChannel.session): the launcher stops every rank at once, and a rank
+    stopped before the meeting left the others waiting in Paddle's C++ for it, deaf to the signal, until the
+    launcher killed them 30 s later with no line said.
 
     restore: put back the signal handlers there before; run_and_exit ignores the stop signals instead (had it
     restored them first, a stop in between still killed the finished run by the default handler)."""

@@ -39,12 +39,11 @@ import contextlib
 import hashlib
 import io
 import os
-import signal
 
 import numpy as np
 
 from .collectives import Collectives
-from ..errors import STOP_SIGNALS, ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError
 from .store_channel import StoreChannel
 
 
@@ -75,17 +74,18 @@ def join(device):
     """The group of this process: a Group under the launcher with several ranks (after init_parallel_env,
     on `device`, paddle_env.set_device's answer), else a Single.
 
-    Then the stop signals a rank held until the ranks had met (cli.run's hold_stops) arrive: every rank has
-    left init_parallel_env, whose C++ wait for the others no signal ends."""
+    The stop signals a rank held until the ranks had met (cli.run's hold_stops) arrive as the Group's session
+    starts (StoreChannel.session): by then every rank has left init_parallel_env, whose C++ wait for the
+    others no signal ends."""
     rank, ranks = world()
-    if ranks > 1:
-        from ..paddle_env import paddle
-        if device == "cpu":  # a CUDA build would otherwise pick NCCL for a CPU run
-            os.environ["PADDLE_DISTRI_BACKEND"] = "gloo"
-        with contextlib.redirect_stderr(io.StringIO()):  # init_parallel_env lists "Modified FLAGS" on stderr
-            paddle.distributed.init_parallel_env()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    return Group(rank, ranks) if ranks > 1 else Single()
+    if ranks == 1:
+        return Single()
+    from ..paddle_env import paddle
+    if device == "cpu":  # a CUDA build would otherwise pick NCCL for a CPU run
+        os.environ["PADDLE_DISTRI_BACKEND"] = "gloo"
+    with contextlib.redirect_stderr(io.StringIO()):  # init_parallel_env lists "Modified FLAGS" on stderr
+        paddle.distributed.init_parallel_env()
+    return Group(rank, ranks)
 
 
 def params_digest(net):

@@ -10,16 +10,18 @@ connection breaks at once. Every rank makes the same exchanges in the same
 order, so the n-th one of every rank uses the same keys.
 
 A rank's exception is posted to the store before it propagates (session), so a
-rank waiting for it stops with that rank's message; a lost connection becomes a
-DistributedError (one line, exit 2) naming what was being done.
+rank waiting for it stops with that rank's message, and a rank's stop (SIGTERM,
+Ctrl-C) makes one waiting for it stop with the same line; a lost connection
+becomes a DistributedError (one line, exit 2) naming what was being done.
 """
 import contextlib
 import json
 import os
+import signal
 import time
 
 from .. import errors
-from ..errors import DistributedError, Stopped, UserError, restart_calls_on_stop
+from ..errors import STOP_SIGNALS, DistributedError, Stopped, UserError, restart_calls_on_stop
 
 DEFAULT_WAIT_SECONDS = 6 * 3600
 # How long rank 0 waits at its end for the others to finish reading from the store: {after success, after a failure}
@@ -61,6 +63,9 @@ class StoreChannel:
             except UserError as e:
                 self._post(key, {"error": str(e), "class": type(e).__name__})
                 raise
+            except Stopped as e:  # the others stop with the same line (the launcher stops every rank anyway)
+                self._post(key, {"stopped": str(e), "exit_code": e.exit_code})
+                raise
             except BaseException as e:
                 self._post(key, {"error": f"rank 0 failed while {what}: {first_line(e)}",
                                  "class": DistributedError.__name__})
@@ -69,6 +74,8 @@ class StoreChannel:
             return result
         self._wait(key, 1, what)
         reply = json.loads(self._call(self.store.get, f"{key}/0", what=what))
+        if "stopped" in reply:
+            raise Stopped(reply["stopped"], reply["exit_code"])
         if "error" in reply:
             error = getattr(errors, reply["class"], UserError)
             raise (error if isinstance(error, type) and issubclass(error, UserError) else UserError)(reply["error"])
@@ -100,6 +107,9 @@ class StoreChannel:
             failure = self.posted_failure()
             if failure:
                 raise DistributedError(f"rank {self.rank} of {self.size}: {what}: {failure}")
+            stopped = self.posted_stop()
+            if stopped:
+                raise stopped
             if time.monotonic() - start > self.wait_seconds:
                 raise DistributedError(f"rank {self.rank} of {self.size}: {what}: waited {self.wait_seconds:.0f} s "
                                        "for the other ranks; one of them hangs (see the launcher's log)"
@@ -121,10 +131,14 @@ class StoreChannel:
         (whose process serves the store) leaves only once the others are done reading from it."""
         failed = True
         try:
+            # The stops held since start-up (cli.run's hold_stops) arrive here, inside the session: a rank 0
+            # stopped before it would have taken the store with it while the others still used it.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             yield
             failed = False
-        except Stopped:
-            failed = False  # every rank stops after the same meta-step
+        except (Stopped, KeyboardInterrupt) as e:
+            failed = False  # the training loop's ranks stop after the same meta-step; elsewhere one may be first
+            self._post_stop(e if isinstance(e, Stopped) else Stopped("interrupted", 128 + signal.SIGINT))
             raise
         except DistributedError:  # another rank's failure: nothing to post, and no one left to wait for
             failed = None
@@ -169,8 +183,30 @@ class StoreChannel:
             return None
         return None
 
+    def _post_stop(self, stopped):
+        """Tell the other ranks that this one stopped: one that waits for it stops with the same line."""
+        try:
+            self.store.set(f"{_PREFIX}/stop/{self.rank}", json.dumps([str(stopped), stopped.exit_code]))
+            self.store.add(f"{_PREFIX}/stopped/{self.rank}", 1)
+        except Exception:  # noqa: BLE001  (rank 0 and its store are gone: the launcher reports it)
+            pass
+
+    def posted_stop(self):
+        """The Stopped of the first other rank that posted one (_post_stop), or None."""
+        try:
+            for r in range(self.size):
+                if r != self.rank and self.store.add(f"{_PREFIX}/stopped/{r}", 0):
+                    return Stopped(*json.loads(self.store.get(f"{_PREFIX}/stop/{r}")))
+        except Exception:  # noqa: BLE001  (the store is gone with rank 0)
+            return None
+        return None
+
     def lost(self, what, error):
-        """The DistributedError of a lost connection (store or collective) while doing `what`."""
+        """The DistributedError of a lost connection (store or collective) while doing `what`; the other rank's
+        Stopped if it stopped."""
+        stopped = self.posted_stop()
+        if stopped:
+            return stopped
         cause = self.posted_failure() or (f"another rank died or stopped answering ({first_line(error)}); the "
                                           "launcher's output names it, and its log is in the launcher's --log_dir "
                                           "(workerlog.N)")
