@@ -21,7 +21,8 @@ killing a finished run during Python's shutdown (all fixed; stop 29 in the
 issue log); on 2 ranks, a stop landing in the ranks' store calls, repeated
 inside the first one's handling, or before the ranks had met (fixed; stop
 30). The trainer, meta-inference and expand run MetaHeac on data/ for one
-epoch; preprocess and make_synthetic on small synthetic raw files.
+epoch; preprocess and make_synthetic on small synthetic raw files;
+import_pickle on the shared sample pickle's rows repeated (about 117 k rows).
 """
 if not __package__:
     import _root  # noqa: F401  (run as a script: tools/_bootstrap.py's set-up, the project root on sys.path)
@@ -45,8 +46,10 @@ from tools.utils.run.model_folder import ROOT
 
 SMALL = {"users": 20_000, "campaigns": 20, "train_rows": 20_000, "test_rows": 5_000}
 PROGRESS = r"^[^:]+: \d+(/\d+)? \S+"  # a plain progress line (tools/utils/progress.py off a terminal)
-TOOLS = ("trainer", "infer_meta", "expand", "preprocess", "make_synthetic", "benchmark", "trainer-2ranks",
-         "infer_meta-2ranks")
+TOOLS = ("trainer", "infer_meta", "expand", "preprocess", "make_synthetic", "benchmark", "import_pickle",
+         "trainer-2ranks", "infer_meta-2ranks")
+SAMPLE_PICKLE = os.path.join(ROOT, "..", "shared", "data", "paddlerec_sample.pkl")  # the published format, 586 rows
+PICKLE_COPIES = 200  # import_pickle's input: the sample's rows this many times (about 117 k rows)
 LAUNCHED = "-2ranks"
 
 
@@ -68,7 +71,17 @@ def commands(work, out):
         "make_synthetic": ["make_synthetic.py", "--out", out, *small, "--quiet"],
         "benchmark": ["benchmark.py", "--data", os.path.join(ROOT, "data"), "--methods", "lr", "--seeds", "1",
                       "--out", out],
+        "import_pickle": ["import_pickle.py", "--pkl", os.path.join(work, "train_stage1.pkl"), "--split", "train",
+                          "--stage", "1", "--out", out, "--quiet"],
     }
+
+
+def write_pickle(path):
+    """import_pickle's input: a DataFrame pickle of the published format, the shared sample's rows repeated (read
+    through the project's allowlist unpickler, written by pandas)."""
+    from tools.utils.data import safe_pickle
+    frame = safe_pickle.read_dataframe(SAMPLE_PICKLE)
+    safe_pickle.import_pandas().concat([frame] * PICKLE_COPIES, ignore_index=True).to_pickle(path)
 
 
 def command(name, work, out):
@@ -119,13 +132,28 @@ def said_faults(lines, said):
     return ["stderr: " + " | ".join(lines[-4:])]
 
 
+def naming(text):
+    """Processes whose command line holds `text` (a launched run's ranks run in sessions of their own)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def rank_logs(out):
+    paths = [os.path.join(out + ".log", f"workerlog.{rank}") for rank in (0, 1)]
+    return [open(path, errors="replace").read() if os.path.exists(path) else "" for path in paths]
+
+
 def rank_faults(launcher, out):
     """What is wrong with the ranks' logs of a launched run: a traceback, or not the same line of a finished
     run (launcher exit 0) or of a stop on every rank. The launcher passes SIGTERM on, also after a Ctrl-C."""
-    logs = []
-    for rank in (0, 1):
-        path = os.path.join(out + ".log", f"workerlog.{rank}")
-        logs.append(open(path, errors="replace").read() if os.path.exists(path) else "")
+    logs = rank_logs(out)
     if not any(logs):
         return []  # stopped before the launcher started the ranks
     found = [f"rank {rank}: traceback" for rank, log in enumerate(logs) if "Traceback" in log]
@@ -143,8 +171,8 @@ def faults(proc, err, signum, out, launched):
     if proc.returncode == -signum and not err and not os.path.exists(out):
         return found  # killed by the signal's default before Python ran the tool's first line: nothing written
     if launched:
-        if proc.returncode not in (0, signum, 128 + signum):
-            found.append(f"launcher exit {proc.returncode}")
+        if proc.returncode not in (0, signum, 128 + signum) and (proc.returncode != -signum or any(rank_logs(out))):
+            found.append(f"launcher exit {proc.returncode}")  # (-signum: its default, before it started a rank)
         found += rank_faults(proc, out)
     else:
         if proc.returncode not in (0, 128 + signum):
@@ -154,7 +182,7 @@ def faults(proc, err, signum, out, launched):
             found += said_faults(lines, said)
     found += [f"left {path}" for path in (os.path.join(d, n) for d, dirs, files in os.walk(out)
                                           for n in dirs + files) if ".tmp" in path]
-    orphans = session_alive(proc.pid)
+    orphans = session_alive(proc.pid) + (naming(out) if launched else [])
     for pid in orphans:
         os.kill(pid, signal.SIGKILL)
     found += [f"process {pid} left alive" for pid in orphans]
@@ -203,11 +231,16 @@ def main(argv=None):
     unknown = sorted(set(names) - set(TOOLS))
     if unknown:
         ap.error(f"--tools: unknown {unknown}; known: {', '.join(TOOLS)}")
+    if "import_pickle" in names and not os.path.isfile(SAMPLE_PICKLE):
+        names.remove("import_pickle")
+        print(f"import_pickle left out: its input is made from {SAMPLE_PICKLE}, which is not here", flush=True)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench_stops") as work:
         print(f"inputs in {work}: small synthetic raw files, the model trained on data/ for one epoch", flush=True)
         synthetic.generate(os.path.join(work, "raw"), **SMALL, hot_cut=60, cold_min=12, seed=1)
         write_pool(os.path.join(work, "pool"))
+        if "import_pickle" in names:
+            write_pickle(os.path.join(work, "train_stage1.pkl"))
         if {"infer_meta", "expand", "infer_meta" + LAUNCHED} & set(names):
             trained = start(command("trainer", work, os.path.join(work, "model")))
             _, err = trained.communicate()
