@@ -150,14 +150,19 @@ def rank_logs(out):
     return [open(path, errors="replace").read() if os.path.exists(path) else "" for path in paths]
 
 
-def rank_faults(launcher, out):
+def rank_faults(launcher, out, ended):
     """What is wrong with the ranks' logs of a launched run: a traceback, or not the same line of a finished
-    run (launcher exit 0) or of a stop on every rank. The launcher passes SIGTERM on, also after a Ctrl-C."""
+    run (launcher exit 0) or of a stop on every rank. The launcher passes SIGTERM on, also after a Ctrl-C. A rank
+    other than 0 prints nothing when it finishes; a rank the launcher killed, 30 s after its signal, nothing
+    either: `ended` (seconds from the signal to the launcher's end) tells them apart."""
     logs = rank_logs(out)
     if not any(logs):
         return []  # stopped before the launcher started the ranks
     found = [f"rank {rank}: traceback" for rank, log in enumerate(logs) if "Traceback" in log]
-    last = [log.strip().splitlines()[-1] if log.strip() else "(nothing)" for log in logs]
+    if ended > 25:
+        found.append(f"ended {ended:.0f} s after the signal (the launcher's kill)")
+    last = [log.strip().splitlines()[-1] if log.strip() else "" for log in logs]
+    last = [line for rank, line in enumerate(last) if line or rank == 0]  # a rank > 0 that finished said nothing
     if launcher.returncode != 0 and not all(line.startswith(("stopped by", "interrupted")) for line in last):
         found.append("rank lines: " + " | ".join(last))
     elif launcher.returncode != 0 and len({line.replace(str(out), "OUT") for line in last}) > 1:
@@ -165,15 +170,16 @@ def rank_faults(launcher, out):
     return found
 
 
-def faults(proc, err, signum, out, launched):
-    """What went wrong with one stopped run, as text ([] when it held)."""
+def faults(proc, err, signum, out, launched, ended):
+    """What went wrong with one stopped run, as text ([] when it held); ended: seconds from the signal to its
+    end."""
     found, lines = [], err.strip().splitlines()
     if proc.returncode == -signum and not err and not os.path.exists(out):
         return found  # killed by the signal's default before Python ran the tool's first line: nothing written
     if launched:
         if proc.returncode not in (0, signum, 128 + signum) and (proc.returncode != -signum or any(rank_logs(out))):
             found.append(f"launcher exit {proc.returncode}")  # (-signum: its default, before it started a rank)
-        found += rank_faults(proc, out)
+        found += rank_faults(proc, out, ended)
     else:
         if proc.returncode not in (0, 128 + signum):
             found.append(f"exit {proc.returncode}")
@@ -203,6 +209,7 @@ def stress(name, work, runs, rng):
         out = os.path.join(work, f"{name}-{run}")
         proc = start(command(name, work, out))
         time.sleep(delay)
+        signalled = time.monotonic()
         try:
             os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
         except ProcessLookupError:
@@ -213,7 +220,7 @@ def stress(name, work, runs, rng):
             proc.kill()
             err = "(did not end: killed)"
         stopped += proc.returncode != 0
-        found = faults(proc, err, signum, out, launched)
+        found = faults(proc, err, signum, out, launched, time.monotonic() - signalled)
         if found:
             bad.append((delay, signal.Signals(signum).name, found))
         shutil.rmtree(out, ignore_errors=True)
