@@ -135,6 +135,32 @@ def test_more_stops_while_the_first_makes_its_way_out_change_nothing(first, caps
     assert capsys.readouterr().err.splitlines() == ["stopped by SIGTERM"]
 
 
+def test_a_child_forked_while_a_stop_makes_its_way_out_still_stops():
+    """CI hung in test_a_stop_while_a_pool_is_made_ends_the_pool: as the stopped run ended its pool, the pool's
+    thread forked a new worker, which inherited a stop on its way out (cli._stop acts once) and so ignored the
+    SIGTERM of Pool.terminate(), which waited for it forever. A forked child starts with no stop of its own."""
+    codes = []
+
+    def main(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            child = os.fork()
+            if child == 0:  # what a pool's worker does: wait for work
+                try:
+                    time.sleep(10)
+                    os._exit(0)
+                except BaseException:
+                    os._exit(7)
+            time.sleep(0.2)
+            os.kill(child, signal.SIGTERM)
+            codes.append(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
+
+    assert cli.run(main, []) == 143
+    assert codes == [7]
+
+
 def test_without_a_stop_the_files_read_back_and_the_handlers_are_restored(tmp_path):
     """The held steps change nothing else: the stage and the .npz bytes read back equal, and the handlers held
     are the ones there before."""

@@ -36,6 +36,9 @@ def argument_parser(description, examples=(), override_example="runner.epochs=2 
 
 _resends = []  # timers sending a stop signal again (cancelled when run() ends)
 _stopping = []  # the signal whose Stopped or KeyboardInterrupt is on its way out of run()
+# A forked child (a pool's worker) starts with no stop on its way out: it inherits _stop, and must still die of
+# the SIGTERM that Pool.terminate() sends it (one forked while its parent stopped ignored it: terminate hung).
+os.register_at_fork(after_in_child=_stopping.clear)
 
 
 def _send_later(signum):
