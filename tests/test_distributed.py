@@ -257,15 +257,11 @@ def test_sigterm_stops_every_rank_after_the_same_step_and_saves_it(fake, tmp_pat
     assert_resumes_to_the_reference(fake, out, tmp_path / "log_resume", ckpt.step_name(*steps[0]))
 
 
-@pytest.mark.parametrize("tool", ["trainer.py", "infer_meta.py"])
-def test_a_stop_before_the_ranks_meet_stops_every_rank_with_its_line(tool, fake, tmp_path):
-    """Stress-found: SIGTERM in the first seconds of a launched run found one rank still loading and the other
-    waiting for it inside init_parallel_env (C++, deaf to signals); the first stopped, and the launcher killed
-    the second 30 s later, with no line from it. Here rank 1 is paused while loading the model folder."""
+def stop_while_rank_1_loads(fake, tmp_path, tool, args, stop):
+    """tool on 2 ranks of the fake model folder, rank 1 paused 4 s as it loads the folder; stop(run) once rank 0
+    waits for it inside init_parallel_env. The ended run and the seconds from stop(run) to its end."""
     mark = tmp_path / "paused"
-    args = (["-o", *FAKE, f"runner.model_save_path={tmp_path / 'out'}"] if tool == "trainer.py" else
-            ["-o", *FAKE, f"runner.infer_load_path={fake / 'reference'}", f"runner.infer_output_path={tmp_path}"])
-    run = launch(tool, fake / "config.yaml", tmp_path / "log", *args, cwd=fake, wait=False,
+    run = launch(tool, fake / "config.yaml", tmp_path / "log", "-o", *FAKE, *args, cwd=fake, wait=False,
                  env={"FAKE_PAUSE": "import", "FAKE_PAUSE_RANK": "1", "FAKE_PAUSE_FILE": str(mark),
                       "FAKE_PAUSE_SECONDS": "4"})
     try:
@@ -274,13 +270,23 @@ def test_a_stop_before_the_ranks_meet_stops_every_rank_with_its_line(tool, fake,
             time.sleep(0.1)
         time.sleep(1.5)  # rank 0 waits for rank 1 inside init_parallel_env
         began = time.monotonic()
-        run.send_signal(signal.SIGTERM)
+        stop(run)
         run.communicate(timeout=90)
-        took = time.monotonic() - began
+        return run, time.monotonic() - began
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
+
+
+@pytest.mark.parametrize("tool", ["trainer.py", "infer_meta.py"])
+def test_a_stop_before_the_ranks_meet_stops_every_rank_with_its_line(tool, fake, tmp_path):
+    """Stress-found: SIGTERM in the first seconds of a launched run found one rank still loading and the other
+    waiting for it inside init_parallel_env (C++, deaf to signals); the first stopped, and the launcher killed
+    the second 30 s later, with no line from it. Here rank 1 is paused while loading the model folder."""
+    args = ([f"runner.model_save_path={tmp_path / 'out'}"] if tool == "trainer.py" else
+            [f"runner.infer_load_path={fake / 'reference'}", f"runner.infer_output_path={tmp_path}"])
+    run, took = stop_while_rank_1_loads(fake, tmp_path, tool, args, lambda run: run.send_signal(signal.SIGTERM))
     assert [last_line(run.logs(rank)) for rank in (0, 1)] == ["stopped by SIGTERM"] * 2
     assert "Traceback" not in run.logs(0) + run.logs(1)
     assert took < 20, took  # not the launcher's kill, 30 s after its SIGTERM
@@ -305,22 +311,8 @@ def test_a_stop_of_rank_0_alone_stops_the_rank_waiting_for_it_with_the_same_line
     """Stress-found: a stop reached rank 0 as the ranks met, before rank 1 got the launcher's; rank 0 left
     with the store its process serves, and rank 1, waiting for rank 0 to lock the output folder, said "another
     rank died". Here only rank 0 is stopped (while it waits for rank 1 to meet): rank 1 stops with its line."""
-    mark = tmp_path / "paused"
-    run = launch("trainer.py", fake / "config.yaml", tmp_path / "log", "-o", *FAKE,
-                 f"runner.model_save_path={tmp_path / 'out'}", cwd=fake, wait=False,
-                 env={"FAKE_PAUSE": "import", "FAKE_PAUSE_RANK": "1", "FAKE_PAUSE_FILE": str(mark),
-                      "FAKE_PAUSE_SECONDS": "3"})
-    try:
-        deadline = time.monotonic() + 120
-        while not mark.exists() and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.1)
-        time.sleep(1.0)  # rank 0 waits for rank 1 inside init_parallel_env
-        os.kill(rank_pid(run.pid, 0), signal.SIGTERM)
-        run.communicate(timeout=90)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+    run, _ = stop_while_rank_1_loads(fake, tmp_path, "trainer.py", [f"runner.model_save_path={tmp_path / 'out'}"],
+                                     lambda run: os.kill(rank_pid(run.pid, 0), signal.SIGTERM))
     assert [last_line(run.logs(rank)) for rank in (0, 1)] == ["stopped by SIGTERM"] * 2
     assert "Traceback" not in run.logs(0) + run.logs(1)
 
