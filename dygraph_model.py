@@ -353,11 +353,24 @@ def multi_hot(layout, batch):
     return scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, starts[-1]))  # repeats add up
 
 
+def rank_auc(estimator, x, labels):
+    """ROC AUC of estimator's decision function on x, from the ranks of the scores (ties share their mean
+    rank), as a scikit-learn scorer: roc_auc_score's value without its input checks, which took a fifth of fit_wide's
+    time."""
+    from scipy.stats import rankdata
+    ranks, positive = rankdata(estimator.decision_function(x)), np.asarray(labels) == 1
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    return (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
 def fit_wide(layout, rows):
     """net.WideLinear holding a logistic regression of rows' labels on multi_hot(rows) (scikit-learn, liblinear,
     L2), its inverse regularisation C chosen from WIDE_CS by the AUC of stratified WIDE_FOLDS-fold
     cross-validation on the rows (fewer folds when a class has fewer rows; C = 1 when one has a single row).
-    None when the rows hold one class only."""
+    None when the rows hold one class only.
+
+    The regression sees only the columns some row has: a column of zeros has weight 0 at the optimum (its
+    gradient is the L2 term alone), and liblinear's time grows with the columns, every table's rows."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
     labels = np.asarray(rows["label"])
@@ -366,13 +379,16 @@ def fit_wide(layout, rows):
         return None
     if folds >= 2:
         fit = LogisticRegressionCV(Cs=list(WIDE_CS), cv=StratifiedKFold(folds, shuffle=True, random_state=0),
-                                   scoring="roc_auc", solver="liblinear", max_iter=1000, l1_ratios=(0,),
+                                   scoring=rank_auc, solver="liblinear", max_iter=1000, l1_ratios=(0,),
                                    use_legacy_attributes=False)
     else:
         fit = LogisticRegression(C=1.0, solver="liblinear", max_iter=1000)
-    fit.fit(multi_hot(layout, rows), labels)
+    features = multi_hot(layout, rows)
+    used = np.unique(features.indices)
+    fit.fit(features[:, used], labels)
     wide = net_module.WideLinear(layout)
-    coef = fit.coef_.ravel().astype(np.float32)
+    coef = np.zeros(features.shape[1], np.float32)
+    coef[used] = fit.coef_.ravel()
     starts = np.cumsum([0] + list(layout.rows[:len(layout.user_fields)]))
     for field, lo, hi in zip(layout.user_fields, starts[:-1], starts[1:]):
         getattr(wide, "wide_" + field).set_value(coef[lo:hi, None])

@@ -50,6 +50,9 @@ def test_the_wide_part_is_scikit_learns_regression_on_the_users_ids():
     seeds, candidates = labelled(rng, 300, 40), labelled(rng, 100, 10)
     for rows in (seeds, candidates):  # two users with a repeated list id: it counts twice on both sides
         rows["dynamic"][:2, 0:2], rows["lengths"][:2, 0] = 5, 2
+    absent = seeds["static"][:, 2] == 4  # an id no seed has, in the middle of the columns: its weight is 0
+    seeds["static"][absent, 2] = 5
+    assert (candidates["static"][:, 2] == 4).sum() >= 5
     lookalike = importlib.import_module("models.lookalike_lr.dygraph_model")
     net = lookalike.DygraphModel().create_model({"data_schema": schema()})
     lookalike.DygraphModel().fit_campaign(net, seeds, {})
@@ -68,6 +71,17 @@ def test_the_wide_part_is_scikit_learns_regression_on_the_users_ids():
     expected = reference.predict_proba(features(candidates))[:, 1]
     np.testing.assert_allclose(probabilities(net, candidates), expected, rtol=0, atol=2e-6)
     assert np.ptp(expected) > 0.05  # a regression that ranks, not all weights regularised away
+
+
+def test_the_wide_parts_scorer_is_roc_auc_score_with_ties():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(6)
+    x, labels = rng.integers(0, 3, (400, 4)).astype(np.float64), rng.integers(0, 2, 400)
+    fitted = LogisticRegression().fit(x, labels)  # 81 distinct feature rows: scores tie across users
+    scores = fitted.decision_function(x)
+    assert len(np.unique(scores)) < 100
+    assert dygraph_model.rank_auc(fitted, x, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 
 
 def test_the_wide_part_is_put_on_the_networks_scale_on_the_reference_users():
