@@ -3,11 +3,11 @@
 
 One test starts all the cases side by side and signals each at its moment, seen from outside the process:
 - start-up: SIGTERM and SIGINT are held (blocked) from tools/_bootstrap.py until tools/utils/cli.run has its
-  handlers, while the tool's modules load; a sitecustomize.py of the test's (START_UP) pauses that loading
+  handlers, while the tool's modules load; a sitecustomize.py of the test's (PAUSES) pauses that loading
   where tools.utils.cli is imported and says so with a marker file;
 - importing Paddle: they are held again while Paddle loads (tools/utils/paddle_env.py); /proc/<pid>/maps shows
   libpaddle mapped while they are blocked;
-- mid-work: a staging folder has appeared (the data tools), a run's log (the benchmark), or the fake model's
+- mid-work: a staging folder has appeared (the data tools, which then pause: PAUSES), a run's log (the benchmark), or the fake model's
   FAKE_PAUSE hook has created its marker file (the trainer building its network, meta-inference fine-tuning,
   expand scoring the pool), or the trainer's loop has saved a step checkpoint.
 SIGTERM goes to the process (as a scheduler sends it), SIGINT to its process group (as Ctrl-C does).
@@ -63,8 +63,9 @@ def importing_paddle():
     return steadily(lambda pid: held(pid) and paddle_loaded(pid))
 
 
-START_UP = """
-import importlib.abc, os, sys, time
+PAUSES = """
+import importlib.abc, importlib.machinery, os, sys, time
+
 
 class PauseBeforeCli(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -73,7 +74,27 @@ class PauseBeforeCli(importlib.abc.MetaPathFinder):
             time.sleep(1.5)
         return None
 
-sys.meta_path.insert(0, PauseBeforeCli())
+
+class PauseAfterStaging(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "tools.utils.files" or not os.environ.get("STAGING_PAUSE"):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            made = module.make_staging
+
+            def make_staging(*args, **kwargs):
+                made(*args, **kwargs)
+                time.sleep(float(os.environ["STAGING_PAUSE"]))
+            module.make_staging = make_staging
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path[:0] = [PauseBeforeCli(), PauseAfterStaging()]
 """
 
 
@@ -171,7 +192,10 @@ def plans(inputs, tmp, tag):
         return marker(mark), {"FAKE_PAUSE": hook, "FAKE_PAUSE_FILE": str(mark)}
 
     def staging(out, prefix):
-        return lambda pid: bool(glob.glob(os.path.join(out, f"{prefix}*"))), {}
+        """The moment the staging folder appears; the tool then pauses (PAUSES), so that a signal sent as it
+        is seen lands before the work is done (without it, a poll that saw the folder as the tool swapped it in
+        signalled a finished run once, which rightly ignored it: exit 0)."""
+        return lambda pid: bool(glob.glob(os.path.join(out, f"{prefix}*"))), {"STAGING_PAUSE": "0.5"}
 
     paddle = (importing_paddle(), {})  # a fresh moment: it keeps state
     out = {name: tmp / f"{name}-{tag}" for name in ("trainer", "infer_meta", "expand", "preprocess", "import_pickle",
@@ -213,8 +237,9 @@ def plans(inputs, tmp, tag):
 def test_every_tool_stops_with_one_line_at_every_moment(inputs, tmp_path):
     """Issue 20 #14: Ctrl-C while Paddle loaded was a 31-line ImportError traceback and exit 1; SIGTERM outside
     the training loop Paddle's C++ "FatalError: Termination signal" dump. Now: every tool, every moment."""
-    (tmp_path / "start_up").mkdir()
-    (tmp_path / "start_up" / "sitecustomize.py").write_text(START_UP)
+    (tmp_path / "pauses").mkdir()
+    (tmp_path / "pauses" / "sitecustomize.py").write_text(PAUSES)
+    pauses = os.pathsep.join([str(tmp_path / "pauses"), os.environ.get("PYTHONPATH", "")])
     start, cases = time.monotonic(), []
     for signum in (signal.SIGTERM, signal.SIGINT):
         tag = signal.Signals(signum).name
@@ -223,11 +248,11 @@ def test_every_tool_stops_with_one_line_at_every_moment(inputs, tmp_path):
                 folder = tmp_path / tag / f"{name}-{moment}"  # a fresh plan: its own paths and moment
                 folder.mkdir(parents=True)
                 _, tool, args, moments, written = next(p for p in plans(inputs, folder, tag) if p[0] == name)
-                moments["start-up"] = (lambda pid, mark=folder / "start": mark.exists(), {
-                    "PYTHONPATH": os.pathsep.join([str(tmp_path / "start_up"), os.environ.get("PYTHONPATH", "")]),
-                    "PAUSE_FILE": str(folder / "start")})
+                moments["start-up"] = (lambda pid, mark=folder / "start": mark.exists(),
+                                       {"PAUSE_FILE": str(folder / "start")})
                 when, env = moments[moment]
-                cases.append(Case(f"{name} {moment}", tool, args, signum, when, written, folder, env))
+                cases.append(Case(f"{name} {moment}", tool, args, signum, when, written, folder,
+                                  {**env, "PYTHONPATH": pauses}))
     waiting, running = list(cases), []
     try:
         while waiting or running:
