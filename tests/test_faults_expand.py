@@ -186,3 +186,25 @@ def test_unknown_pool_ids_are_counted_once_with_positive_only_seeds(sample_model
     assert "negatives drawn from background users" in capsys.readouterr().out
     counted = json.loads((out / "expand.json").read_text())["unknown_ids"]["pool"]
     assert counted == {f: {"ids": seen[f], "unknown": unknown[f]} for f in vocabulary.FIELDS}
+
+
+def test_background_users_that_are_all_seeds_leave_the_quality_unestimated_and_say_why(sample_model, hot, tmp_path,
+                                                                                         capsys):
+    """The background users the quality estimate compares held-out seeds with exclude the seeds; when none is
+    left (found with tools/bench/expand.py speed, whose training users are all among the campaign's seeds),
+    np.quantile of nothing was an IndexError traceback. Now the expansion is made, and says why it has no
+    quality estimate."""
+    campaign, pool, _ = hot
+    out, pool = tmp_path / "out", os.path.join(pool, "pool_stage2.npz")
+    background = os.path.join(campaign, "test_stage1.npz")  # every background user is a seed
+    assert run(sample_model, "--campaign", campaign, "--pool", pool, "--out", out, "--background", background) == 0
+    said = capsys.readouterr()
+    assert "quality: not estimated: every background user is a seed or a drawn negative" in said.out, said.out
+    assert "--background FILE" in said.out and "Traceback" not in said.err and "rror" not in said.err
+    summary = json.loads((out / "expand.json").read_text())
+    assert summary["quality"] is None and "every background user" in summary["quality_not_estimated"]
+    assert len(np.loadtxt(out / "top_k.csv", delimiter=",", skiprows=1, ndmin=2)) == 5
+    assert run(sample_model, "--campaign", campaign, "--pool", pool, "--out", tmp_path / "other", "--background",
+               pool) == 0  # other users: estimated
+    summary = json.loads((tmp_path / "other" / "expand.json").read_text())
+    assert summary["quality"]["folds"] == 5 and summary["quality_not_estimated"] is None

@@ -118,7 +118,8 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
                             "can be drawn without telling the model that users it ranks are negatives; give "
                             "--background FILE with users outside the pool")
     loaded = time.perf_counter()
-    estimate = None if users is None or not folds else quality.estimate(
+    not_estimated = quality.unavailable(rows, users, folds)
+    estimate = None if not_estimated else quality.estimate(
         model, net, params, rows, config, camp.aid, batches, users,
         np.random.default_rng([runner["seed"], camp.aid % 2**32, 3]), not positive_only, folds)
     estimated = time.perf_counter()
@@ -146,7 +147,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
         "fine_tuning": {"passes": runner["infer_train_epoch"], "batch": runner["infer_batch_size"],
                         "learning_rate": config["hyper_parameters"].get("local_test_learning_rate"),
                         "wide_weight": config["hyper_parameters"].get("wide_weight")},
-        "quality": estimate,
+        "quality": estimate, "quality_not_estimated": not_estimated,
         "pool": pool, "pool_users": n_pool, "top_k": len(ranked),
         "score_at_rank_k": ranked[-1][1] if ranked else None,
         "score_histogram": histogram,
@@ -194,6 +195,8 @@ def _report(summary, camp, pool_unknown, out_dir, chart):
            + f"; checkpoint {summary['checkpoint']['path']}")
     yield camp.unknown.report("campaign")
     yield pool_unknown.report("pool")
+    if summary["quality_not_estimated"]:
+        yield f"quality: not estimated: {summary['quality_not_estimated']}"
     if q:
         yield (f"quality, {q['folds']}-fold on the seeds: held-out seeds against background users AUC "
                f"{q['auc']['mean']:.3f} +- {q['auc']['std']:.3f}, lift in the top 5% "

@@ -32,15 +32,31 @@ def _summary(values):
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
 
 
+def unavailable(rows, users, folds=FOLDS):
+    """Why no estimate can be made of the adaptation to `rows` with these background users, or None."""
+    labels = np.asarray(rows["label"])
+    if folds < 2:
+        return f"--folds {folds}"
+    if (labels == 1).sum() < 2:
+        return "it needs 2 or more positive seeds"
+    if not (labels == 0).any():
+        return "it needs negatives among the seeds, true or drawn"
+    if users is None:
+        return "the checkpoint holds no background users (retrain it, or give --background FILE)"
+    if np.isin(users["uid"], rows["uid"]).all():
+        return ("every background user is a seed or a drawn negative, so none is left to compare the held-out "
+                "seeds with: give --background FILE with other users")
+    return None
+
+
 def estimate(model, net, params, rows, config, aid, batches, users, rng, true_negatives, folds=FOLDS):
     """{"folds", "auc", "lift_at_5", "auc_vs_negatives"} of the adaptation to `rows` (seeds with labels, drawn
-    negatives included; true_negatives: the negatives are the campaign's own), or None with fewer than 2
-    positive seeds. Leaves net as the last fold's fit: the caller adapts again for the expansion itself."""
+    negatives included; true_negatives: the negatives are the campaign's own); call it only where
+    unavailable() says None. Leaves net as the last fold's fit: the caller adapts again for the expansion
+    itself."""
     labels = np.asarray(rows["label"])
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     folds = min(folds, len(pos))
-    if folds < 2 or not len(neg):
-        return None
     fold_of = np.empty(len(labels), np.int64)
     fold_of[rng.permutation(pos)] = np.arange(len(pos)) % folds
     fold_of[rng.permutation(neg)] = np.arange(len(neg)) % folds
