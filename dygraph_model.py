@@ -355,8 +355,8 @@ def multi_hot(layout, batch):
 
 def rank_auc(estimator, x, labels):
     """ROC AUC of estimator's decision function on x, from the ranks of the scores (ties share their mean
-    rank), as a scikit-learn scorer: roc_auc_score's value without its input checks, which took a fifth of fit_wide's
-    time."""
+    rank), as a scikit-learn scorer: roc_auc_score's value without its input checks, which took a fifth of
+    fit_wide's time."""
     from scipy.stats import rankdata
     ranks, positive = rankdata(estimator.decision_function(x)), np.asarray(labels) == 1
     n_pos, n_neg = positive.sum(), (~positive).sum()
