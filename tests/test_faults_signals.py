@@ -7,9 +7,10 @@ One test starts all the cases side by side and signals each at its moment, seen 
   where tools.utils.cli is imported and says so with a marker file;
 - importing Paddle: they are held again while Paddle loads (tools/utils/paddle_env.py); /proc/<pid>/maps shows
   libpaddle mapped while they are blocked;
-- mid-work: a staging folder has appeared (the data tools, which then pause: PAUSES), a run's log (the benchmark), or the fake model's
-  FAKE_PAUSE hook has created its marker file (the trainer building its network, meta-inference fine-tuning,
-  expand scoring the pool), or the trainer's loop has saved a step checkpoint.
+- mid-work: a staging folder has appeared (the data tools, which then pause: PAUSES), a run's log (the
+  benchmark), or the fake model's FAKE_PAUSE hook has created its marker file (the trainer building its
+  network, meta-inference fine-tuning, expand scoring the pool), or the trainer's loop has saved a step
+  checkpoint.
 SIGTERM goes to the process (as a scheduler sends it), SIGINT to its process group (as Ctrl-C does).
 """
 import glob
