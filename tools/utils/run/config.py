@@ -33,81 +33,11 @@ import math
 import os
 import re
 
-import yaml
-
+from . import config_yaml
 from ..data.dataset import max_idxs_list
 from ..errors import ConfigError, quoted
 
 SECTIONS = ("runner", "hyper_parameters")
-MAX_VALUES = 10_000  # values a YAML document may expand to, aliases counted as often as they are used
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 as a float (YAML 1.2 does; PyYAML's YAML 1.1 gives a string), refuses a key
-    repeated in one mapping (PyYAML keeps the last in silence) and a document whose aliases expand it past
-    MAX_VALUES values (an "alias bomb": a few lines that stand for billions of values)."""
-
-    def construct_document(self, node):
-        _expanded_size(node)
-        return super().construct_document(node)
-
-    def construct_mapping(self, node, deep=False):
-        first = {}
-        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                repeated = key in first
-            except TypeError:  # an unhashable key: SafeLoader refuses it below
-                continue
-            if repeated:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {quoted(key)} appears twice in one mapping (first at line {first[key]}); "
-                    "the second would silently replace the first: keep one", key_node.start_mark)
-            first[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
-
-
-def _expanded_size(root):
-    """The values a composed YAML node stands for once every alias is expanded (each node counted once per
-    use); a YAMLError past MAX_VALUES or for a node that contains itself. Linear in the distinct nodes."""
-    sizes, open_nodes, stack = {}, set(), [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if id(node) in sizes:
-            continue
-        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
-            node.value if isinstance(node, yaml.SequenceNode) else []
-        if children_done:
-            open_nodes.discard(id(node))
-            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
-            if sizes[id(node)] > MAX_VALUES:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"its aliases (*name) expand it to more than {MAX_VALUES:,} values; a config holds a "
-                    "few dozen: write the values out", node.start_mark)
-            continue
-        if id(node) in open_nodes:
-            raise yaml.constructor.ConstructorError(None, None, "an alias (*name) inside the value it names; "
-                                                    "a config value cannot contain itself", node.start_mark)
-        open_nodes.add(id(node))
-        stack.append((node, True))
-        stack.extend((c, False) for c in children if id(c) not in sizes)
-    return sizes[id(root)]
-
-
-def _yaml_problem(e):
-    """A YAMLError as one line: what is wrong and where (PyYAML's own text spans several lines)."""
-    if isinstance(e, yaml.MarkedYAMLError):
-        mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        return where + " ".join(str(part) for part in (e.context, e.problem) if part)
-    return " ".join(str(e).split())
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                              re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
-                              list("-+.0123456789"))
 
 
 # ---------------------------------------------------------------- kinds of values
@@ -167,7 +97,7 @@ def kind_check(kind):
     if number:
         return _number(number.group(1), float(number.group(2)))
     if kind.startswith("one of "):
-        return _choice([yaml.load(v, Loader=_Loader) for v in kind[len("one of "):].split(" | ")])
+        return _choice([config_yaml.parse(v) for v in kind[len("one of "):].split(" | ")])
     raise ValueError(f"unknown kind {kind!r}: use " + ", ".join(
         ["int >= N", "number > X", "number >= X", "one of A | B"] + list(_NAMED_KINDS)))
 
@@ -225,9 +155,9 @@ SOURCES = "value_sources"  # config[SOURCES]: dotted key -> the file (or "-o") t
 def parse_value(text):
     """A command-line value typed as YAML: 3 -> int, 1e-3 -> float, False -> bool, [1, 2] -> list."""
     try:
-        return yaml.load(text, Loader=_Loader)
-    except (yaml.YAMLError, RecursionError) as e:
-        problem = _yaml_problem(e) if isinstance(e, yaml.YAMLError) else "nested too deeply"
+        return config_yaml.parse(text)
+    except (config_yaml.Invalid, RecursionError) as e:
+        problem = str(e) if isinstance(e, config_yaml.Invalid) else "nested too deeply"
         raise ConfigError(f"-o value {quoted(text)} is not valid YAML ({problem}); quote strings with special "
                           "characters") from None
 
@@ -273,9 +203,9 @@ def _read(path, chain, sources):
         raise ConfigError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the config as UTF-8"
                           ) from None
     try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+        data = config_yaml.parse(text)
+    except config_yaml.Invalid as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML (nested too deeply); a config is two levels of sections") from None
     if not isinstance(data, dict):
