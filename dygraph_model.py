@@ -363,29 +363,24 @@ def rank_auc(estimator, x, labels):
     return (ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def fit_wide(layout, rows):
+def fit_wide(layout, rows, threads=1):
     """net.WideLinear holding a logistic regression of rows' labels on multi_hot(rows) (scikit-learn, liblinear,
     L2), its inverse regularisation C chosen from WIDE_CS by the AUC of stratified WIDE_FOLDS-fold
     cross-validation on the rows (fewer folds when a class has fewer rows; C = 1 when one has a single row).
     None when the rows hold one class only.
 
     The regression sees only the columns some row has: a column of zeros has weight 0 at the optimum (its
-    gradient is the L2 term alone), and liblinear's time grows with the columns, every table's rows."""
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
+    gradient is the L2 term alone), and liblinear's time grows with the columns, every table's rows. The
+    cross-validation's fits run on `threads` threads (held_out_aucs)."""
     labels = np.asarray(rows["label"])
     folds = min(WIDE_FOLDS, int(labels.sum()), int((1 - labels).sum()))
     if folds < 1:
         return None
-    if folds >= 2:
-        fit = LogisticRegressionCV(Cs=list(WIDE_CS), cv=StratifiedKFold(folds, shuffle=True, random_state=0),
-                                   scoring=rank_auc, solver="liblinear", max_iter=1000, l1_ratios=(0,),
-                                   use_legacy_attributes=False)
-    else:
-        fit = LogisticRegression(C=1.0, solver="liblinear", max_iter=1000)
     features = multi_hot(layout, rows)
     used = np.unique(features.indices)
-    fit.fit(features[:, used], labels)
+    x = features[:, used]
+    c = WIDE_CS[int(np.argmax(held_out_aucs(x, labels, folds, threads).sum(axis=0)))] if folds >= 2 else 1.0
+    fit = _liblinear(x, labels, c)
     wide = net_module.WideLinear(layout)
     coef = np.zeros(features.shape[1], np.float32)
     coef[used] = fit.coef_.ravel()
@@ -394,6 +389,32 @@ def fit_wide(layout, rows):
         getattr(wide, "wide_" + field).set_value(coef[lo:hi, None])
     wide.wide_bias.set_value(np.asarray(fit.intercept_, np.float32).reshape([1]))
     return wide
+
+
+def held_out_aucs(x, labels, folds, threads=1):
+    """[folds, len(WIDE_CS)]: the held-out AUC (rank_auc) of the regression of each C fitted on the other folds
+    of StratifiedKFold(folds, shuffle=True, random_state=0). fit_wide takes the C of the best sum, the first of
+    equals: scikit-learn's LogisticRegressionCV with those folds, scoring and Cs chooses the same.
+
+    The fits are independent jobs on `threads` threads: liblinear's primal solver for L2 leaves Python's lock
+    (a hot campaign of 100 k seeds spends minutes here) and draws no random numbers, so the AUCs do not depend
+    on the threads."""
+    from concurrent.futures import ThreadPoolExecutor
+    from sklearn.model_selection import StratifiedKFold
+    splits = StratifiedKFold(folds, shuffle=True, random_state=0).split(np.zeros(len(labels)), labels)
+    jobs = [(train, test, c) for train, test in splits for c in WIDE_CS]
+
+    def held_out_auc(job):
+        train, test, c = job
+        return rank_auc(_liblinear(x[train], labels[train], c), x[test], labels[test])
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return np.reshape(list(pool.map(held_out_auc, jobs)), (folds, len(WIDE_CS)))
+
+
+def _liblinear(x, labels, c):
+    from sklearn.linear_model import LogisticRegression
+    return LogisticRegression(C=c, solver="liblinear", max_iter=1000).fit(x, labels)
 
 
 def logit(p):
@@ -490,7 +511,7 @@ class DygraphModel:
         of the regression's weights. w = 0, or seeds of one class: `net` alone.
         """
         weight = config["hyper_parameters"]["wide_weight"]
-        wide = fit_wide(net.layout, seeds) if weight > 0 else None
+        wide = fit_wide(net.layout, seeds, config["runner"]["thread_num"]) if weight > 0 else None
         if wide is None:
             return net
         feeds = self.create_feeds(reference)

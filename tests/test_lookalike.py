@@ -55,7 +55,7 @@ def test_the_wide_part_is_scikit_learns_regression_on_the_users_ids():
     assert (candidates["static"][:, 2] == 4).sum() >= 5
     lookalike = importlib.import_module("models.lookalike_lr.dygraph_model")
     net = lookalike.DygraphModel().create_model({"data_schema": schema()})
-    lookalike.DygraphModel().fit_campaign(net, seeds, {})
+    lookalike.DygraphModel().fit_campaign(net, seeds, {"runner": {"thread_num": 3}})  # the folds' fits on 3 threads
     vectorizer = DictVectorizer()
 
     def features(rows):  # liblinear takes 32-bit sparse indices; DictVectorizer writes 64-bit ones
@@ -71,6 +71,23 @@ def test_the_wide_part_is_scikit_learns_regression_on_the_users_ids():
     expected = reference.predict_proba(features(candidates))[:, 1]
     np.testing.assert_allclose(probabilities(net, candidates), expected, rtol=0, atol=2e-6)
     assert np.ptp(expected) > 0.05  # a regression that ranks, not all weights regularised away
+
+
+def test_the_wide_parts_cross_validation_is_logistic_regression_cvs_whatever_the_threads():
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    rng, lay = np.random.default_rng(4), layout()
+    seeds = labelled(rng, 400, 60)
+    x = dygraph_model.multi_hot(lay, seeds)
+    x, folds = x[:, np.unique(x.indices)], StratifiedKFold(5, shuffle=True, random_state=0)
+    reference = LogisticRegressionCV(Cs=list(dygraph_model.WIDE_CS), cv=folds, scoring="roc_auc", solver="liblinear",
+                                     max_iter=1000, l1_ratios=(0,), use_legacy_attributes=False).fit(x, seeds["label"])
+    expected = reference.scores_.reshape(5, len(dygraph_model.WIDE_CS))  # [folds, 1 l1_ratio, Cs]
+    assert np.ptp(expected.mean(axis=0)) > 0.01  # the choice of C matters here
+    for threads in (1, 4):
+        aucs = dygraph_model.held_out_aucs(x, seeds["label"], 5, threads)
+        np.testing.assert_allclose(aucs, expected, rtol=0, atol=1e-12)
+        assert dygraph_model.WIDE_CS[np.argmax(aucs.sum(axis=0))] == reference.C_
 
 
 def test_the_wide_parts_scorer_is_roc_auc_score_with_ties():
@@ -91,7 +108,7 @@ def test_the_wide_part_is_put_on_the_networks_scale_on_the_reference_users():
     net.eval()
     seeds, reference = labelled(rng, 200, 30), labelled(rng, 400, 0)
     model = dygraph_model.DygraphModel()
-    config = {"hyper_parameters": {"wide_weight": 2.0}}
+    config = {"hyper_parameters": {"wide_weight": 2.0}, "runner": {"thread_num": 1}}
     scorer = model.campaign_net(net, seeds, reference, config)
     assert isinstance(scorer, net_module.WideAndDeep)
     deep = dygraph_model.logit(probabilities(net, reference))

@@ -33,5 +33,5 @@ class DygraphModel(hooks.PerCampaignHooks):
 
     def fit_campaign(self, net, seeds, config):
         """The regression of the seeds; all weights zero (every user ties) when they hold one class."""
-        wide = metaheac.fit_wide(net.layout, seeds) or net_module.WideLinear(net.layout)
+        wide = metaheac.fit_wide(net.layout, seeds, config["runner"]["thread_num"]) or net_module.WideLinear(net.layout)
         net.wide.set_state_dict(wide.state_dict())
