@@ -116,7 +116,7 @@ KEYS = {
     "runner.infer_output_path": ("text", None, "where results go (default <infer_load_path>/results)"),
     "runner.use_gpu": ("bool", False, "run on a GPU when Paddle has CUDA"),
     "runner.seed": ("int >= 0", REQUIRED, "the seed of everything"),
-    "runner.thread_num": ("int >= 1", 2, "CPU threads of Paddle"),
+    "runner.thread_num": ("int >= 1", 2, "CPU threads of Paddle, and of the fits of a campaign's wide part"),
     "runner.train_batch_size": ("int >= 1", REQUIRED, "rows of each support and each query batch"),
     "runner.infer_batch_size": ("int >= 1", REQUIRED, "rows of each fine-tuning batch"),
     "runner.epochs": ("int >= 1", REQUIRED, "meta-training epochs"),
