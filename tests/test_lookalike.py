@@ -2,6 +2,7 @@
 features built independently, its scaling beside MetaHeac's logit, the centroid baseline against NumPy, and the
 background negatives."""
 import importlib
+import time
 
 import numpy as np
 import pytest
@@ -88,6 +89,24 @@ def test_the_wide_parts_cross_validation_is_logistic_regression_cvs_whatever_the
         aucs = dygraph_model.held_out_aucs(x, seeds["label"], 5, threads)
         np.testing.assert_allclose(aucs, expected, rtol=0, atol=1e-12)
         assert dygraph_model.WIDE_CS[np.argmax(aucs.sum(axis=0))] == reference.C_
+
+
+def test_a_failed_cross_validation_fit_drops_the_fits_not_yet_started(monkeypatch):
+    rng, lay = np.random.default_rng(4), layout()
+    seeds = labelled(rng, 200, 40)
+    calls = []
+
+    def failing(x, labels, c):  # the first fit fails; the others take 0.05 s each
+        calls.append(c)
+        if len(calls) == 1:
+            raise MemoryError("a fit that fails")
+        time.sleep(0.05)
+        return None
+
+    monkeypatch.setattr(dygraph_model, "_liblinear", failing)
+    with pytest.raises(MemoryError):
+        dygraph_model.held_out_aucs(dygraph_model.multi_hot(lay, seeds), seeds["label"], 5, threads=1)
+    assert len(calls) < 10  # the one its thread began while the error came out, not the 55 a pool runs to the end
 
 
 def test_the_wide_parts_scorer_is_roc_auc_score_with_ties():
