@@ -14,6 +14,7 @@ One test starts all the cases side by side and signals each at its moment, seen 
 SIGTERM goes to the process (as a scheduler sends it), SIGINT to its process group (as Ctrl-C does).
 """
 import glob
+import json
 import os
 import re
 import signal
@@ -153,6 +154,16 @@ class Case:
         return found
 
 
+def finished_run(path):
+    """Whether a benchmark's run.json is a whole record: a run that ended before the stop came (on a loaded
+    machine the fake model's run can) is kept for the resume, as it should be."""
+    try:
+        with open(path) as f:
+            return "metrics" in json.load(f)
+    except ValueError:
+        return False
+
+
 def leftovers(folder):
     """Temporary files and staging folders under folder."""
     return [os.path.join(d, n) for d, dirs, files in os.walk(folder) for n in dirs + files if ".tmp" in n]
@@ -231,7 +242,7 @@ def plans(inputs, tmp, tag):
         ("benchmark", "benchmark.py", ["--data", data, "--methods", "lr", "--seeds", 1, "--out", out["benchmark"]],
          {"run": (marker(out["benchmark"] / "lr" / "seed2021" / "log.txt"), {})},
          lambda: leftovers(out["benchmark"]) + glob.glob(str(out["benchmark"] / "results.*"))
-         + glob.glob(str(out["benchmark"] / "*" / "*" / "run.json"))),
+         + [p for p in glob.glob(str(out["benchmark"] / "*" / "*" / "run.json")) if not finished_run(p)]),
     ]
 
 
