@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from helpers import ROOT
 from tools import expand
@@ -104,6 +105,47 @@ def test_positive_only_seeds_end_to_end_with_an_exported_model(sample_model, hot
     kept = run_expand(model_dir, "--campaign", os.path.dirname(only), "--pool", pool, "--top-k", "10000", "--out",
                       str(tmp_path / "kept"), "--keep-seeds")
     assert kept.returncode == 0 and len(top_uids(tmp_path / "kept")) == len(pool_rows["uid"])  # seeds ranked too
+
+
+def test_infer_metas_positive_seed_protocol_is_what_expand_serves(sample_model, hot, tmp_path):
+    """runner.infer_seeds positive scores a campaign's candidates exactly as tools/expand.py does given its
+    clicking seeds and the candidates as the pool: the campaign's non-clickers, which an advertiser with a seed
+    list does not know, may be drawn as negatives there too. A campaign without a clicking seed is scored
+    without fine-tuning, and said so, as expand.py has nothing to fine-tune on."""
+    model_dir, _ = sample_model
+    background_uids = np.load(model_dir / "0" / "background.npz")["uid"]
+    split = dataset.load_split(HOT)
+
+    def clickers_unknown(aid):  # the campaign's non-clicking seeds among the background users
+        seeds = split["stage1"]
+        return np.isin(background_uids, seeds["uid"][(seeds["aid"] == aid) & (seeds["label"] == 0)]).sum()
+    aid, silent = sorted(hot, key=clickers_unknown)[-1], sorted(hot)[0]
+    assert clickers_unknown(aid) > 0  # else both draws are the same and this test could not fail
+    of = {a: split["stage1"]["aid"] == a for a in (aid, silent)}
+    keep = of[aid] | (of[silent] & (split["stage1"]["label"] == 0))
+    test_dir = tmp_path / "test_hot"
+    stage_folder(test_dir, "test_stage1.npz", {k: v[keep] for k, v in split["stage1"].items()})
+    in_pool = np.isin(split["stage2"]["aid"], [aid, silent])
+    stage_folder(test_dir, "test_stage2.npz", {k: v[in_pool] for k, v in split["stage2"].items()})
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "infer_meta.py"), "-m", CONFIG, "-o",
+                           f"runner.infer_load_path={model_dir}", f"runner.test_data_dir={test_dir}",
+                           "runner.infer_seeds=positive", f"runner.infer_output_path={tmp_path / 'results'}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"1 of 2 campaigns have no positive seeds and were scored without fine-tuning: [{silent}]" in done.stdout
+    by_aid = {c["campaign"]: c for c in json.loads((tmp_path / "results" / "metrics_test_hot.json").read_text())[0]
+              ["campaigns"]}
+    assert by_aid[silent]["seeds"] == 0
+
+    campaign, pool, rows = hot[aid]
+    seeds = dataset.load_split(campaign, stages=(1,))["stage1"]
+    clicking = stage_folder(tmp_path / "clicking", "test_stage1.npz", {k: v[seeds["label"] == 1]
+                                                                       for k, v in seeds.items()})
+    served = run_expand(model_dir, "--campaign", os.path.dirname(clicking), "--pool", pool, "--top-k", "5",
+                        "--out", str(tmp_path / "expanded"), "--all-scores", "--folds", "0")
+    assert served.returncode == 0, served.stderr
+    assert by_aid[aid]["seeds"] == 20 * seeds["label"].sum()  # the clicking seeds and 19 negatives each
+    assert by_aid[aid]["auc"] == roc_auc_score(rows["label"], np.load(tmp_path / "expanded" / "all_scores.npy"))
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,8 @@ def evaluate(model, net, params, dataset, batches, config, label, group=distribu
         print(f"note: {label}: {w.message}")
     unseeded = [c["campaign"] for c in campaigns if c["seeds"] == 0]
     if unseeded:
-        print(f"note: {label}: {len(unseeded)} of {len(campaigns)} campaigns have no seeds (stage-1 rows) and were "
+        seeds = "positive seeds" if config["runner"]["infer_seeds"] == "positive" else "seeds (stage-1 rows)"
+        print(f"note: {label}: {len(unseeded)} of {len(campaigns)} campaigns have no {seeds} and were "
               f"scored without fine-tuning: {unseeded[:10]}")
     return campaigns, overall
 
@@ -112,14 +113,15 @@ def score_campaigns(model, net, params, dataset, batches, config, label, group=d
     """Fine-tune and score this rank's campaigns of a split: [(position in the split, aid, seeds, labels, scores)].
 
     users: the checkpoint's background users. runner.infer_seeds "positive" fine-tunes on the positive seeds
-    and NEGATIVES_PER_SEED background users per seed, none of them a candidate (expand.py's protocol).
+    and NEGATIVES_PER_SEED background users per seed, none of them a candidate (expand.py's protocol); a
+    campaign without a positive seed then has no seeds and is scored without fine-tuning.
     """
     mine = set(group.campaigns(len(dataset)))
     bar = progress(total=len(mine), desc=label, unit="campaign", disable=not group.main)
     scored = []
     for position, (aid, seeds, candidates) in enumerate(dataset):
         if position in mine:
-            if config["runner"]["infer_seeds"] == "positive" and (seeds["label"] == 1).any():
+            if config["runner"]["infer_seeds"] == "positive":
                 rng = np.random.default_rng([config["runner"]["seed"], aid % 2**32, 1])
                 seeds, _ = background.with_negatives(seeds, users, background.NEGATIVES_PER_SEED,
                                                      candidates["uid"], rng)

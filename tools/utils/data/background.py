@@ -4,9 +4,9 @@ The trainer draws up to BACKGROUND_USERS distinct users (their uid and encoded
 features) from the training rows and stores them as background.npz in each
 checkpoint. They are users unrelated to any new campaign, which two things need:
 - negatives for seeds that are all positive (tools/expand.py, and
-  tools/infer_meta.py --positive-only): NEGATIVES_PER_SEED of them per seed,
-  never a seed and never a user of the pool being ranked, so the model is never
-  told that the users it will rank are negatives;
+  tools/infer_meta.py with runner.infer_seeds positive): NEGATIVES_PER_SEED of
+  them per seed, never a positive seed and never a user of the pool being
+  ranked, so the model is never told that the users it will rank are negatives;
 - the reference users on which a campaign's wide part is put on the scale of
   the network's logit (dygraph_model.DygraphModel.campaign_net).
 A file of users (a stage .npz with uid, or a raw userFeature.data) can replace
@@ -66,11 +66,16 @@ def rows_for(users, aid, ad, label=0):
 
 def with_negatives(seeds, users, ratio, exclude_uids, rng):
     """(rows, drawn): the positive seeds, then round(ratio x positives) users drawn uniformly without
-    replacement as negatives (label 0) among those whose uid is neither a seed's nor in exclude_uids (all of
-    them when fewer are left), and how many were drawn."""
+    replacement as negatives (label 0) among those whose uid is neither a positive seed's nor in exclude_uids
+    (all of them when fewer are left), and how many were drawn.
+
+    Seeds labelled 0 are dropped and not excluded from the draw: what is simulated is an advertiser who
+    holds the positive seeds only (tools/expand.py's case), who does not know the campaign's non-clickers."""
     positives = {name: a[np.asarray(seeds["label"]) == 1] for name, a in seeds.items()}
     n = len(positives["label"])
-    allowed = np.flatnonzero(~np.isin(users["uid"], np.concatenate([np.asarray(seeds["uid"]), exclude_uids])))
+    if not n:
+        return positives, 0
+    allowed = np.flatnonzero(~np.isin(users["uid"], np.concatenate([positives["uid"], exclude_uids])))
     picked = np.sort(rng.choice(allowed, min(int(round(ratio * n)), len(allowed)), replace=False))
     drawn = rows_for({name: a[picked] for name, a in users.items()}, int(seeds["aid"][0]), seeds["ad"][0])
     return {name: np.concatenate([positives[name], drawn[name].astype(positives[name].dtype)])

@@ -133,7 +133,7 @@ KEYS = {
     "runner.infer_train_epoch": ("int >= 0", REQUIRED, "fine-tuning passes over a test campaign's seeds"),
     "runner.infer_seeds": ("one of labelled | positive", "labelled",
                            "a test campaign's seeds: its labelled stage-1 rows, or its positives with background "
-                           "negatives (expand.py's protocol)"),
+                           "negatives (expand.py's protocol; none: no fine-tuning)"),
 }
 PATH_KEYS = ("train_data_dir", "test_data_dir", "model_save_path", "infer_load_path", "infer_output_path",
              "train_reader_path", "infer_reader_path", "visual_log_path")
