@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data import background
 
-SCORE_ROWS = 4096  # rows per scoring call; scores do not depend on it (eval mode, no batch statistics)
+SCORE_ROWS = 4096  # rows per scoring call; scores depend on it by float32 rounding only (eval mode: no batch statistics)
 
 
 def adapt(model, net, params, seeds, config, aid, batches, users=None):
