@@ -287,6 +287,26 @@ def test_infer_meta_says_which_campaigns_had_no_seeds_to_fine_tune_on(model_dir,
     assert "2 of 3 campaigns have no seeds (stage-1 rows) and were scored without fine-tuning: [12, 13]" in proc.stdout
 
 
+def test_infer_meta_refuses_the_positive_protocol_on_data_without_uids(model_dir, trained, tmp_path):
+    """Stage files need uid only where known (tools/import_pickle.py writes none); the positive protocol keeps
+    seeds and candidates out of the drawn negatives by uid, so it is refused in one line, not a KeyError."""
+    folder = str(tmp_path / "test_no_uids")
+    os.makedirs(folder)
+    dataset.write_schema(folder, MAX_IDXS)
+    split = dataset.load_split(str(model_dir / "data" / "test_hot"))
+    for k in (1, 2):
+        dataset.save_stage(os.path.join(folder, f"test_stage{k}.npz"),
+                           {name: a for name, a in split[f"stage{k}"].items() if name != "uid"})
+    out = tmp_path / "res"
+    proc = run("infer_meta.py", model_dir, "-o", f"runner.test_data_dir={folder}", "runner.infer_start_epoch=1",
+               "runner.infer_seeds=positive", f"runner.infer_output_path={out}")
+    assert_one_line_error(proc, f"{folder}/test_stage1.npz: no uid array", "runner.infer_seeds=labelled")
+    assert not out.exists()
+    labelled = run("infer_meta.py", model_dir, "-o", f"runner.test_data_dir={folder}", "runner.infer_start_epoch=1",
+                   f"runner.infer_output_path={out}")
+    assert labelled.returncode == 0, labelled.stderr
+
+
 def test_infer_meta_names_a_missing_checkpoint_and_how_to_make_it(model_dir, trained):
     proc = run("infer_meta.py", model_dir, "-o", "runner.infer_end_epoch=4")
     assert_one_line_error(proc, f"{model_dir}/out/2: no finished checkpoint", "trainer.py -m",

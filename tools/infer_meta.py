@@ -46,11 +46,11 @@ import numpy as np
 from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.run import config as cfg
-from tools.utils.data.dataset import load_split
+from tools.utils.data.dataset import load_split, without_uids
 from tools.utils.run import campaign, distributed, model_folder, resources, trained
 from tools.utils.measure import metrics
 from tools.utils.data import background
-from tools.utils.errors import CheckpointError, TrainingError
+from tools.utils.errors import CheckpointError, DataError, TrainingError
 from tools.utils.files import atomic_write, npz_bytes, plain, require_writable, write_json, write_text
 from tools.utils.progress import progress
 
@@ -234,6 +234,12 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
     out_dir = runner.get("infer_output_path") or os.path.join(runner["infer_load_path"], "results")
     if distributed.world()[0] == 0:  # rank 0 writes the results: check before the work
         require_writable(out_dir, "give a writable runner.infer_output_path (-o runner.infer_output_path=...)")
+    no_uids = [path for d in split_dirs(runner["test_data_dir"], split) for path in without_uids(d)] \
+        if runner["infer_seeds"] == "positive" else []
+    if no_uids:
+        raise DataError(f"{no_uids[0]}: no uid array; runner.infer_seeds positive keeps the seeds and the candidates "
+                        "out of the drawn negatives by uid: use runner.infer_seeds=labelled, or data made by "
+                        "tools/preprocess.py from the raw files (it keeps uids)")
     reader = model_folder.test_reader(config)
     datasets = {d: model_folder.test_dataset(reader, config, d) for d in split_dirs(runner["test_data_dir"], split)}
     for data_dir, dataset in datasets.items():

@@ -218,6 +218,20 @@ def stage_rows(path):
     return shape[0] if shape else 0
 
 
+def without_uids(split_dir):
+    """The split's stage files that hold no uid array (from their member names; no array is read)."""
+    found = []
+    for path in filter(None, (stage_path(split_dir, k) for k in (1, 2))):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except _READ_ERRORS as e:
+            raise DataError(f"{path}: not a readable stage file ({_reason(e)}); regenerate it") from e
+        if "uid.npy" not in names:
+            found.append(path)
+    return found
+
+
 # ---------------------------------------------------------------- .npz archives that may lie
 class ArchiveError(ValueError):
     """An .npz archive that cannot be read as arrays; the message says why (for the caller's one line)."""
