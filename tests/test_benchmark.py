@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -121,3 +122,46 @@ def test_cli_errors_are_one_line(data, capsys):
     assert "no selected method has that key" in capsys.readouterr().err
     assert cli.run(benchmark.main, ["--data", data, "--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_a_run_of_other_data_in_the_same_folder_is_not_reused(data, tmp_path):
+    """A run is reused only on the data it was made of: the same --data path holding other files is rerun."""
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    out = str(tmp_path / "out")
+
+    def hot_gauc():
+        record = benchmark.benchmark(["lookalike_centroid"], [2021], str(copy), out, protocols=("labelled",),
+                                     log=lambda line: None)["methods"][0]["runs"][0]
+        return record.get("reused", False), record["metrics"]["labelled"]["hot"]["gauc"]
+    first = hot_gauc()
+    assert hot_gauc() == (True, first[1])
+    write_split(copy / "test_hot", {11: 60, 12: 40}, {11: 120, 12: 100}, seed=9)  # other rows, same path
+    rerun = hot_gauc()
+    assert rerun[0] is False and rerun[1] != first[1]
+
+
+def test_set_leaves_the_setting_that_defines_a_method(data, tmp_path):
+    """--set hyper_parameters.num_expert=4 reaches MetaHeac, not the ablation whose row is one expert."""
+    keys = {m: {"hyper_parameters.num_expert", "hyper_parameters.embed_dim"} for m in ("metaheac",
+                                                                                       "metaheac_one_expert")}
+    extra = ["hyper_parameters.num_expert=4", "hyper_parameters.embed_dim=8"]
+    runs = {run[0]: run[2] for run in benchmark.plan(["metaheac", "metaheac_one_expert"], [2021], data,
+                                                      str(tmp_path), 1, 1, extra, keys)}
+    assert "hyper_parameters.num_expert=4" in runs["metaheac"]
+    ablation = runs["metaheac_one_expert"]
+    assert "hyper_parameters.num_expert=1" in ablation and "hyper_parameters.num_expert=4" not in ablation
+    assert "hyper_parameters.embed_dim=8" in ablation
+    assert benchmark.set_for("metaheac_one_expert", extra, keys) == (extra[1:], extra[:1])
+
+
+def test_the_positive_protocol_on_data_without_uids_is_refused_before_any_run(data, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    stage = dataset.stage_path(str(copy / "test_cold"), 2)
+    dataset.save_stage(stage, {k: v for k, v in dataset.load_split(str(copy / "test_cold"))["stage2"].items()
+                               if k != "uid"})
+    keys = {"lr": set()}
+    with pytest.raises(benchmark.BenchmarkError, match=r"test_stage2.npz: no uid array.*--protocols labelled"):
+        benchmark.plan(["lr"], [2021], str(copy), str(tmp_path / "out"), 1, 1, [], keys)
+    assert benchmark.plan(["lr"], [2021], str(copy), str(tmp_path / "out"), 1, 1, [], keys, ("labelled",))

@@ -15,15 +15,16 @@ tools/expand.py does with a seed list). The data folder (train, test_hot,
 test_cold) is passed to every config with -o, as are runner.epochs (methods
 that train across campaigns; the checkpoint of the last epoch is tested) and
 runner.thread_num. --set adds overrides to every method that has that key
-(e.g. --set runner.train_batch_size=64).
+(e.g. --set runner.train_batch_size=64), except a key that defines a method
+(num_expert=1 of metaheac_one_expert stays; a note says so).
 
 Writes OUT/results.md (a table per protocol: per campaign AUC (GAUC) and P@5%
 of the cold and hot campaigns first, what an advertiser gets, then the pooled
 AUC; mean ± sample standard deviation over the seeds; the oracle row when the
 data has the generator's true probabilities), results.csv, results.json and
 gauc.png (tools/utils/measure/benchmark_report.py). A run whose run.json records the
-same commands is not repeated, so an interrupted benchmark resumes; delete OUT
-to rerun everything.
+same commands and the same data files (their sha256) is not repeated, so an
+interrupted benchmark resumes; delete OUT to rerun everything.
 
 Runs execute in --jobs worker processes (Paddle is imported once per worker);
 each run seeds everything it uses, so the numbers do not depend on --jobs.
@@ -97,15 +98,30 @@ def config_keys(config_path):
     return {key for key in cfg.KEYS if cfg.get(config, key) is not None} | set(cfg.hyper_parameters_of(model))
 
 
+def set_for(method, extra, keys):
+    """(the --set items a method takes, those it leaves: keys its definition fixes, as num_expert=1 does for
+    metaheac_one_expert, so that its row stays what its label says)."""
+    fixed = {item.partition("=")[0] for item in METHODS[method][2]}
+    has = [item for item in extra if item.partition("=")[0] in keys[method]]
+    return [item for item in has if item.partition("=")[0] not in fixed], \
+        [item for item in has if item.partition("=")[0] in fixed]
+
+
 def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys, protocols=PROTOCOLS):
-    """[(method, seed, trainer argv, {protocol: infer_meta argv}, run folder)] for every method x seed; keys:
-    config_keys of every method."""
+    """[(method, seed, trainer argv, {protocol: infer_meta argv}, run folder, data digests)] for every method x
+    seed; keys: config_keys of every method."""
     data_dir = os.path.abspath(data_dir)
     dataset.read_schema(os.path.join(data_dir, "train"))  # a data folder, before any run starts
     unused = [item for item in extra if item not in QUICK["set"]  # --quick's settings apply where they can
               and not any(item.partition("=")[0] in keys[m] for m in methods)]
     if unused:
         raise BenchmarkError(f"--set {unused}: no selected method has that key")
+    no_uids = [path for split in ("test_hot", "test_cold")
+               for path in dataset.without_uids(os.path.join(data_dir, split))]
+    if "positive" in protocols and no_uids:
+        raise BenchmarkError(f"{no_uids[0]}: no uid array, which the positive protocol needs to keep seeds and "
+                             "candidates out of the drawn negatives: give --protocols labelled")
+    data = {split: dataset.data_digest(os.path.join(data_dir, split)) for split in ("train", "test_hot", "test_cold")}
     runs = []
     for method in methods:
         label, config, overrides, trains = METHODS[method]
@@ -114,7 +130,7 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys, protoc
             common = [f"runner.seed={seed}", f"runner.thread_num={threads}",
                       f"runner.train_data_dir={os.path.join(data_dir, 'train')}",
                       f"runner.test_data_dir={os.path.join(data_dir, 'test_hot')}",
-                      *overrides, *[item for item in extra if item.partition("=")[0] in keys[method]]]
+                      *overrides, *set_for(method, extra, keys)[0]]
             last = epochs if trains else 1
             train = ["-m", config, "-o", *common, f"runner.epochs={last}",
                      f"runner.model_save_path={os.path.join(folder, 'model')}"]
@@ -123,7 +139,7 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys, protoc
                                 f"runner.infer_load_path={os.path.join(folder, 'model')}",
                                 f"runner.infer_output_path={os.path.join(folder, f'results_{protocol}')}"]
                      for protocol in protocols}
-            runs.append((method, seed, train, infer, folder))
+            runs.append((method, seed, train, infer, folder, data))
     return runs
 
 
@@ -131,7 +147,7 @@ def fine_tune_protocol(method, extra, keys):
     """(passes, Adam learning rate, batch) of a method's fine-tuning on each test campaign's seeds."""
     from tools.utils.run.config import load_config
     config = load_config(os.path.join(ROOT, METHODS[method][1]),
-                         [*METHODS[method][2], *[i for i in extra if i.partition("=")[0] in keys]])
+                         [*METHODS[method][2], *set_for(method, extra, keys)[0]])
     return (config["runner"]["infer_train_epoch"], config["hyper_parameters"]["local_test_learning_rate"],
             config["runner"]["infer_batch_size"])
 
@@ -156,15 +172,15 @@ def _start_worker():
     paddle_env.load()
 
 
-def run_one(method, seed, train, infer, folder):
+def run_one(method, seed, train, infer, folder, data):
     """Train and test one method with one seed under each protocol of `infer` (or reuse a finished run.json of
-    the same commands)."""
+    the same commands on the same data: `data`, the data folder's dataset.data_digest per split)."""
     record_path = os.path.join(folder, "run.json")
     commands = [["tools/trainer.py", *train]] + [["tools/infer_meta.py", *argv] for argv in infer.values()]
     if os.path.isfile(record_path):
         with open(record_path) as f:
             record = json.load(f)
-        if record.get("commands") == commands:
+        if record.get("commands") == commands and record.get("data") == data:
             return {**record, "reused": True}
     os.makedirs(folder, exist_ok=True)
     cwd = os.getcwd()
@@ -189,7 +205,7 @@ def run_one(method, seed, train, infer, folder):
         with open(os.path.join(folder, results_file(protocol))) as f:
             results = {run["split"]: run["overall"] for run in json.load(f)}
         found[protocol] = {short: results[split] for short, split in benchmark_report.SPLITS}
-    record = {"method": method, "seed": seed, "commands": commands, "train_seconds": seconds["train"],
+    record = {"method": method, "seed": seed, "commands": commands, "data": data, "train_seconds": seconds["train"],
               "test_seconds": seconds["test"], "metrics": found}
     write_json(record_path, record)
     return record
@@ -262,6 +278,10 @@ def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, ex
         configs = {os.path.join(ROOT, METHODS[m][1]) for m in methods}
         config_keys_of = dict(zip(configs, pool.map(config_keys, configs)))
         keys = {m: config_keys_of[os.path.join(ROOT, METHODS[m][1])] for m in methods}
+        for m in methods:
+            for item in set_for(m, extra, keys)[1]:
+                log(f"note: --set {item} is not applied to {m}, which is defined by "
+                    + next(o for o in METHODS[m][2] if o.partition("=")[0] == item.partition("=")[0]))
         runs = plan(methods, seeds, data_dir, out_dir, epochs, threads, list(extra), keys, protocols)
         futures = {pool.submit(run_one, *run): run[:2] for run in runs}
         for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
@@ -285,7 +305,7 @@ def benchmark(methods, seeds, data_dir, out_dir, epochs=1, jobs=1, threads=1, ex
         "methods": [{"name": m, "label": METHODS[m][0], "config": METHODS[m][1], "overrides": list(METHODS[m][2]),
                      "trains_across_campaigns": METHODS[m][3],
                      "fine_tune": dict(zip(("passes", "learning_rate", "batch"),
-                                           fine_tune_protocol(m, extra, keys[m]))),
+                                           fine_tune_protocol(m, extra, keys))),
                      "runs": [records[(m, s)] for s in seeds],
                      "summary": summarise([records[(m, s)] for s in seeds], protocols)} for m in methods],
     }
