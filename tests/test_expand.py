@@ -217,6 +217,11 @@ def test_bad_input_is_one_line_and_writes_nothing(sample_model, hot, raw, tmp_pa
     other = stage_folder(tmp_path / "other", "p_stage2.npz", rows)
     dataset.write_schema(os.path.dirname(other), dataset.read_schema(HOT)["max_idxs"], "f" * 64)
     one_line(capsys, base + ["--campaign", campaign, "--pool", other], "encoded with other raw-id maps")
+    clicking = {k: v[seeds["label"] == 1] for k, v in seeds.items()}
+    few = stage_folder(tmp_path / "few", "test_stage1.npz", clicking)
+    n = len(clicking["label"])  # 0.4 / n negatives per seed: 0.4 in all, which rounds to none
+    one_line(capsys, base + ["--campaign", os.path.dirname(few), "--pool", pool, "--negatives", f"{0.4 / n}"],
+             f"x {n} positive seeds rounds to 0 negatives", f"give --negatives {1 / n:.3g} or more")
     assert not (tmp_path / "out").exists()
 
 

@@ -98,6 +98,10 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
         raise UserError(f"{pool}: no such pool; give a stage .npz (with uid) or a userFeature.data file")
     users, users_from = _background(path, background_file, config["data_schema"], vocab)
     positive_only = not (camp.seeds["label"] == 0).any()
+    if positive_only and round(negatives * len(camp.seeds["label"])) == 0:
+        raise UserError(f"--negatives {negatives:g} x {len(camp.seeds['label'])} positive seeds rounds to 0 negatives "
+                        f"to fine-tune against; give --negatives {1 / len(camp.seeds['label']):.3g} or more (the "
+                        f"default is {background.NEGATIVES_PER_SEED})")
     if positive_only and users is None:
         raise UserError(f"{path}: the seeds are all positive and this checkpoint holds no background users to draw "
                         "negatives from (a checkpoint of an earlier version): retrain it, or give --background FILE "
