@@ -135,6 +135,21 @@ def test_the_exported_model_through_the_shipped_encoder_gives_expand_scores(samp
     rules = json.load(open(export_dir / "inputs.json"))
     assert rules["input_rules"] == exported.INPUT_RULES and rules["data_schema"]["vocabulary_sha256"]
 
+    def refused(out, *fragments):  # exit 2, one line, before any scoring (no progress line)
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "score.py"), "--model", str(export_dir),
+                               "--pool", str(pool), "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1, \
+            done.stderr
+        assert all(f in done.stderr for f in fragments), done.stderr
+    before = {name: (scored / name).read_bytes() for name in ("scores.csv", "scores.npy", "score.json")}
+    refused(scored, f"{scored}: not empty", "--force")
+    assert {name: (scored / name).read_bytes() for name in before} == before
+    (tmp_path / "a_file").write_text("x")
+    refused(tmp_path / "a_file", "exists and is not a folder")
+    (scored / "mine.txt").write_text("kept")
+    tool("score.py", "--model", str(export_dir), "--pool", str(pool), "--out", str(scored), "--force")
+    assert (scored / "mine.txt").read_text() == "kept" and (scored / "scores.csv").read_bytes() == before["scores.csv"]
+
 
 @pytest.mark.parametrize("missing", ["inputs.json", "model.pdiparams"])
 def test_a_folder_that_is_not_an_export_is_one_line(tmp_path, missing):

@@ -1,6 +1,6 @@
 """Score users with an exported campaign model: raw userFeature.data lines (or a stage .npz) in, scores out.
 
-    python tools/score.py --model DIR --pool POOL --out OUT [--threads N]
+    python tools/score.py --model DIR --pool POOL --out OUT [--threads N] [--force]
 
 DIR is the folder `tools/expand.py ... --export DIR` wrote (the program, its
 weights, vocabulary.npz and inputs.json). POOL is read and encoded exactly as
@@ -10,7 +10,10 @@ states the input rules for a server that encodes users itself.
 
 Writes OUT/scores.csv (uid,score in pool order), OUT/scores.npy (the scores,
 float32, pool order) and OUT/score.json (the model, the pool, the unknown
-ids, users per second).
+ids, users per second). OUT is checked before the scoring: a file or a
+non-empty folder is refused unless --force (then those three files are
+replaced, nothing else), and the three land together or not at all
+(tools/utils/serving/outputs.py).
 
 Examples:
     python tools/score.py --model served --pool userFeature.data --out scored
@@ -35,10 +38,17 @@ from tools.utils.data import vocabulary
 from tools.utils.errors import UserError
 from tools.utils.files import atomic_write, write_json, write_text
 from tools.utils.progress import progress
+from tools.utils.serving.outputs import Outputs
 
 
-def score(model_dir, pool, out_dir, threads=1):
+OUTPUT_FILES = ("scores.csv", "scores.npy", "score.json")
+
+
+def score(model_dir, pool, out_dir, threads=1, force=False):
     """Score every user of the pool with the exported model; writes OUT's files and returns the summary dict."""
+    outputs = Outputs(force)
+    outputs.files(out_dir, OUTPUT_FILES, "--out")
+    outputs.check()
     from tools.utils import paddle_env
     paddle_env.set_threads(threads)
     if not os.path.exists(pool):
@@ -55,17 +65,17 @@ def score(model_dir, pool, out_dir, threads=1):
     seconds = time.perf_counter() - started
     uids = np.concatenate(uids) if uids else np.empty(0, np.int64)
     scores = np.concatenate(scores).astype(np.float32) if scores else np.empty(0, np.float32)
-    os.makedirs(out_dir, exist_ok=True)
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(("uid", "score"))
     writer.writerows(zip(uids.tolist(), (f"{s:.9g}" for s in scores.tolist())))
-    write_text(os.path.join(out_dir, "scores.csv"), table.getvalue())
-    atomic_write(os.path.join(out_dir, "scores.npy"), lambda f: np.save(f, scores))
     summary = {"model": model_dir, "campaign": scorer.inputs.get("campaign"), "pool": pool,
                "pool_users": len(uids), "threads": threads, "seconds": seconds,
                "pool_users_per_second": len(uids) / max(seconds, 1e-9), "unknown_ids": unknown.as_dict()}
-    write_json(os.path.join(out_dir, "score.json"), summary)
+    with outputs:  # all three in place, or none
+        write_text(outputs.staged(os.path.join(out_dir, "scores.csv")), table.getvalue())
+        atomic_write(outputs.staged(os.path.join(out_dir, "scores.npy")), lambda f: np.save(f, scores))
+        write_json(outputs.staged(os.path.join(out_dir, "score.json")), summary)
     lines = [unknown.report("pool"), f"scored {len(uids)} users in {seconds:.1f} s "
              f"({summary['pool_users_per_second']:.0f}/s); wrote {os.path.join(out_dir, 'scores.csv')}"]
     print("\n".join(line for line in lines if line))
@@ -80,10 +90,12 @@ def main(argv=None):
     parser.add_argument("--pool", required=True, help="the users: a userFeature.data file or a stage .npz with uid")
     parser.add_argument("--out", required=True, help="output folder: scores.csv, scores.npy, score.json")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of the predictor (default 1)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out (its scores.csv, scores.npy and score.json are replaced)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         raise UserError(f"--threads is {args.threads}; give 1 or more")
-    score(args.model, args.pool, args.out, args.threads)
+    score(args.model, args.pool, args.out, args.threads, args.force)
 
 
 if __name__ == "__main__":
