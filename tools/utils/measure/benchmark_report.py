@@ -124,7 +124,7 @@ def write_chart(path, report):
                 right = max(right, report["oracle"][short]["gauc"] + 0.02)
             ax.axvline(0.5, color="grey", linewidth=0.8)
             ax.set_xlim(0.45, min(1.0, max(0.8, right)))
-            ax.set_title(f"{short} campaigns, {protocol} seeds: GAUC (per-campaign AUC)")
+            ax.set_title(f"GAUC, {short} campaigns, {protocol} seeds", fontsize=10)
         row[0].set_yticks(y, [m["label"] for m in methods])
         row[0].invert_yaxis()
     if report.get("note"):
