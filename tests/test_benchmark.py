@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -165,3 +166,20 @@ def test_the_positive_protocol_on_data_without_uids_is_refused_before_any_run(da
     with pytest.raises(benchmark.BenchmarkError, match=r"test_stage2.npz: no uid array.*--protocols labelled"):
         benchmark.plan(["lr"], [2021], str(copy), str(tmp_path / "out"), 1, 1, [], keys)
     assert benchmark.plan(["lr"], [2021], str(copy), str(tmp_path / "out"), 1, 1, [], keys, ("labelled",))
+
+
+def test_a_one_class_campaign_of_the_oracle_is_a_note_not_a_python_warning(data, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    stage = dataset.stage_path(str(copy / "test_hot"), 2)
+    rows = dataset.load_split(str(copy / "test_hot"))["stage2"]
+    rows["label"] = np.where(rows["aid"] == 12, 0, rows["label"]).astype(rows["label"].dtype)
+    dataset.save_stage(stage, rows)
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = benchmark.benchmark(["lookalike_centroid"], [2021], str(copy), str(tmp_path / "out"),
+                                     protocols=("labelled",), log=lines.append)
+    assert any(line.startswith("note: the oracle: 1 of 2 campaigns have candidates of one class only")
+               for line in lines), lines
+    assert report["oracle"]["hot"]["gauc_campaigns"] == 1
