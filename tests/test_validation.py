@@ -59,3 +59,19 @@ def test_a_rerun_after_early_stopping_trains_nothing_and_best_needs_validation(t
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
     missing = run("infer_meta.py", folder, "--best", "-o", "runner.infer_load_path=elsewhere")
     assert missing.returncode == 2 and "no best checkpoint" in missing.stderr
+
+
+def test_after_early_stopping_a_missing_epoch_points_to_the_best_checkpoint(trained):
+    """The epochs after an early stop are never made, and retraining them is refused: the tools say to test
+    the best checkpoint instead of giving a trainer command that cannot work."""
+    folder, _ = trained
+    out = folder / "out"
+    for argv in (["infer_meta.py", folder, "-o", "runner.infer_start_epoch=3", "runner.infer_end_epoch=4"],
+                 ["gates.py", folder, "--epoch", "3"]):
+        done = run(*argv)
+        assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+        assert f"{out / '3'}: no checkpoint of epoch 3: the training stopped early" in done.stderr, done.stderr
+        assert f"test its best checkpoint, {out / 'best'}" in done.stderr and "--best" in done.stderr
+    best = run("gates.py", folder, "--epoch", "best")  # taken: the fake model then has no gates to show
+    assert best.returncode == 2 and "has no expert and critic gates" in best.stderr, best.stderr
+

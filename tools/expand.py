@@ -211,12 +211,6 @@ def _report(summary, camp, pool_unknown, out_dir, chart):
            + (f"; exported the model to {summary['export']}" if "export" in summary else ""))
 
 
-def _epoch(text):
-    if text == "best" or (text.isdigit()):
-        return text if text == "best" else int(text)
-    raise argparse.ArgumentTypeError(f"{text!r}: give an epoch number or best")
-
-
 def main(argv=None):
     parser = cli.argument_parser("Rank a pool of users by their likeness to a campaign's seeds.", EXAMPLES,
                                  "runner.infer_load_path=output_2epochs runner.infer_train_epoch=3")
@@ -228,7 +222,7 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, required=True, metavar="K", help="how many users to return")
     parser.add_argument("--out", required=True,
                         help="output folder: top_k.csv, expand.json, expand.png, all_scores.npy")
-    parser.add_argument("--epoch", type=_epoch, help="checkpoint epoch, or best (the best on validation campaigns; "
+    parser.add_argument("--epoch", type=cli.epoch_arg, help="checkpoint epoch, or best (the best on validation campaigns; "
                         "default: runner.infer_end_epoch - 1)")
     parser.add_argument("--negatives", type=float, default=background.NEGATIVES_PER_SEED, metavar="R",
                         help=f"negatives per seed drawn from background users when the seeds are all positive "

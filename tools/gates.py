@@ -48,7 +48,7 @@ def gates(config, epoch=None, out_dir=None, trust_pickle=False):
                           "add it to the YAML or pass -o runner.train_data_dir=...")
     epoch = runner["infer_end_epoch"] - 1 if epoch is None else epoch
     config, path, _ = trained.checkpoint(config, epoch, f"python tools/trainer.py -m {config['config_path']} -o "
-                                                        f"runner.epochs={epoch + 1}")
+                                                        f"runner.epochs={epoch + 1 if epoch != 'best' else 1}")
     folders = {"train": runner["train_data_dir"], **dict(zip(("hot", "cold"), split_dirs(runner["test_data_dir"],
                                                                                         "both")))}
     schemas = {split: dataset.read_schema(folder) for split, folder in folders.items()}
@@ -97,7 +97,8 @@ def main(argv=None):
                                  "checkpoint, as a CSV and a heatmap.", [line.strip() for line in
                                                                           __doc__.split("Examples:\n")[1].splitlines()],
                                  "runner.infer_load_path=output_order1")
-    parser.add_argument("--epoch", type=int, help="checkpoint epoch (default: runner.infer_end_epoch - 1)")
+    parser.add_argument("--epoch", type=cli.epoch_arg, help="checkpoint epoch, or best (the best on validation "
+                        "campaigns; default: runner.infer_end_epoch - 1)")
     parser.add_argument("--out", help="output folder (default: <infer_load_path>/gates)")
     parser.add_argument("--trust-pickled-checkpoints", action="store_true",
                         help="read a checkpoint of an earlier version (pickled; only one you made)")

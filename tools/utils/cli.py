@@ -41,6 +41,13 @@ _stopping = []  # the signal whose Stopped or KeyboardInterrupt is on its way ou
 os.register_at_fork(after_in_child=_stopping.clear)
 
 
+def epoch_arg(text):
+    """argparse type of --epoch: an epoch number, or best (the checkpoint best on validation campaigns)."""
+    if text == "best" or text.isdigit():
+        return text if text == "best" else int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: give an epoch number or best")
+
+
 def _send_later(signum):
     """Send signum to this process again in 10 ms, from a timer thread: its handler then runs elsewhere."""
     timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))

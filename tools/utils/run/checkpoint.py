@@ -235,9 +235,25 @@ def require(save_dir, epoch, how_to_make):
         raise CheckpointError(f"{path}: no best checkpoint; the trainer keeps one when it holds out validation "
                               "campaigns (-o runner.valid_campaigns=N): retrain with it, or test an epoch")
     if not is_finished(path):
+        stop = _stopped_early(save_dir)
+        if stop and stop[0] <= epoch:
+            raise CheckpointError(
+                f"{path}: no checkpoint of epoch {epoch}: the training stopped early on its validation campaigns "
+                f"{stop[1]}; test its best checkpoint, {os.path.join(save_dir, 'best')} (tools/infer_meta.py --best; "
+                "tools/expand.py or tools/gates.py --epoch best)")
         raise CheckpointError(f"{path}: no finished checkpoint of epoch {epoch} (no {DONE_FILE}); "
                               f"make it with `{how_to_make}`")
     return path
+
+
+def _stopped_early(save_dir):
+    """(epoch, where in words) of the checkpoint at which a training in save_dir stopped early, or None."""
+    epochs, steps = finished(save_dir)
+    for epoch, name, where in [(e, str(e), f"at the end of epoch {e}") for e in epochs] + [
+            (e, step_name(e, s), f"in epoch {e}, at meta-step {s}") for e, s in steps]:
+        if read_meta(os.path.join(save_dir, name)).get("stopped_early"):
+            return epoch, where
+    return None
 
 
 def read_file(path, name):
