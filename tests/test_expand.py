@@ -225,6 +225,25 @@ def test_bad_input_is_one_line_and_writes_nothing(sample_model, hot, raw, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_a_config_whose_network_does_not_fit_the_checkpoint_names_the_hyper_parameters(sample_model, hot, tmp_path,
+                                                                                      capsys):
+    """The checkpoint records what it was trained with: a config that builds another network is told which
+    hyper-parameter differs and the -o that fits, not only which weights have the wrong shape."""
+    model_dir, _ = sample_model
+    aid, (campaign, pool, rows) = next(iter(hot.items()))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "infer_meta.py"), "-m", CONFIG, "-o",
+                           f"runner.infer_load_path={model_dir}", "hyper_parameters.embed_dim=16",
+                           "hyper_parameters.mlp_dims=[32,16]", f"runner.infer_output_path={tmp_path / 'r'}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert ("trained with hyper_parameters.embed_dim 64 (this config: 16), hyper_parameters.mlp_dims [64, 64] "
+            "(this config: [32, 16]); pass -o hyper_parameters.embed_dim=64 hyper_parameters.mlp_dims=[64,64]"
+            in done.stderr), done.stderr
+    one_line(capsys, ["-o", f"runner.infer_load_path={model_dir}", "hyper_parameters.num_expert=3", "--campaign",
+                      campaign, "--pool", pool, "--top-k", "5", "--out", str(tmp_path / "out")],
+             "hyper_parameters.num_expert 8 (this config: 3); pass -o hyper_parameters.num_expert=8")
+
+
 def shifted(raw, folder, offset):
     """The sample's raw files with every id but the uids and aids moved by `offset`: data of another encoding."""
     os.makedirs(folder, exist_ok=True)

@@ -2,6 +2,7 @@
 tools/gates.py): the checkpoint and the data facts it carries first (checkpoint), so that a tool checks its
 inputs against them before any Paddle work, then the network holding its weights (load_trained).
 """
+import json
 import os
 
 from . import checkpoint as ckpt
@@ -31,15 +32,40 @@ def build(model, config):
     return model.create_model(config)
 
 
-def restore(net, path, trust_pickle=False):
-    """Put the weights of the checkpoint `path` into net; returns them (arrays by name), to restore between
-    campaigns."""
+def restore(net, path, config, trust_pickle=False):
+    """Put the weights of the checkpoint `path` into net, built from `config`; returns them (arrays by name), to
+    restore between campaigns. Weights that do not fit are refused naming the hyper-parameters the checkpoint
+    was trained with that the config changes, and the -o that fits them."""
     params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
-    ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
+    try:
+        ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
+    except ckpt.CheckpointError as e:
+        trained_with = ckpt.read_meta(path).get("identity", {}).get("hyper_parameters", {})
+        changed = {key: value for key, value in _flat(trained_with).items()
+                   if key in _flat(config["hyper_parameters"]) and _flat(config["hyper_parameters"])[key] != value}
+        if not changed:
+            raise
+        raise ckpt.CheckpointError(
+            f"{path}: its weights do not fit this network: it was trained with "
+            + ", ".join(f"hyper_parameters.{k} {v} (this config: {_flat(config['hyper_parameters'])[k]})"
+                        for k, v in changed.items())
+            + "; pass -o " + " ".join(f"hyper_parameters.{k}={_yaml(v)}" for k, v in changed.items())) from e
     return params
+
+
+def _flat(tree, prefix=""):
+    """{"optimizer.class": ..., ...}: a nested dict's leaves by dotted key."""
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _yaml(value):
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, bool)) or value is None else value
 
 
 def load_trained(model, config, path, trust_pickle=False):
     """(net, params): build, then restore the checkpoint `path` into it."""
     net = build(model, config)
-    return net, restore(net, path, trust_pickle)
+    return net, restore(net, path, config, trust_pickle)
