@@ -28,6 +28,7 @@ import numpy as np
 
 from tools.utils.data.dataset import CampaignIndex, held_out, load_split, require_vocabulary, take
 from tools.utils.errors import DataError
+from tools.utils.run.config import where
 
 SAMPLE_METHODS = {"normal": lambda rows: rows, "sqrt": np.sqrt, "unit": np.ones_like}
 
@@ -44,7 +45,7 @@ class RecDataset:
         split = load_split(data_dir, stages=(1,))
         require_vocabulary(split["schema"], config["data_schema"], data_dir, "the config")
         self.valid_campaigns = held_out(data_dir, np.unique(split["stage1"]["aid"]), runner.get("valid_campaigns", 0),
-                                        runner["seed"], config.get("config_path", "config"))
+                                        runner["seed"], where(config, "runner.valid_campaigns"))
         self.table = take(split["stage1"], np.flatnonzero(~np.isin(split["stage1"]["aid"], self.valid_campaigns)))
         self.index = CampaignIndex(self.table["aid"])
         self.campaigns = self.index.aids

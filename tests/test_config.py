@@ -49,6 +49,15 @@ def test_load_config_resolves_paths_and_applies_dotted_overrides(tmp_path, monke
     assert config["config_abs_dir"] == str(tmp_path / "model")
 
 
+@pytest.mark.parametrize("text, path", [("2021", "2021"), ("runs #1", "runs #1"), ("'2022'", "2022"),
+                                        ("a: b", "a: b"), ("[x]", "[x]")])
+def test_an_overridden_path_is_taken_as_written(tmp_path, monkeypatch, text, path):
+    """A folder named 2021 is a path, not a number, and '#' is part of a name, not a YAML comment."""
+    monkeypatch.chdir(tmp_path)
+    config = cfg.load_config(os.path.join(ROOT, "config.yaml"), [f"runner.infer_output_path={text}"])
+    assert config["runner"]["infer_output_path"] == str(tmp_path / path)
+
+
 @pytest.mark.parametrize("item, message", [
     ("runner.epoch=2", r"runner.epoch: no such key; did you mean runner.epochs\?"),
     ("hyper_parameters.optimizer=2", r"hyper_parameters.optimizer: a section, not a value"),

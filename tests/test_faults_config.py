@@ -97,7 +97,8 @@ def test_an_alias_bomb_is_refused_at_once(tmp_path, capsys, levels):
 
 
 @pytest.mark.parametrize("override, says", [
-    ("runner.model_save_path=[" + "x" * 100_000 + "]", "runner.model_save_path must be a path or name, got ['xxxxx"),
+    ("runner.model_save_path=[" + "x" * 100_000 + "]",  # a path as written: refused before the OS refuses it
+     "runner.model_save_path must be a path or name (at most 4,096 characters, 255 between slashes), got '/"),
     ("runner.epochs=" + "9" * 5000 + "x", "runner.epochs must be an integer >= 1, got '99999"),
     ("runner.epochs=[" + ", ".join(["[1, 2, 3]"] * 2000) + "]", "runner.epochs must be an integer >= 1, got [["),
     ("runner.epochs=" + "[" * 5000, "-o value '[[[[["),

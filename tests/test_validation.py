@@ -75,3 +75,11 @@ def test_after_early_stopping_a_missing_epoch_points_to_the_best_checkpoint(trai
     best = run("gates.py", folder, "--epoch", "best")  # taken: the fake model then has no gates to show
     assert best.returncode == 2 and "has no expert and critic gates" in best.stderr, best.stderr
 
+
+
+def test_a_fraction_of_validation_campaigns_that_leaves_none_to_train_names_the_option_and_the_rounding(trained,
+                                                                                                       tmp_path):
+    folder, _ = trained
+    done = run("trainer.py", folder, "-o", "runner.valid_campaigns=0.999", f"runner.model_save_path={tmp_path}")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "error: -o runner.valid_campaigns: 0.999 of 6 campaigns rounds to 6 validation campaigns" in done.stderr

@@ -437,25 +437,26 @@ def take(arrays, rows):
     return {name: a[rows] for name, a in arrays.items()}
 
 
-def held_out(data_dir, aids, amount, seed, config_path="config"):
+def held_out(data_dir, aids, amount, seed, source="runner.valid_campaigns"):
     """The sorted aids of the validation campaigns among `aids` (the training campaigns of data_dir), or an empty
     array: `amount` (runner.valid_campaigns) drawn with the run's seed among those with candidates (stage 2);
-    tools/utils/run/validation.py scores them."""
+    tools/utils/run/validation.py scores them. source: where the amount was set, for the errors."""
     if not amount:
         return np.empty(0, np.int64)
     stage2 = stage_path(data_dir, 2)
     if stage2 is None:
-        raise ConfigError(f"{config_path}: runner.valid_campaigns needs candidates (a *_stage2.npz) in {data_dir}; "
+        raise ConfigError(f"{source} needs candidates (a *_stage2.npz) in {data_dir}; "
                           "set runner.valid_campaigns: 0 or preprocess data with test1_truth.csv")
     with np.load(stage2, allow_pickle=False) as archive:
         candidates = np.unique(archive["aid"])
     eligible = np.intersect1d(np.asarray(aids), candidates)
     count = int(amount) if amount >= 1 else max(1, int(round(amount * len(aids))))
     if amount >= 1 and amount != count:
-        raise ConfigError(f"{config_path}: runner.valid_campaigns is {amount}; give a whole number of campaigns, or "
+        raise ConfigError(f"{source} is {amount}; give a whole number of campaigns, or "
                           "a fraction below 1")
     if count >= len(aids) or count > len(eligible):
-        raise ConfigError(f"{config_path}: runner.valid_campaigns asks for {count} validation campaigns but "
+        asked = f"{amount} of {len(aids)} campaigns rounds to {count}" if amount < 1 else f"asks for {count}"
+        raise ConfigError(f"{source}: {asked} validation campaigns, but "
                           f"{data_dir} has {len(aids)} training campaigns, {len(eligible)} of them with candidates; "
                           "ask for fewer")
     return np.sort(np.random.default_rng([seed, 11]).choice(eligible, count, replace=False))

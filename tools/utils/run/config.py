@@ -61,7 +61,8 @@ def _boolean(v):
 
 
 def _text(v):
-    return None if isinstance(v, str) and v else "a path or name"
+    fits = isinstance(v, str) and v and len(v) <= 4096 and max(map(len, v.split(os.sep))) <= 255
+    return None if fits else "a path or name (at most 4,096 characters, 255 between slashes)"
 
 
 def _choice(values):
@@ -319,16 +320,18 @@ def apply_override(config, item):
         raise ConfigError(f"-o {key[:100]}: no such key{_hint(key, KEYS)}; the runner keys are listed in "
                           "tools/utils/run/config.py (KEYS), the hyper_parameters in the model folder's "
                           "dygraph_model.py")
-    value = parse_value(text)
-    if section == "runner" and key.rpartition(".")[2] in PATH_KEYS and isinstance(value, str):
+    is_path = section == "runner" and key.rpartition(".")[2] in PATH_KEYS
+    # a path is taken as written (a folder named 2021, a '#' in a name), unless quoted or null
+    value = text if is_path and text and text[0] not in "'\"" and text not in ("null", "~") else parse_value(text)
+    if is_path and isinstance(value, str):
         value = os.path.abspath(os.path.expanduser(value))
     _set(config, key, value)
     config[SOURCES][key] = "-o"
 
 
-def _where(config, key):
+def where(config, key):
     """Who set key's value, for a message: '-o key' or the config file."""
-    source = config[SOURCES].get(key, config.get("config_path", "config"))
+    source = config.get(SOURCES, {}).get(key, config.get("config_path", "config"))
     return f"-o {key}" if source == "-o" else f"{source}: {key}"
 
 
@@ -341,7 +344,7 @@ def _check_value(config, key, kind, what):
     if value is not None:
         need = kind_check(kind)(value)
         if need:
-            raise ConfigError(f"{_where(config, key)} must be {need}, got {quoted(value)} ({what}); "
+            raise ConfigError(f"{where(config, key)} must be {need}, got {quoted(value)} ({what}); "
                               f"{_fix(config, key)}")
 
 
