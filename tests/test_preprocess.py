@@ -468,6 +468,10 @@ def test_cli(tmp_path):
     assert_matches_reference(tmp_path / "out", expected, max_idxs)
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+    assert "note: no training campaign" not in done.stdout
+    all_test = subprocess.run(cmd[:5] + [str(tmp_path / "all_test"), "--train-fraction", "0.01"], capture_output=True,
+                              text=True, cwd=tmp_path)
+    assert all_test.returncode == 0 and "note: no training campaign" in all_test.stdout, all_test.stderr
 
 
 def test_synthetic_end_to_end(tmp_path):

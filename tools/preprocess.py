@@ -77,6 +77,9 @@ def format_summary(summary, out_dir):
     if summary.dropped_rows:
         lines.append(f"dropped {summary.dropped_rows} labelled row{'s' * (summary.dropped_rows != 1)} whose user "
                      "has no good line in userFeature.data")
+    if not summary.splits["train"]["campaigns"]:
+        lines.append("note: no training campaign (--train-fraction of this many campaigns rounds to 0): train/ is "
+                     "empty, so this folder can only be tested on with a model trained on other data")
     oracle = " with oracle probabilities" if summary.oracle else ""
     lines.append(f"wrote {out_dir}{oracle} in {summary.seconds:.1f} s")
     return "\n".join(lines)
