@@ -7,6 +7,8 @@ it proves they are generic over model folders.
 """
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
@@ -311,6 +313,24 @@ def test_infer_meta_names_a_missing_checkpoint_and_how_to_make_it(model_dir, tra
     proc = run("infer_meta.py", model_dir, "-o", "runner.infer_end_epoch=4")
     assert_one_line_error(proc, f"{model_dir}/out/2: no finished checkpoint", "trainer.py -m",
                           "-o runner.epochs=4")
+
+
+def test_the_command_that_makes_a_missing_checkpoint_works_as_printed(tmp_path):
+    """Paths with spaces are quoted, the command's own training settings and its checkpoint folder are kept: the
+    printed command, pasted into a shell, makes what infer_meta asked for."""
+    folder = fake_model_folder(tmp_path / "my models")
+    out = folder / "out dir"
+    proc = run("infer_meta.py", folder, "-o", f"runner.infer_load_path={out}", "runner.infer_end_epoch=1",
+               "hyper_parameters.optimizer.learning_rate=0.02", "runner.train_batch_size=8")
+    assert_one_line_error(proc, "no finished checkpoint of epoch 0")
+    command = re.search(r"make it with `(.+)`$", proc.stderr.strip()).group(1)
+    assert "hyper_parameters.optimizer.learning_rate=0.02" in command and "runner.train_batch_size=8" in command
+    made = subprocess.run(["bash", "-c", command.replace("python ", f"{shlex.quote(sys.executable)} ", 1)],
+                          cwd=str(folder.parent), capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert ckpt.finished(str(out)) == ([0], [])
+    meta = ckpt.read_meta(str(out / "0"))
+    assert meta["identity"]["hyper_parameters"]["optimizer"]["learning_rate"] == 0.02
 
 
 def test_infer_meta_needs_only_the_checkpoint_and_the_test_data(model_dir, trained, tmp_path):

@@ -81,8 +81,7 @@ def expand(config, campaign_dir, pool, top_k, out_dir, epoch=None, negatives=bac
     config = cfg.validate(config, "expand", model)
     runner = config["runner"]
     epoch = runner["infer_end_epoch"] - 1 if epoch is None else epoch
-    make = (f"python tools/trainer.py -m {config['config_path']} -o runner.epochs="
-            f"{epoch + 1 if epoch != 'best' else runner['infer_end_epoch']}")
+    make = trained.train_command(config, epoch + 1 if epoch != "best" else runner["infer_end_epoch"])
     config, path, meta = trained.checkpoint(config, epoch, make)
     resources.require_memory(config)
     vocab = ckpt.vocabulary(path)
@@ -222,8 +221,8 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, required=True, metavar="K", help="how many users to return")
     parser.add_argument("--out", required=True,
                         help="output folder: top_k.csv, expand.json, expand.png, all_scores.npy")
-    parser.add_argument("--epoch", type=cli.epoch_arg, help="checkpoint epoch, or best (the best on validation campaigns; "
-                        "default: runner.infer_end_epoch - 1)")
+    parser.add_argument("--epoch", type=cli.epoch_arg, help="checkpoint epoch, or best (the best on validation "
+                        "campaigns; default: runner.infer_end_epoch - 1)")
     parser.add_argument("--negatives", type=float, default=background.NEGATIVES_PER_SEED, metavar="R",
                         help=f"negatives per seed drawn from background users when the seeds are all positive "
                              f"(default {background.NEGATIVES_PER_SEED})")

@@ -47,8 +47,8 @@ def gates(config, epoch=None, out_dir=None, trust_pickle=False):
         raise ConfigError(f"{config['config_path']}: runner.train_data_dir is missing (the training campaigns); "
                           "add it to the YAML or pass -o runner.train_data_dir=...")
     epoch = runner["infer_end_epoch"] - 1 if epoch is None else epoch
-    config, path, _ = trained.checkpoint(config, epoch, f"python tools/trainer.py -m {config['config_path']} -o "
-                                                        f"runner.epochs={epoch + 1 if epoch != 'best' else 1}")
+    config, path, _ = trained.checkpoint(config, epoch, trained.train_command(config, epoch + 1 if epoch != "best"
+                                                                              else 1))
     folders = {"train": runner["train_data_dir"], **dict(zip(("hot", "cold"), split_dirs(runner["test_data_dir"],
                                                                                         "both")))}
     schemas = {split: dataset.read_schema(folder) for split, folder in folders.items()}

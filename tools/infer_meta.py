@@ -39,6 +39,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import time
 import warnings
 
@@ -204,9 +205,7 @@ def checkpoints(config, trainer_command, trust_pickle=False, best=False):
     """
     runner = config["runner"]
     load_dir, epochs = runner["infer_load_path"], range(runner["infer_start_epoch"], runner["infer_end_epoch"])
-    make = f"{trainer_command} -m {config['config_path']} -o runner.epochs={epochs[-1] + 1}"
-    if os.path.normpath(load_dir) != os.path.normpath(runner.get("model_save_path", load_dir)):
-        make += f" runner.model_save_path={load_dir}"
+    make = trained.train_command(config, epochs[-1] + 1, trainer_command)
     if best:
         epochs = ["best"]
     paths = {epoch: ckpt.require(load_dir, epoch, make) for epoch in epochs}
@@ -293,8 +292,8 @@ def main(argv=None):
                         help="read checkpoints of an earlier version (pickled; only ones you made)")
     args = parser.parse_args(argv)
     trainer = os.path.relpath(os.path.join(model_folder.ROOT, "tools", "trainer.py"))
-    infer(cfg.load_config(args.config_yaml, args.opt), args.split, f"python {trainer}", args.trust_pickled_checkpoints,
-          args.best)
+    infer(cfg.load_config(args.config_yaml, args.opt), args.split, f"python {shlex.quote(trainer)}",
+          args.trust_pickled_checkpoints, args.best)
 
 
 if __name__ == "__main__":

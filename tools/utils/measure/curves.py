@@ -22,6 +22,7 @@ afresh replaces them all). Each record is flushed when added, so a killed
 run loses nothing it logged.
 """
 import os
+import shlex
 import struct
 import time
 
@@ -157,7 +158,7 @@ class Curves:
         """Close, draw the PNG and say where both are: the lines to print."""
         self.close()
         png = self.plot()
-        lines = [f"curves: {self.folder} (view with VisualDL: visualdl --logdir {self.folder})"
+        lines = [f"curves: {self.folder} (view with VisualDL: visualdl --logdir {shlex.quote(self.folder)})"
                  + (f"; {png}" if png else "")]
         if png is None:
             lines.append(f"note: matplotlib is not installed (it is in requirements-dev.txt), so no {PNG}")

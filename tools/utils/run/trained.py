@@ -4,6 +4,7 @@ inputs against them before any Paddle work, then the network holding its weights
 """
 import json
 import os
+import shlex
 
 from . import checkpoint as ckpt
 from . import config as cfg
@@ -16,6 +17,20 @@ def checkpoint(spec, epoch, how_to_make):
     path = ckpt.require(spec["runner"]["infer_load_path"], epoch, how_to_make)
     meta = ckpt.read_meta(path)
     return learn(spec, meta, path), path, meta
+
+
+def train_command(spec, epochs, trainer="python tools/trainer.py"):
+    """The command that makes runner.infer_load_path's checkpoints of epochs [0, epochs), for an error to show:
+    the config, this command's own -o values the trainer reads (hyper_parameters, its runner keys), and
+    runner.model_save_path where it is not infer_load_path; quoted for a shell."""
+    runner = spec["runner"]
+    own = [key for key, source in spec.get(cfg.SOURCES, {}).items() if source == "-o" and key not in (
+        "runner.epochs", "runner.model_save_path") and (key.startswith("hyper_parameters.") or (
+            key.startswith("runner.") and key[len("runner."):] in cfg.TOOL_KEYS["train"]))]
+    items = [f"{key}={_yaml(cfg.get(spec, key))}" for key in own] + [f"runner.epochs={epochs}"]
+    if os.path.normpath(runner["infer_load_path"]) != os.path.normpath(runner.get("model_save_path") or ""):
+        items.append(f"runner.model_save_path={runner['infer_load_path']}")
+    return " ".join([trainer, "-m", shlex.quote(spec["config_path"]), "-o", *map(shlex.quote, items)])
 
 
 def learn(spec, meta, source):
