@@ -4,6 +4,7 @@ import importlib.util
 import itertools
 import json
 import math
+import os
 import re
 import shutil
 import warnings
@@ -121,6 +122,9 @@ def test_cli_errors_are_one_line(data, capsys):
     assert "unknown ['nope']" in capsys.readouterr().err
     assert cli.run(benchmark.main, ["--data", data, "--methods", "lr", "--set", "runner.epoch=2"]) == 2
     assert "no selected method has that key" in capsys.readouterr().err
+    assert cli.run(benchmark.main, ["--data", data, "--methods", "lr", "--set", "runner.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "--set ['runner.epochs=2']: the benchmark sets" in err and "--epochs" in err
     assert cli.run(benchmark.main, ["--data", data, "--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
 
@@ -183,3 +187,11 @@ def test_a_one_class_campaign_of_the_oracle_is_a_note_not_a_python_warning(data,
     assert any(line.startswith("note: the oracle: 1 of 2 campaigns have candidates of one class only")
                for line in lines), lines
     assert report["oracle"]["hot"]["gauc_campaigns"] == 1
+
+
+def test_set_reaches_a_runner_key_that_no_config_writes(data, tmp_path):
+    """runner.valid_campaigns is in no method's YAML, yet every method's tools read it."""
+    keys = {"lr": benchmark.config_keys(os.path.join(benchmark.ROOT, benchmark.METHODS["lr"][1]))}
+    train = benchmark.plan(["lr"], [2021], data, str(tmp_path), 1, 1, ["runner.valid_campaigns=2"], keys)[0][2]
+    assert "runner.valid_campaigns=2" in train
+

@@ -15,8 +15,10 @@ tools/expand.py does with a seed list). The data folder (train, test_hot,
 test_cold) is passed to every config with -o, as are runner.epochs (methods
 that train across campaigns; the checkpoint of the last epoch is tested) and
 runner.thread_num. --set adds overrides to every method that has that key
-(e.g. --set runner.train_batch_size=64), except a key that defines a method
-(num_expert=1 of metaheac_one_expert stays; a note says so).
+(any runner key but those the benchmark sets; a hyper-parameter where the
+model folder declares it; e.g. --set runner.train_batch_size=64), except a
+key that defines a method (num_expert=1 of metaheac_one_expert stays; a note
+says so).
 
 Writes OUT/results.md (a table per protocol: per campaign AUC (GAUC) and P@5%
 of the cold and hot campaigns first, what an advertiser gets, then the pooled
@@ -77,6 +79,9 @@ METHODS = {
 QUICK = {"methods": ["lr", "mlp_pretrain", "metaheac"], "seeds": 2, "set": ["hyper_parameters.embed_dim=8"]}
 FIRST_SEED = 2021
 PROTOCOLS = ("labelled", "positive")
+OWN_KEYS = {f"runner.{key}" for key in ("seed", "thread_num", "train_data_dir", "test_data_dir", "epochs",
+                                        "model_save_path", "infer_seeds", "infer_start_epoch", "infer_end_epoch",
+                                        "infer_load_path", "infer_output_path")}  # what plan() sets
 
 
 def results_file(protocol):
@@ -89,14 +94,14 @@ class BenchmarkError(UserError):
 
 # ---------------------------------------------------------------- planning the runs
 def config_keys(config_path):
-    """The keys a method's commands may set: the runner keys its config sets and the hyper_parameters its model
-    folder declares. --set applies to the methods that have the key. Imports the model (and Paddle): run it in a
-    worker."""
+    """The keys a method's commands may set: every runner key (the tools declare them) and the hyper_parameters its
+    model folder declares. --set applies to the methods that have the key. Imports the model (and Paddle): run it
+    in a worker."""
     from tools.utils.run import config as cfg
     from tools.utils.run import model_folder
     config = cfg.load_config(config_path)
     model = model_folder.load_model(config)
-    return {key for key in cfg.KEYS if cfg.get(config, key) is not None} | set(cfg.hyper_parameters_of(model))
+    return set(cfg.KEYS) | set(cfg.hyper_parameters_of(model))
 
 
 def set_for(method, extra, keys):
@@ -113,6 +118,10 @@ def plan(methods, seeds, data_dir, out_dir, epochs, threads, extra, keys, protoc
     seed; keys: config_keys of every method."""
     data_dir = os.path.abspath(data_dir)
     dataset.read_schema(os.path.join(data_dir, "train"))  # a data folder, before any run starts
+    ours = [item for item in extra if item.partition("=")[0] in OWN_KEYS]
+    if ours:
+        raise BenchmarkError(f"--set {ours}: the benchmark sets {', '.join(sorted(OWN_KEYS))} itself (--data, "
+                             "--seeds, --epochs, --threads, --protocols, --out)")
     unused = [item for item in extra if item not in QUICK["set"]  # --quick's settings apply where they can
               and not any(item.partition("=")[0] in keys[m] for m in methods)]
     if unused:
@@ -341,7 +350,8 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=1, help="Paddle threads per run (default 1)")
     ap.add_argument("--out", default="output_benchmark", help="output folder (default output_benchmark)")
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="extra -o override for every method whose config has KEY")
+                    help="extra -o override for every method that reads KEY (any runner key but the "
+                         "benchmark's own; a hyper-parameter its model folder declares)")
     ap.add_argument("--quick", action="store_true",
                     help=f"smallest version: methods {','.join(QUICK['methods'])}, {QUICK['seeds']} seeds, "
                          f"{' '.join(QUICK['set'])} (explicit options win)")
