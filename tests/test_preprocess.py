@@ -299,6 +299,18 @@ def test_crlf_optional_header_and_trailing_blank_lines(tmp_path):
             assert (tmp_path / "base" / split / name).read_bytes() == (tmp_path / "out" / split / name).read_bytes()
 
 
+@pytest.mark.parametrize("name", ["adFeature.csv", "train.csv", "test1_truth.csv", "userFeature.data"])
+def test_a_byte_order_mark_is_named_whatever_the_file(tmp_path, name):
+    """Excel's 'CSV UTF-8' starts a file with a byte-order mark; every raw file says so and how to remove it
+    (adFeature.csv's was 'columns [aid] are missing', userFeature.data's 'no uid group')."""
+    base = write_raw(tmp_path / "raw")
+    path = base / name
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with pytest.raises(DataError, match=rf"{name}: starts with a UTF-8 byte-order mark.*sed -i"):
+        run(base, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------- split
 def test_split_is_reproducible_and_follows_the_seed(tmp_path):
     raw_dir = write_raw(tmp_path / "raw")

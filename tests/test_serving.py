@@ -164,3 +164,41 @@ def test_a_folder_that_is_not_an_export_is_one_line(tmp_path, missing):
     assert done.returncode == 2 and done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
     assert f"{folder / missing}: not found" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_raw_pool_is_read_as_preprocess_reads_users(tmp_path):
+    """A uid group anywhere on the line, with any spacing, as the parser (and tools/preprocess.py) reads it: the
+    pool's uids, which keep pool users out of the drawn negatives, and its parsed users hold every line. A uid
+    beyond the ids' range is a DataError naming its line, not an OverflowError."""
+    from tools.utils.data import raw_users
+    from tools.utils.errors import DataError
+    from tools.utils.serving import expansion
+    pool = tmp_path / "pool.data"
+    pool.write_text("uid 5|age 1|gender 2\nage 3|uid 7|gender 1\nuid  9|age 2\nuid 11\n")
+    assert expansion.pool_uids(str(pool)).tolist() == [5, 7, 9, 11]
+    assert np.concatenate([u for u, *_ in raw_users.iter_users(str(pool), workers=1)]).tolist() == [5, 7, 9, 11]
+    for name, text, line in (("big.data", "uid 5|age 1\nuid 18446744073709551615|age 1\n", 2),
+                             ("only.data", "uid 18446744073709551615|age 1\n", 1)):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=rf"{name} line {line}: group 'uid' has value"):
+            list(raw_users.iter_users(str(tmp_path / name), workers=1))
+    bom = tmp_path / "bom.data"
+    bom.write_bytes(b"\xef\xbb\xbf" + pool.read_bytes())
+    with pytest.raises(DataError, match="starts with a UTF-8 byte-order mark"):
+        list(raw_users.iter_users(str(bom), workers=1))
+
+
+def test_background_users_from_a_stage_file_are_each_drawn_once(tmp_path):
+    """A stage file holds a user once per campaign; as --background its users are distinct, so no user is two
+    negatives."""
+    from tools.utils.serving import expansion
+    stage = dataset.load_split(HOT)["stage1"]
+    assert len(np.unique(stage["uid"])) < len(stage["uid"])  # the shipped seeds repeat users across campaigns
+    users = expansion.read_users(os.path.join(HOT, "test_stage1.npz"), dataset.read_schema(HOT), None,
+                                 10 ** 9, vocabulary.UnknownIds())
+    _, first = np.unique(stage["uid"], return_index=True)
+    np.testing.assert_array_equal(users["uid"], stage["uid"][np.sort(first)])
+    np.testing.assert_array_equal(users["static"], stage["static"][np.sort(first)])
+    limited = expansion.read_users(os.path.join(HOT, "test_stage1.npz"), dataset.read_schema(HOT), None, 100,
+                                   vocabulary.UnknownIds())
+    assert len(limited["uid"]) == len(np.unique(limited["uid"])) == 100

@@ -50,6 +50,9 @@ def read_table(path, columns=None, header="required", float_last=False, fill_emp
     """
     with open(path, "rb") as f:
         text = f.read()
+    if text.startswith(BOM):
+        raise DataError(f"{path}: starts with a UTF-8 byte-order mark (as Excel's 'CSV UTF-8' writes); save it "
+                        f"without one, e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' {path}")
     if b"\r" in text:
         text = text.replace(b"\r\n", b"\n")
         if b"\n" not in text:
@@ -63,9 +66,8 @@ def read_table(path, columns=None, header="required", float_last=False, fill_emp
     if first == ",".join(names).encode():
         body_start, first_line = first_end + 1, 2
     elif header == "required":
-        bom = " (it starts with a UTF-8 byte-order mark: save the file without one)" if first.startswith(BOM) else ""
         raise DataError(f"{path} line 1: header is {excerpt(first)}, expected "
-                        f"{','.join(names)!r}; the file must start with its column names{bom}")
+                        f"{','.join(names)!r}; the file must start with its column names")
     else:
         body_start, first_line = 0, 1
     body_end = len(text)

@@ -20,7 +20,6 @@ Fine-tuning is meta-inference's (tools/utils/run/campaign.py), and so is the
 seeding: everything random about the campaign is seeded with (seed, aid).
 """
 import os
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,16 +173,20 @@ def pool_uids(path):
     found = []
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24) + f.readline(), b""):
-            found.append(np.array(re.findall(rb"(?m)^uid (\d+)", block), dtype=np.int64))
+            found.append(raw_users.uids_of(block))
     return np.concatenate(found) if found else np.empty(0, np.int64)
 
 
 def read_users(path, schema, vocab, limit, unknown):
-    """Up to `limit` users of a pool-format file (stage .npz with uid, or userFeature.data), the first ones."""
-    parts, n = [], 0
+    """Up to `limit` distinct users of a pool-format file (stage .npz with uid, or userFeature.data), the first
+    ones: a stage file holds a user once per campaign, and a user drawn twice would be two negatives."""
+    parts, seen, n = [], np.empty(0, np.int64), 0
     for chunk in pool_chunks(path, schema, vocab, unknown):
-        parts.append({k: v[:limit - n] for k, v in chunk.items()})
-        n += len(parts[-1]["uid"])
+        _, first = np.unique(chunk["uid"], return_index=True)
+        new = np.sort(first[~np.isin(chunk["uid"][first], seen)])[:limit - n]
+        parts.append({k: v[new] for k, v in chunk.items()})
+        seen = np.concatenate([seen, chunk["uid"][new]])
+        n += len(new)
         if n >= limit:
             break
     if not n:
