@@ -98,11 +98,12 @@ def test_id_above_the_tencent_vocabulary_is_refused(frame, tmp_path):
         safe_pickle.import_pickles([(path, "train", 1)], str(tmp_path / "out"), max_idxs="tencent")
 
 
-@pytest.mark.parametrize("protocol", [4, 5])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 @pytest.mark.parametrize("rebuilt", [False, True])
 def test_frame_resaved_by_current_pandas(frame, tmp_path, protocol, rebuilt):
     """A file re-pickled by pandas 3 reads the same: other global names, RangeIndex, protocol 5
-    buffers, and (for a frame built anew) column names held in a pandas string array."""
+    buffers, protocol 2's bytes as latin-1 text, and (for a frame built anew) column names held in a pandas
+    string array."""
     df = pd.DataFrame({c: frame[c].to_numpy() for c in frame.columns}) if rebuilt else frame.reset_index(drop=True)
     path = str(tmp_path / "resaved.pkl")
     df.to_pickle(path, protocol=protocol)
@@ -173,6 +174,14 @@ def inside_a_dataframe(marker):
     """A real DataFrame whose object column hides an eval in one cell."""
     df = pd.DataFrame({"label": [1, 0], "kw1": [np.arange(5), Eval(marker)]})
     return pickle.dumps(df, protocol=5)
+
+
+@pytest.mark.parametrize("encoding", ["rot13", "utf-8"])
+def test_codecs_encode_is_latin1_only(tmp_path, encoding):
+    path = tmp_path / "codec.pkl"
+    path.write_bytes(b"c_codecs\nencode\n(Vtext\nV" + encoding.encode() + b"\ntR.")
+    with pytest.raises(safe_pickle.UnsafePickleError, match="only encodes text as latin1"):
+        safe_pickle.read_dataframe(str(path))
 
 
 PAYLOADS = [(os_system_opcodes, "os.system"), (eval_via_reduce, "builtins.eval"),

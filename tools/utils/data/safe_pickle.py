@@ -33,7 +33,8 @@ from .raw import check_out_dir
 # Global named in a pickle -> where it lives now. Everything here only builds
 # values (arrays, dtypes, indexes, the frame itself); nothing calls back into
 # arbitrary code. Deliberately absent: builtins other than slice (eval, exec,
-# getattr, __import__), copyreg/codecs/functools/operator helpers, and the
+# getattr, __import__), copyreg/functools/operator helpers, codecs but for
+# protocol 2's latin-1 bytes (latin1_bytes), and the
 # pandas extension arrays (categoricals, datetimes, Arrow) that our integer
 # columns never use.
 ALLOWED_GLOBALS = {
@@ -67,7 +68,18 @@ ALLOWED_GLOBALS = {
     ("numpy", "ndarray"): ("numpy", "ndarray"),
     ("numpy", "dtype"): ("numpy", "dtype"),
     ("builtins", "slice"): ("builtins", "slice"),  # block placements
+    ("__builtin__", "slice"): ("builtins", "slice"),  # protocols 0-2 use Python 2's name
+    # Protocol 2 writes an array's bytes as _codecs.encode(text, "latin1"): only that is done (latin1_bytes).
+    ("_codecs", "encode"): ("tools.utils.data.safe_pickle", "latin1_bytes"),
 }
+
+
+def latin1_bytes(text, encoding="utf-8"):
+    """_codecs.encode as protocol 2 calls it, and nothing else: the bytes of a latin-1 string."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise UnsafePickleError(f"_codecs.encode({type(text).__name__}, {encoding!r}): a DataFrame pickle only "
+                                "encodes text as latin1; refusing to load it")
+    return text.encode("latin1")
 
 SPLITS = ("train", "test_hot", "test_cold")
 PICKLE_NAME = re.compile(r"(train|test_hot|test_cold)_stage([12])\.pkl")
