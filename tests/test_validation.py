@@ -53,6 +53,35 @@ def test_early_stopping_keeps_the_checkpoint_of_the_best_validation_gauc(trained
     assert result["overall"]["gauc"] == pytest.approx(history[top]["gauc"], abs=1e-12)
 
 
+def test_validation_follows_the_test_protocol_of_infer_seeds(trained, tmp_path):
+    """With runner.infer_seeds positive, the validation campaigns are adapted as infer_meta adapts a test campaign
+    under it (clicking seeds, background negatives): the best checkpoint's recorded GAUC is what infer_meta
+    --best gives on them with the same protocol, and differs from the labelled protocol's."""
+    folder, _ = trained
+    out = tmp_path / "positive"
+    done = run("trainer.py", folder, "-o", *VALID, "runner.infer_seeds=positive", f"runner.model_save_path={out}")
+    assert done.returncode == 0, done.stderr
+    best = json.loads((out / "best" / "meta.json").read_text())
+    top = max(best["validation"], key=lambda h: (h["gauc"], -h["at"]))
+    held = sorted(set(range(1, 7)) - set(best["train_campaigns"]))
+    split = dataset.load_split(str(folder / "data" / "train"))
+    (tmp_path / "valid").mkdir()
+    dataset.write_schema(str(tmp_path / "valid"), split["schema"]["max_idxs"])
+    for k in (1, 2):
+        rows = np.flatnonzero(np.isin(split[f"stage{k}"]["aid"], held))
+        dataset.save_stage(str(tmp_path / "valid" / f"test_stage{k}.npz"), dataset.take(split[f"stage{k}"], rows))
+    gauc = {}
+    for protocol in ("positive", "labelled"):
+        again = run("infer_meta.py", folder, "--best", "-o", f"runner.infer_load_path={out}",
+                    f"runner.test_data_dir={tmp_path / 'valid'}", f"runner.infer_seeds={protocol}",
+                    f"runner.infer_output_path={tmp_path / protocol}")
+        assert again.returncode == 0, again.stderr
+        gauc[protocol] = json.loads((tmp_path / protocol / "metrics_valid.json").read_text())[0]["overall"]["gauc"]
+    assert gauc["positive"] == pytest.approx(top["gauc"], abs=1e-12) and gauc["labelled"] != gauc["positive"]
+    refused = run("trainer.py", folder, "-o", *VALID, f"runner.model_save_path={out}", "runner.epochs=5")
+    assert refused.returncode == 2 and "valid_infer_seeds" in refused.stderr, refused.stderr
+
+
 def test_a_rerun_after_early_stopping_trains_nothing_and_best_needs_validation(trained):
     folder, _ = trained
     again = run("trainer.py", folder, "-o", *VALID)

@@ -50,7 +50,6 @@ from tools.utils.run import config as cfg
 from tools.utils.data.dataset import load_split, without_uids
 from tools.utils.run import campaign, distributed, model_folder, resources, trained
 from tools.utils.measure import metrics
-from tools.utils.data import background
 from tools.utils.errors import CheckpointError, DataError, TrainingError
 from tools.utils.files import atomic_write, npz_bytes, plain, require_writable, write_json, write_text
 from tools.utils.progress import progress
@@ -113,19 +112,14 @@ def evaluate(model, net, params, dataset, batches, config, label, group=distribu
 def score_campaigns(model, net, params, dataset, batches, config, label, group=distributed.SINGLE, users=None):
     """Fine-tune and score this rank's campaigns of a split: [(position in the split, aid, seeds, labels, scores)].
 
-    users: the checkpoint's background users. runner.infer_seeds "positive" fine-tunes on the positive seeds
-    and NEGATIVES_PER_SEED background users per seed, none of them a candidate (expand.py's protocol); a
-    campaign without a positive seed then has no seeds and is scored without fine-tuning.
+    users: the checkpoint's background users, for runner.infer_seeds positive (campaign.tuning_rows).
     """
     mine = set(group.campaigns(len(dataset)))
     bar = progress(total=len(mine), desc=label, unit="campaign", disable=not group.main)
     scored = []
     for position, (aid, seeds, candidates) in enumerate(dataset):
         if position in mine:
-            if config["runner"]["infer_seeds"] == "positive":
-                rng = np.random.default_rng([config["runner"]["seed"], aid % 2**32, 1])
-                seeds, _ = background.with_negatives(seeds, users, background.NEGATIVES_PER_SEED,
-                                                     candidates["uid"], rng)
+            seeds = campaign.tuning_rows(seeds, candidates, config, aid, users)
             scorer = campaign.adapt(model, net, params, seeds, config, aid, batches, users)
             scores = campaign.score(model, scorer, candidates, config, batches)
             scored.append((position, aid, len(seeds["label"]), candidates["label"], scores))

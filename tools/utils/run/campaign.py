@@ -12,6 +12,16 @@ from ..data import background
 SCORE_ROWS = 4096  # rows per scoring call; scores depend on it by float32 rounding only (eval mode: no batch statistics)
 
 
+def tuning_rows(seeds, candidates, config, aid, users):
+    """The rows a test campaign is fine-tuned on under runner.infer_seeds: its labelled seeds, or (positive) its
+    clicking seeds and NEGATIVES_PER_SEED of the background users per seed, none of them a candidate (expand.py's
+    protocol; without a clicking seed, no rows: the campaign is scored without fine-tuning)."""
+    if config["runner"]["infer_seeds"] != "positive":
+        return seeds
+    rng = np.random.default_rng([config["runner"]["seed"], aid % 2**32, 1])
+    return background.with_negatives(seeds, users, background.NEGATIVES_PER_SEED, candidates["uid"], rng)[0]
+
+
 def adapt(model, net, params, seeds, config, aid, batches, users=None):
     """Restore `params`, seed with (seed, aid), fine-tune on the seeds; returns the network that scores the
     campaign: net in eval mode, or what the model's campaign_net hook makes of it (MetaHeac adds a wide part

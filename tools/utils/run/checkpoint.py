@@ -42,6 +42,8 @@ def run_identity(config):
         "train_batch_size": runner["train_batch_size"],
         "seed": runner["seed"],
         **({"valid_campaigns": runner["valid_campaigns"]} if runner.get("valid_campaigns") else {}),
+        **({"valid_infer_seeds": "positive"} if runner.get("valid_campaigns") and runner.get("infer_seeds") ==
+           "positive" else {}),  # the validation protocol chooses `best` and the stop
     }
 
 

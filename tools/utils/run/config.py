@@ -142,7 +142,7 @@ TOOL_KEYS = {
     "train": ("train_data_dir", "train_reader_path", "model_save_path", "use_gpu", "seed", "thread_num",
               "train_batch_size", "epochs", "print_interval", "save_steps", "use_visual", "visual_log_path",
               "valid_campaigns", "valid_interval", "valid_patience"),
-    "validate": ("infer_reader_path", "infer_batch_size", "infer_train_epoch"),  # training with valid_campaigns
+    "validate": ("infer_reader_path", "infer_batch_size", "infer_train_epoch", "infer_seeds"),  # valid_campaigns
     "infer": ("test_data_dir", "infer_reader_path", "infer_load_path", "infer_output_path", "use_gpu", "seed",
               "thread_num", "infer_batch_size", "infer_start_epoch", "infer_end_epoch", "infer_train_epoch",
               "infer_seeds"),

@@ -6,7 +6,8 @@ campaigns below 1; 0: none, the paper's protocol). They are drawn with the
 run's seed among the training campaigns that have both seeds (stage 1) and
 candidates (stage 2) in the training folder; reader_train.py leaves their rows
 out. Every runner.valid_interval meta-steps (0: at the end of each epoch) each
-is adapted to its stage-1 rows and scores its stage-2 rows exactly as
+is adapted to its seeds under runner.infer_seeds (its stage-1 rows, or its
+clicking ones and background negatives) and scores its stage-2 rows exactly as
 tools/infer_meta.py does a test campaign (tools/utils/run/campaign.py), from the
 weights of that moment, which are then restored. The run folder keeps the
 checkpoint of the best GAUC so far as `best` (tools/utils/run/run_folder.py);
@@ -31,6 +32,10 @@ class Validator:
 
     def __init__(self, model, config, data_dir, aids, batches, users, history=()):
         split = dataset.load_split(data_dir)
+        if config["runner"]["infer_seeds"] == "positive" and "uid" not in split["stage1"]:
+            raise dataset.DataError(f"{dataset.stage_path(data_dir, 1)}: no uid array; validation under "
+                                    "runner.infer_seeds positive keeps seeds and candidates out of the drawn "
+                                    "negatives by uid: use runner.infer_seeds=labelled, or data with uids")
         seeds, candidates = (list(_rows_of(split[f"stage{k}"], aids)) for k in (1, 2))
         self.campaigns = [{"aid": int(a), "seeds": s, "candidates": c} for a, s, c in zip(aids, seeds, candidates)]
         self.model, self.config, self.batches, self.users = model, config, batches, users
@@ -50,8 +55,8 @@ class Validator:
         params = {name: p.numpy() for name, p in net.state_dict().items()}
         found, labels, scores = [], [], []
         for c in self.campaigns:
-            scorer = campaign.adapt(self.model, net, params, c["seeds"], self.config, c["aid"], self.batches,
-                                    self.users)
+            rows = campaign.tuning_rows(c["seeds"], c["candidates"], self.config, c["aid"], self.users)
+            scorer = campaign.adapt(self.model, net, params, rows, self.config, c["aid"], self.batches, self.users)
             s = campaign.score(self.model, scorer, c["candidates"], self.config, self.batches)
             found.append({"campaign": c["aid"], **metrics.campaign_metrics(c["candidates"]["label"], s)})
             labels.append(c["candidates"]["label"])
