@@ -28,7 +28,6 @@ import numpy as np
 
 from tools.utils.data.dataset import CampaignIndex, held_out, load_split, require_vocabulary, take
 from tools.utils.errors import DataError
-from tools.utils.run.config import where
 
 SAMPLE_METHODS = {"normal": lambda rows: rows, "sqrt": np.sqrt, "unit": np.ones_like}
 
@@ -44,17 +43,21 @@ class RecDataset:
         runner, hp = config["runner"], config["hyper_parameters"]
         split = load_split(data_dir, stages=(1,))
         require_vocabulary(split["schema"], config["data_schema"], data_dir, "the config")
+        by_option = config.get("value_sources", {}).get("runner.valid_campaigns") == "-o"  # config._where's words
+        source = ("-o " if by_option else f"{config.get('config_path', 'config')}: ") + "runner.valid_campaigns"
         self.valid_campaigns = held_out(data_dir, np.unique(split["stage1"]["aid"]), runner.get("valid_campaigns", 0),
-                                        runner["seed"], where(config, "runner.valid_campaigns"))
+                                        runner["seed"], source)
         self.table = take(split["stage1"], np.flatnonzero(~np.isin(split["stage1"]["aid"], self.valid_campaigns)))
         self.index = CampaignIndex(self.table["aid"])
         self.campaigns = self.index.aids
         self.batch_size, self.task_count = runner["train_batch_size"], hp["task_count"]
+        held = f" once {source} holds {len(self.valid_campaigns)} out" if len(self.valid_campaigns) else ""
         if len(self.index) < self.task_count:
-            raise DataError(f"{data_dir}: {len(self.index)} campaigns in the stage-1 data but "
+            raise DataError(f"{data_dir}: {len(self.index)} campaigns in the stage-1 data{held} but "
                             f"hyper_parameters.task_count is {self.task_count}; lower task_count "
-                            f"(-o hyper_parameters.task_count={max(len(self.index), 1)}) or use more campaigns"
-                            if len(self.index) else f"{data_dir}: the stage-1 data has no rows to train on")
+                            f"(-o hyper_parameters.task_count={max(len(self.index), 1)})"
+                            + (f" or hold out fewer ({source})" if held else " or use more campaigns")
+                            if len(self.index) else f"{data_dir}: the stage-1 data has no rows to train on{held}")
         self.task_weights = SAMPLE_METHODS[hp["sample_method"]](self.index.counts.astype(np.float64))
         self.seed = runner["seed"]
         self.set_epoch(0)

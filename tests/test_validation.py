@@ -112,3 +112,12 @@ def test_a_fraction_of_validation_campaigns_that_leaves_none_to_train_names_the_
     done = run("trainer.py", folder, "-o", "runner.valid_campaigns=0.999", f"runner.model_save_path={tmp_path}")
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
     assert "error: -o runner.valid_campaigns: 0.999 of 6 campaigns rounds to 6 validation campaigns" in done.stderr
+
+
+def test_holding_out_too_many_campaigns_for_task_count_names_the_hold_out(trained, tmp_path):
+    folder, _ = trained
+    done = run("trainer.py", folder, "-o", "runner.valid_campaigns=4", f"runner.model_save_path={tmp_path}")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "2 campaigns in the stage-1 data once -o runner.valid_campaigns holds 4 out" in done.stderr
+    assert "or hold out fewer (-o runner.valid_campaigns)" in done.stderr
+

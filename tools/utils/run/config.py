@@ -329,7 +329,7 @@ def apply_override(config, item):
     config[SOURCES][key] = "-o"
 
 
-def where(config, key):
+def _where(config, key):
     """Who set key's value, for a message: '-o key' or the config file."""
     source = config.get(SOURCES, {}).get(key, config.get("config_path", "config"))
     return f"-o {key}" if source == "-o" else f"{source}: {key}"
@@ -344,7 +344,7 @@ def _check_value(config, key, kind, what):
     if value is not None:
         need = kind_check(kind)(value)
         if need:
-            raise ConfigError(f"{where(config, key)} must be {need}, got {quoted(value)} ({what}); "
+            raise ConfigError(f"{_where(config, key)} must be {need}, got {quoted(value)} ({what}); "
                               f"{_fix(config, key)}")
 
 
