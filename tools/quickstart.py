@@ -2,12 +2,14 @@
 
     python3 tools/quickstart.py demo    # train on data/, evaluate hot and cold
     python3 tools/quickstart.py test    # the test suite (what CI runs)
+    python3 tools/quickstart.py test -k readme tests/test_readme.py   # pytest's own arguments: a subset
 
 Needs only Python 3 (3.9+) with venv. The environment lives in .venv/ and is
 reused; packages are pinned in requirements*.txt.
 """
 import argparse
 import os
+import signal
 import subprocess
 import sys
 
@@ -17,10 +19,18 @@ PY = os.path.join(VENV, "bin", "python")
 
 
 def run(cmd):
+    """Run cmd; a Ctrl-C or SIGTERM goes to it (a tool then saves and stops with one line) and its exit is ours."""
     print("+", " ".join(cmd), flush=True)
-    code = subprocess.call(cmd, cwd=ROOT)
+    child = subprocess.Popen(cmd, cwd=ROOT)
+    previous = {s: signal.signal(s, lambda signum, frame: child.send_signal(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if code:
-        sys.exit(code)
+        sys.exit(code if code > 0 else 128 - code)
 
 
 def ensure_env(requirements):
@@ -32,8 +42,12 @@ def ensure_env(requirements):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("job", choices=["demo", "test"])
-    ap.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (test only)")
+    ap.add_argument("pytest_args", nargs=argparse.REMAINDER, help="pytest's own arguments, options and paths "
+                    "(test only; without a path: tests/)")
     args = ap.parse_args()
+    extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    if extra and args.job == "demo":
+        ap.error(f"demo takes no arguments, got {extra}")
     if args.job == "demo":
         ensure_env("requirements.txt")
         run([PY, "tools/trainer.py", "-m", "config.yaml"])
@@ -42,7 +56,8 @@ def main():
               ".venv/bin/activate` first), e.g.\n    .venv/bin/python tools/trainer.py --help")
     else:
         ensure_env("requirements-dev.txt")
-        run([PY, "-m", "pytest", "-q", "tests"] + args.pytest_args)
+        paths = [a for a in extra if os.path.exists(os.path.join(ROOT, a.split("::")[0]))]
+        run([PY, "-m", "pytest", "-q"] + ([] if paths else ["tests"]) + extra)
 
 
 if __name__ == "__main__":
