@@ -120,3 +120,22 @@ def test_without_matplotlib_the_curves_say_so_in_one_note(tmp_path):
     assert done.stdout.splitlines()[1] == "note: matplotlib is not installed (it is in requirements-dev.txt), so no " \
                                           "curves.png"
     assert not (tmp_path / "curves.png").exists() and len(vdl_values(curves.log_file(str(tmp_path)))) == 2
+
+
+def test_a_curves_folder_of_another_run_is_refused_before_any_work(tmp_path):
+    """Two runs sharing runner.visual_log_path: the second would erase the first's points (it keeps the records
+    before its own first step), and a resume of the first would then mix both into one curve."""
+    folder = fake_model_folder(tmp_path / "model")
+    shared = tmp_path / "shared curves"
+    first = run("trainer.py", folder, "-o", "runner.use_visual=True", f"runner.visual_log_path={shared}",
+                f"runner.model_save_path={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr
+    records = open(curves.log_file(str(shared)), "rb").read()
+    second = run("trainer.py", folder, "-o", "runner.use_visual=True", f"runner.visual_log_path={shared}",
+                 f"runner.model_save_path={tmp_path / 'b'}", "--overwrite")
+    assert second.returncode == 2 and len(second.stderr.splitlines()) == 1, second.stderr
+    assert f"{shared}: holds the curves of the run in {tmp_path / 'a'}" in second.stderr
+    assert open(curves.log_file(str(shared)), "rb").read() == records and not (tmp_path / "b").exists()
+    more = run("trainer.py", folder, "-o", "runner.use_visual=True", f"runner.visual_log_path={shared}",
+               f"runner.model_save_path={tmp_path / 'a'}", "runner.epochs=3")
+    assert more.returncode == 0, more.stderr  # its own run goes on

@@ -86,6 +86,7 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
     paddle_env.set_threads(runner["thread_num"])
     group = distributed.join(paddle_env.set_device(runner["use_gpu"], quiet=distributed.world()[0] > 0))
     say = print if group.main else (lambda *args, **kwargs: None)
+    curves = for_run(runner, group.main) if not untrained else NO_CURVES  # checked here, before --overwrite acts
     run_folder = RunFolder(runner["model_save_path"], identity, files, runner["train_data_dir"])
     with group.session(), distributed.SharedFolder(group, run_folder) as folder:
         done, step_checkpoint = ([], None) if overwrite else folder.resume_point()
@@ -110,7 +111,6 @@ def train(config, overwrite=False, untrained=False, trust_pickle=False):
                 "again); its best checkpoint is in " + os.path.join(folder.path, BEST))
             return
         group.sync_state(net, optimizer)  # every rank starts from rank 0's weights and optimizer state
-        curves = for_run(runner, group.main) if not untrained else NO_CURVES
         meta = {"seed": runner["seed"], "config_path": config["config_path"],
                 "data_schema": config["data_schema"], "train_campaigns": config["train_campaigns"]}
         validate = None if untrained or not len(dataset.valid_campaigns) else Validate(

@@ -26,6 +26,7 @@ import shlex
 import struct
 import time
 
+from ..errors import ConfigError
 from ..files import atomic_write
 
 META_TAG = "meta_data_tag"
@@ -123,11 +124,22 @@ def read_scalars(folder):
 
 
 # ---------------------------------------------------------------- writing
-class Curves:
-    """Scalars of one training run, appended to `folder`'s records file (see the module docstring)."""
+OWNER = "run.txt"  # the checkpoint folder of the run whose curves the folder holds
 
-    def __init__(self, folder, run_name="train"):
-        self.folder, self.run_name, self._file = folder, run_name, None
+
+class Curves:
+    """Scalars of one training run, appended to `folder`'s records file (see the module docstring).
+
+    owner: the run's checkpoint folder. A folder that holds another run's curves is refused: the records of
+    steps from this run's first on are replaced when it writes, so a second run would erase or mix them."""
+
+    def __init__(self, folder, run_name="train", owner=None):
+        self.folder, self.run_name, self.owner, self._file = folder, run_name, owner, None
+        path = os.path.join(folder, OWNER)
+        other = open(path).read().strip() if owner and os.path.isfile(path) else owner
+        if other != owner:
+            raise ConfigError(f"{folder}: holds the curves of the run in {other}; give runner.visual_log_path a "
+                              "folder of this run's own (by default <model_save_path>/visualdl)")
 
     def add(self, tag, value, step):
         """Record `value` of `tag` at `step` (a meta-step, counted from 1 across epochs)."""
@@ -148,6 +160,8 @@ class Curves:
         else:
             kept = [frame for frame, tag, step, _ in read_records(path) if tag == META_TAG or step < first_step]
             atomic_write(path, lambda f: f.write(b"".join(kept)))
+        if self.owner:
+            atomic_write(os.path.join(self.folder, OWNER), lambda f: f.write(f"{self.owner}\n".encode()))
         self._file = open(path, "ab")
 
     def close(self):
@@ -225,4 +239,5 @@ def for_run(runner, main=True):
     runner.use_visual, else NO_CURVES; NO_CURVES on the ranks other than 0 of a distributed run (main False)."""
     if not (runner.get("use_visual") and main):
         return NO_CURVES
-    return Curves(runner.get("visual_log_path") or os.path.join(runner["model_save_path"], "visualdl"))
+    return Curves(runner.get("visual_log_path") or os.path.join(runner["model_save_path"], "visualdl"),
+                  owner=os.path.abspath(runner["model_save_path"]))
