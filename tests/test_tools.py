@@ -207,6 +207,8 @@ def test_trainer_refuses_another_runs_checkpoints_and_bad_data(model_dir, traine
     refused = run("trainer.py", model_dir, "-o", "hyper_parameters.task_count=2")
     assert_one_line_error(refused, "hyper_parameters.task_count was 3, now 2", "--overwrite")
     assert (out / "1" / ckpt.PARAMS_FILE).read_bytes() == before
+    untrained = run("trainer.py", model_dir, "--untrained")
+    assert_one_line_error(untrained, "untrained was False, now True (--untrained)")
     missing = run("trainer.py", model_dir, "-o", "runner.train_data_dir=nowhere", "runner.model_save_path=o2")
     assert_one_line_error(missing, "nowhere: no such data folder")
     bad_config = run("trainer.py", model_dir, "-o", "runner.train_batch_size=0")

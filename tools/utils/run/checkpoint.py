@@ -162,12 +162,20 @@ def meta_field(meta, key, path):
     return meta[key]
 
 
+# identity keys present only when set: their value when absent, and what sets them
+OPTIONAL_IDENTITY = {"untrained": (False, "--untrained"), "valid_campaigns": (0, "runner.valid_campaigns"),
+                     "valid_infer_seeds": ("labelled", "runner.infer_seeds, with validation campaigns")}
+
+
 def differences(saved, now, prefix=""):
     """'key was X, now Y' for every difference between two run identities."""
     if isinstance(saved, dict) and isinstance(now, dict):
+        absent = {k: OPTIONAL_IDENTITY[k][0] for k in OPTIONAL_IDENTITY} if not prefix else {}
         return [d for k in sorted(set(saved) | set(now), key=str)
-                for d in differences(saved.get(k), now.get(k), f"{prefix}{k}.")]
-    return [] if saved == now else [f"{prefix[:-1]} was {quoted(saved)}, now {quoted(now)}"]
+                for d in differences(saved.get(k, absent.get(k)), now.get(k, absent.get(k)), f"{prefix}{k}.")]
+    key = prefix[:-1]
+    option = f" ({OPTIONAL_IDENTITY[key][1]})" if key in OPTIONAL_IDENTITY else ""
+    return [] if saved == now else [f"{key} was {quoted(saved)}, now {quoted(now)}{option}"]
 
 
 def _owner(key, names):
