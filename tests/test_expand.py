@@ -233,12 +233,14 @@ def test_a_config_whose_network_does_not_fit_the_checkpoint_names_the_hyper_para
     aid, (campaign, pool, rows) = next(iter(hot.items()))
     done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "infer_meta.py"), "-m", CONFIG, "-o",
                            f"runner.infer_load_path={model_dir}", "hyper_parameters.embed_dim=16",
-                           "hyper_parameters.mlp_dims=[32,16]", f"runner.infer_output_path={tmp_path / 'r'}"],
+                           "hyper_parameters.mlp_dims=[32,16]", "hyper_parameters.local_test_learning_rate=0.01",
+                           f"runner.infer_output_path={tmp_path / 'r'}"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert ("trained with hyper_parameters.embed_dim 64 (this config: 16), hyper_parameters.mlp_dims [64, 64] "
             "(this config: [32, 16]); pass -o hyper_parameters.embed_dim=64 hyper_parameters.mlp_dims=[64,64]"
             in done.stderr), done.stderr
+    assert "local_test_learning_rate" not in done.stderr  # fine-tuning's: it shapes no weight
     one_line(capsys, ["-o", f"runner.infer_load_path={model_dir}", "hyper_parameters.num_expert=3", "--campaign",
                       campaign, "--pool", pool, "--top-k", "5", "--out", str(tmp_path / "out")],
              "hyper_parameters.num_expert 8 (this config: 3); pass -o hyper_parameters.num_expert=8")

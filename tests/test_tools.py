@@ -333,6 +333,15 @@ def test_the_command_that_makes_a_missing_checkpoint_works_as_printed(tmp_path):
     assert ckpt.finished(str(out)) == ([0], [])
     meta = ckpt.read_meta(str(out / "0"))
     assert meta["identity"]["hyper_parameters"]["optimizer"]["learning_rate"] == 0.02
+    # with epoch 0 there, the command resumes it: the hyper-parameters it was trained with, not this command's
+    later = run("infer_meta.py", folder, "-o", f"runner.infer_load_path={out}", "runner.infer_start_epoch=1",
+                "runner.infer_end_epoch=2", "hyper_parameters.local_test_learning_rate=0.9",
+                "runner.train_batch_size=8")
+    command = re.search(r"make it with `(.+)`$", later.stderr.strip()).group(1)
+    assert "local_test_learning_rate=0.5" in command and "optimizer.learning_rate=0.02" in command, command
+    made = subprocess.run(["bash", "-c", command.replace("python ", f"{shlex.quote(sys.executable)} ", 1)],
+                          cwd=str(folder.parent), capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0 and ckpt.finished(str(out)) == ([0, 1], []), made.stderr
 
 
 def test_infer_meta_needs_only_the_checkpoint_and_the_test_data(model_dir, trained, tmp_path):

@@ -246,7 +246,7 @@ def infer(config, split=None, trainer_command="python tools/trainer.py", trust_p
         net = trained.build(model, config)
         runs = []
         for epoch, path in paths.items():
-            params = trained.restore(net, path, config, trust_pickle)
+            params = trained.restore(net, path, config, model, trust_pickle)
             users = ckpt.background_users(path)
             if users is None and runner["infer_seeds"] == "positive":
                 raise CheckpointError(f"{path}: holds no background users (a checkpoint of an earlier version); "

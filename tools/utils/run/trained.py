@@ -21,16 +21,31 @@ def checkpoint(spec, epoch, how_to_make):
 
 def train_command(spec, epochs, trainer="python tools/trainer.py"):
     """The command that makes runner.infer_load_path's checkpoints of epochs [0, epochs), for an error to show:
-    the config, this command's own -o values the trainer reads (hyper_parameters, its runner keys), and
+    the config, this command's own -o values the trainer reads (its runner keys; the hyper_parameters, or, where
+    the folder holds checkpoints already, those they were trained with, so that it resumes them), and
     runner.model_save_path where it is not infer_load_path; quoted for a shell."""
     runner = spec["runner"]
     own = [key for key, source in spec.get(cfg.SOURCES, {}).items() if source == "-o" and key not in (
         "runner.epochs", "runner.model_save_path") and (key.startswith("hyper_parameters.") or (
             key.startswith("runner.") and key[len("runner."):] in cfg.TOOL_KEYS["train"]))]
-    items = [f"{key}={_yaml(cfg.get(spec, key))}" for key in own] + [f"runner.epochs={epochs}"]
+    items = [f"{key}={_yaml(cfg.get(spec, key))}" for key in own]
+    saved = _trained_with(runner["infer_load_path"])
+    if saved is not None:
+        mine = _flat(spec["hyper_parameters"])
+        items = [item for item in items if not item.startswith("hyper_parameters.")] + [
+            f"hyper_parameters.{k}={_yaml(v)}" for k, v in _flat(saved).items() if k != "max_idxs" and mine.get(k) != v]
+    items.append(f"runner.epochs={epochs}")
     if os.path.normpath(runner["infer_load_path"]) != os.path.normpath(runner.get("model_save_path") or ""):
         items.append(f"runner.model_save_path={runner['infer_load_path']}")
     return " ".join([trainer, "-m", shlex.quote(spec["config_path"]), "-o", *map(shlex.quote, items)])
+
+
+def _trained_with(save_dir):
+    """The hyper_parameters a finished checkpoint in save_dir was trained with, or None (none there)."""
+    epochs, steps = ckpt.finished(save_dir)
+    names = [str(e) for e in epochs] + [ckpt.step_name(e, s) for e, s in steps]
+    return ckpt.read_meta(os.path.join(save_dir, names[0])).get("identity", {}).get("hyper_parameters") \
+        if names else None
 
 
 def learn(spec, meta, source):
@@ -47,10 +62,11 @@ def build(model, config):
     return model.create_model(config)
 
 
-def restore(net, path, config, trust_pickle=False):
-    """Put the weights of the checkpoint `path` into net, built from `config`; returns them (arrays by name), to
-    restore between campaigns. Weights that do not fit are refused naming the hyper-parameters the checkpoint
-    was trained with that the config changes, and the -o that fits them."""
+def restore(net, path, config, model, trust_pickle=False):
+    """Put the weights of the checkpoint `path` into net, built from `config` by `model`; returns them (arrays by
+    name), to restore between campaigns. Weights that do not fit are refused naming the hyper-parameters the
+    checkpoint was trained with that the config changes and that shape a weight (a fine-tuning learning rate
+    does not), and the -o that fits them."""
     params = ckpt.load_arrays(path, ckpt.PARAMS_FILE, trust_pickle)
     try:
         ckpt.restore_params(net, params, os.path.join(path, ckpt.PARAMS_FILE))
@@ -58,6 +74,8 @@ def restore(net, path, config, trust_pickle=False):
         trained_with = ckpt.read_meta(path).get("identity", {}).get("hyper_parameters", {})
         changed = {key: value for key, value in _flat(trained_with).items()
                    if key in _flat(config["hyper_parameters"]) and _flat(config["hyper_parameters"])[key] != value}
+        mine = _shapes(model, config) if changed else None
+        changed = {key: value for key, value in changed.items() if _shapes(model, config, key, value) != mine}
         if not changed:
             raise
         raise ckpt.CheckpointError(
@@ -66,6 +84,19 @@ def restore(net, path, config, trust_pickle=False):
                         for k, v in changed.items())
             + "; pass -o " + " ".join(f"hyper_parameters.{k}={_yaml(v)}" for k, v in changed.items())) from e
     return params
+
+
+def _shapes(model, config, key=None, value=None):
+    """{weight: shape} of the network model builds from config, with hyper_parameters.<key> set to value."""
+    if key is not None:
+        config = json.loads(json.dumps(config))  # a plain copy to change
+        *parents, last = key.split(".")
+        node = config["hyper_parameters"]
+        for part in parents:
+            node = node[part]
+        node[last] = value
+        config = cfg.freeze(config)
+    return {name: tuple(p.shape) for name, p in build(model, config).state_dict().items()}
 
 
 def _flat(tree, prefix=""):
@@ -83,4 +114,4 @@ def _yaml(value):
 def load_trained(model, config, path, trust_pickle=False):
     """(net, params): build, then restore the checkpoint `path` into it."""
     net = build(model, config)
-    return net, restore(net, path, config, trust_pickle)
+    return net, restore(net, path, config, model, trust_pickle)
