@@ -121,3 +121,22 @@ def test_holding_out_too_many_campaigns_for_task_count_names_the_hold_out(traine
     assert "2 campaigns in the stage-1 data once -o runner.valid_campaigns holds 4 out" in done.stderr
     assert "or hold out fewer (-o runner.valid_campaigns)" in done.stderr
 
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_positive_validation_on_data_without_uids_is_refused_before_overwrite_deletes_anything(trained, tmp_path,
+                                                                                                stage):
+    folder, _ = trained
+    copy = tmp_path / "train"
+    copy.mkdir()
+    split = dataset.load_split(str(folder / "data" / "train"))
+    dataset.write_schema(str(copy), split["schema"]["max_idxs"])
+    for k in (1, 2):
+        rows = split[f"stage{k}"]
+        dataset.save_stage(str(copy / f"train_stage{k}.npz"),
+                           {n: a for n, a in rows.items() if n != "uid" or k != stage})
+    before = sorted(os.listdir(folder / "out"))
+    done = run("trainer.py", folder, "--overwrite", "-o", *VALID, "runner.infer_seeds=positive",
+               f"runner.train_data_dir={copy}")
+    assert done.returncode == 2 and f"train_stage{stage}.npz: no uid array" in done.stderr, done.stderr
+    assert sorted(os.listdir(folder / "out")) == before  # --overwrite deleted nothing

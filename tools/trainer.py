@@ -28,7 +28,8 @@ from tools.utils.run import checkpoint as ckpt
 from tools.utils import cli
 from tools.utils.run import config as cfg
 from tools.utils.measure.curves import NO_CURVES, for_run
-from tools.utils.data.dataset import read_schema
+from tools.utils.data.dataset import read_schema, without_uids
+from tools.utils.errors import DataError
 from tools.utils.run import distributed, model_folder, resources, validation
 from tools.utils.data import background, vocabulary
 from tools.utils.run.run_folder import BEST, RunFolder
@@ -58,6 +59,12 @@ def prepare(config, untrained=False):
     config = cfg.validate(config, "train", model)
     if config["runner"]["valid_campaigns"]:
         config = cfg.validate(config, "validate", model)
+        positive = config["runner"]["infer_seeds"] == "positive"
+        no_uids = without_uids(config["runner"]["train_data_dir"]) if positive else []
+        if no_uids:
+            raise DataError(f"{no_uids[0]}: no uid array; validation under runner.infer_seeds positive keeps "
+                            "seeds and candidates out of the drawn negatives by uid: use runner.infer_seeds="
+                            "labelled, or data with uids")
     if not untrained and model.trains_across_campaigns:
         distributed.require_enough_tasks(config["hyper_parameters"]["task_count"], config["config_path"])
     data_dir = config["runner"]["train_data_dir"]

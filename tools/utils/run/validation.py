@@ -31,11 +31,7 @@ class Validator:
     """Scores the validation campaigns, keeps the best checkpoint and decides early stopping."""
 
     def __init__(self, model, config, data_dir, aids, batches, users, history=()):
-        split = dataset.load_split(data_dir)
-        if config["runner"]["infer_seeds"] == "positive" and "uid" not in split["stage1"]:
-            raise dataset.DataError(f"{dataset.stage_path(data_dir, 1)}: no uid array; validation under "
-                                    "runner.infer_seeds positive keeps seeds and candidates out of the drawn "
-                                    "negatives by uid: use runner.infer_seeds=labelled, or data with uids")
+        split = dataset.load_split(data_dir)  # uids under runner.infer_seeds positive: checked by the trainer
         seeds, candidates = (list(_rows_of(split[f"stage{k}"], aids)) for k in (1, 2))
         self.campaigns = [{"aid": int(a), "seeds": s, "candidates": c} for a, s, c in zip(aids, seeds, candidates)]
         self.model, self.config, self.batches, self.users = model, config, batches, users
