@@ -139,3 +139,9 @@ def test_a_curves_folder_of_another_run_is_refused_before_any_work(tmp_path):
     more = run("trainer.py", folder, "-o", "runner.use_visual=True", f"runner.visual_log_path={shared}",
                f"runner.model_save_path={tmp_path / 'a'}", "runner.epochs=3")
     assert more.returncode == 0, more.stderr  # its own run goes on
+    own = run("trainer.py", folder, "-o", "runner.use_visual=True", f"runner.model_save_path={tmp_path / 'c'}")
+    assert own.returncode == 0, own.stderr
+    os.rename(tmp_path / "c", tmp_path / "c moved")  # a run folder moved keeps its own curves (the default place)
+    resumed = run("trainer.py", folder, "-o", "runner.use_visual=True",
+                  f"runner.model_save_path={tmp_path / 'c moved'}", "runner.epochs=3")
+    assert resumed.returncode == 0, resumed.stderr

@@ -27,7 +27,7 @@ import struct
 import time
 
 from ..errors import ConfigError
-from ..files import atomic_write
+from ..files import atomic_write, inside
 
 META_TAG = "meta_data_tag"
 PNG = "curves.png"
@@ -130,13 +130,15 @@ OWNER = "run.txt"  # the checkpoint folder of the run whose curves the folder ho
 class Curves:
     """Scalars of one training run, appended to `folder`'s records file (see the module docstring).
 
-    owner: the run's checkpoint folder. A folder that holds another run's curves is refused: the records of
-    steps from this run's first on are replaced when it writes, so a second run would erase or mix them."""
+    owner: the run's checkpoint folder. A folder outside it that holds another run's curves is refused: the
+    records of steps from this run's first on are replaced when it writes, so a second run would erase or mix
+    them. One inside it is the run's own, wherever the run folder was moved."""
 
     def __init__(self, folder, run_name="train", owner=None):
         self.folder, self.run_name, self.owner, self._file = folder, run_name, owner, None
         path = os.path.join(folder, OWNER)
-        other = open(path).read().strip() if owner and os.path.isfile(path) else owner
+        mine = not owner or not os.path.isfile(path) or inside(folder, owner)
+        other = owner if mine else open(path).read().strip()
         if other != owner:
             raise ConfigError(f"{folder}: holds the curves of the run in {other}; give runner.visual_log_path a "
                               "folder of this run's own (by default <model_save_path>/visualdl)")
