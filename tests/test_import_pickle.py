@@ -176,6 +176,20 @@ def inside_a_dataframe(marker):
     return pickle.dumps(df, protocol=5)
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_an_empty_frame_is_refused_as_empty_at_every_protocol(frame, tmp_path, protocol):
+    """Protocol 2 writes an empty array's bytes as __builtin__.bytes(): allowed with no argument only, so the
+    frame is read and refused for what it is, not as code."""
+    path = str(tmp_path / "empty.pkl")
+    frame.iloc[:0].to_pickle(path, protocol=protocol)
+    with pytest.raises(dataset.DataError, match="holds an empty DataFrame"):
+        safe_pickle.dataframe_arrays(safe_pickle.read_dataframe(path), path)
+    sized = tmp_path / "sized.pkl"
+    sized.write_bytes(b"c__builtin__\nbytes\n(I1000000000\ntR.")
+    with pytest.raises(safe_pickle.UnsafePickleError, match="bytes.. called with 1 argument"):
+        safe_pickle.read_dataframe(str(sized))
+
+
 @pytest.mark.parametrize("encoding", ["rot13", "utf-8"])
 def test_codecs_encode_is_latin1_only(tmp_path, encoding):
     path = tmp_path / "codec.pkl"

@@ -71,7 +71,16 @@ ALLOWED_GLOBALS = {
     ("__builtin__", "slice"): ("builtins", "slice"),  # protocols 0-2 use Python 2's name
     # Protocol 2 writes an array's bytes as _codecs.encode(text, "latin1"): only that is done (latin1_bytes).
     ("_codecs", "encode"): ("tools.utils.data.safe_pickle", "latin1_bytes"),
+    ("__builtin__", "bytes"): ("tools.utils.data.safe_pickle", "empty_bytes"),  # and empty bytes as bytes()
 }
+
+
+def empty_bytes(*args):
+    """bytes() as protocol 2 calls it for an empty array, and nothing else (no size to allocate)."""
+    if args:
+        raise UnsafePickleError(f"bytes() called with {len(args)} argument(s): a DataFrame pickle only makes empty "
+                                "bytes this way; refusing to load it")
+    return b""
 
 
 def latin1_bytes(text, encoding="utf-8"):
