@@ -25,6 +25,19 @@ def trained(tmp_path_factory):
     return folder, done
 
 
+def validation_split(folder, best, out):
+    """The validation campaigns of a checkpoint's meta (the training campaigns it was not trained on) as a test
+    folder at `out`; returns their aids."""
+    held = sorted(set(range(1, 7)) - set(best["train_campaigns"]))
+    split = dataset.load_split(str(folder / "data" / "train"))
+    out.mkdir()
+    dataset.write_schema(str(out), split["schema"]["max_idxs"])
+    for k in (1, 2):
+        rows = np.flatnonzero(np.isin(split[f"stage{k}"]["aid"], held))
+        dataset.save_stage(str(out / f"test_stage{k}.npz"), dataset.take(split[f"stage{k}"], rows))
+    return held
+
+
 def test_early_stopping_keeps_the_checkpoint_of_the_best_validation_gauc(trained, tmp_path):
     folder, done = trained
     best = json.loads((folder / "out" / "best" / "meta.json").read_text())
@@ -38,14 +51,8 @@ def test_early_stopping_keeps_the_checkpoint_of_the_best_validation_gauc(trained
     assert len(final) - 1 - int(np.argmax([h["gauc"] for h in final])) == 3 and max(gaucs) == max(
         h["gauc"] for h in final)
     # the saved weights give that GAUC again when meta-inference tests them on the validation campaigns
-    held = sorted({h for h in range(1, 7)} - set(best["train_campaigns"]))
+    held = validation_split(folder, best, tmp_path / "valid")
     assert len(held) == 2
-    split = dataset.load_split(str(folder / "data" / "train"))
-    (tmp_path / "valid").mkdir()
-    dataset.write_schema(str(tmp_path / "valid"), split["schema"]["max_idxs"])
-    for k in (1, 2):
-        rows = np.flatnonzero(np.isin(split[f"stage{k}"]["aid"], held))
-        dataset.save_stage(str(tmp_path / "valid" / f"test_stage{k}.npz"), dataset.take(split[f"stage{k}"], rows))
     again = run("infer_meta.py", folder, "--best", "-o", f"runner.test_data_dir={tmp_path / 'valid'}",
                 f"runner.infer_output_path={tmp_path / 'results'}")
     assert again.returncode == 0, again.stderr
@@ -63,13 +70,7 @@ def test_validation_follows_the_test_protocol_of_infer_seeds(trained, tmp_path):
     assert done.returncode == 0, done.stderr
     best = json.loads((out / "best" / "meta.json").read_text())
     top = max(best["validation"], key=lambda h: (h["gauc"], -h["at"]))
-    held = sorted(set(range(1, 7)) - set(best["train_campaigns"]))
-    split = dataset.load_split(str(folder / "data" / "train"))
-    (tmp_path / "valid").mkdir()
-    dataset.write_schema(str(tmp_path / "valid"), split["schema"]["max_idxs"])
-    for k in (1, 2):
-        rows = np.flatnonzero(np.isin(split[f"stage{k}"]["aid"], held))
-        dataset.save_stage(str(tmp_path / "valid" / f"test_stage{k}.npz"), dataset.take(split[f"stage{k}"], rows))
+    validation_split(folder, best, tmp_path / "valid")
     gauc = {}
     for protocol in ("positive", "labelled"):
         again = run("infer_meta.py", folder, "--best", "-o", f"runner.infer_load_path={out}",

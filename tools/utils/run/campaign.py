@@ -9,7 +9,7 @@ import numpy as np
 
 from ..data import background
 
-SCORE_ROWS = 4096  # rows per scoring call; scores depend on it by float32 rounding only (eval mode: no batch statistics)
+SCORE_ROWS = 4096  # rows per scoring call; scores depend on it by float32 rounding only (eval: no batch statistics)
 
 
 def tuning_rows(seeds, candidates, config, aid, users):
