@@ -8,6 +8,7 @@ import shlex
 
 from . import checkpoint as ckpt
 from . import config as cfg
+from ..errors import Stopped
 
 
 def checkpoint(spec, epoch, how_to_make):
@@ -33,7 +34,8 @@ def train_command(spec, epochs, trainer="python tools/trainer.py"):
     if saved is not None:
         mine = _flat(spec["hyper_parameters"])
         items = [item for item in items if not item.startswith("hyper_parameters.")] + [
-            f"hyper_parameters.{k}={_yaml(v)}" for k, v in _flat(saved).items() if k != "max_idxs" and mine.get(k) != v]
+            f"hyper_parameters.{k}={_yaml(v)}" for k, v in _flat(saved).items() if k in mine and k != "max_idxs"
+            and mine[k] != v]
     items.append(f"runner.epochs={epochs}")
     if os.path.normpath(runner["infer_load_path"]) != os.path.normpath(runner.get("model_save_path") or ""):
         items.append(f"runner.model_save_path={runner['infer_load_path']}")
@@ -87,7 +89,8 @@ def restore(net, path, config, model, trust_pickle=False):
 
 
 def _shapes(model, config, key=None, value=None):
-    """{weight: shape} of the network model builds from config, with hyper_parameters.<key> set to value."""
+    """{weight: shape} of the network model builds from config, with hyper_parameters.<key> set to value; the
+    error's text when that does not build (so the key counts as one that shapes the network)."""
     if key is not None:
         config = json.loads(json.dumps(config))  # a plain copy to change
         *parents, last = key.split(".")
@@ -96,7 +99,12 @@ def _shapes(model, config, key=None, value=None):
             node = node[part]
         node[last] = value
         config = cfg.freeze(config)
-    return {name: tuple(p.shape) for name, p in build(model, config).state_dict().items()}
+    try:
+        return {name: tuple(p.shape) for name, p in build(model, config).state_dict().items()}
+    except Stopped:
+        raise
+    except Exception as e:  # noqa: BLE001 (only a probe for an error message: any failure is "another network")
+        return repr(e)
 
 
 def _flat(tree, prefix=""):
