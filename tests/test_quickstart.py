@@ -45,10 +45,10 @@ def test_a_stop_sent_to_quickstart_reaches_the_tool_and_its_exit_is_quickstarts(
     left the trainer running as an orphan, and Ctrl-C's KeyboardInterrupt killed it before it saved."""
     (tmp_path / "child.py").write_text(CHILD)
     marker = str(tmp_path / "m")
-    driver = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'tools')!r}); import quickstart; "
+    driver = (f"import sys; from tools import quickstart; "  # python -c from the project root imports tools
               f"quickstart.run([sys.executable, {str(tmp_path / 'child.py')!r}, {marker!r}])")
-    proc = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
     while not os.path.exists(marker + ".ready") and time.time() < deadline:
         time.sleep(0.05)
