@@ -76,7 +76,7 @@ def restore(net, path, config, model, trust_pickle=False):
         trained_with = ckpt.read_meta(path).get("identity", {}).get("hyper_parameters", {})
         changed = {key: value for key, value in _flat(trained_with).items()
                    if key in _flat(config["hyper_parameters"]) and _flat(config["hyper_parameters"])[key] != value}
-        mine = _shapes(model, config) if changed else None
+        mine = {name: tuple(p.shape) for name, p in net.state_dict().items()}  # net is config's network
         changed = {key: value for key, value in changed.items() if _shapes(model, config, key, value) != mine}
         if not changed:
             raise
@@ -88,17 +88,16 @@ def restore(net, path, config, model, trust_pickle=False):
     return params
 
 
-def _shapes(model, config, key=None, value=None):
+def _shapes(model, config, key, value):
     """{weight: shape} of the network model builds from config, with hyper_parameters.<key> set to value; the
     error's text when that does not build (so the key counts as one that shapes the network)."""
-    if key is not None:
-        config = json.loads(json.dumps(config))  # a plain copy to change
-        *parents, last = key.split(".")
-        node = config["hyper_parameters"]
-        for part in parents:
-            node = node[part]
-        node[last] = value
-        config = cfg.freeze(config)
+    config = json.loads(json.dumps(config))  # a plain copy to change
+    *parents, last = key.split(".")
+    node = config["hyper_parameters"]
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    config = cfg.freeze(config)
     try:
         return {name: tuple(p.shape) for name, p in build(model, config).state_dict().items()}
     except Stopped:
